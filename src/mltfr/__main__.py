@@ -1,0 +1,5 @@
+import sys
+
+from mltfr.cli import main
+
+sys.exit(main())
