@@ -1,0 +1,85 @@
+"""Leave-one-out splits of a prepared dataset, vectorised with numpy.
+
+faithful:  train = all but the last item; test = last item (input = all before it); no validation.
+corrected: train = all but the last two; valid = second-to-last (input = all before it);
+           test = last (input = all before it, so the validation item is part of the input).
+A user is evaluated when it has >= 1 input item. Inputs keep the most recent `max_len` items,
+left-padded with 0 so that the most recent item is in the last column.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mltfr.data.prepared import Prepared
+from mltfr.errors import ConfigError
+
+PROTOCOLS = ("faithful", "corrected")
+
+
+@dataclass
+class EvalSet:
+    users: np.ndarray           # (n,) int64, 0-based user indices evaluated
+    inputs: np.ndarray          # (n, L) int64, left-padded with 0, most recent item last
+    targets: np.ndarray         # (n,) int64
+    hist_offsets: np.ndarray    # (n+1,) int64 CSR of each user's full history before target
+    hist_items: np.ndarray      # (H,) int64   (for history masking; may be longer than L)
+
+
+@dataclass
+class Split:
+    protocol: str               # "faithful" | "corrected"
+    n_items: int
+    train_offsets: np.ndarray   # (U+1,) CSR of the training sequences (targets allowed)
+    train_items: np.ndarray
+    valid: EvalSet | None       # None under faithful
+    test: EvalSet
+
+
+def prefix_csr(offsets: np.ndarray, items: np.ndarray, users: np.ndarray,
+               lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """CSR of the first lengths[k] items of user users[k]: (offsets (n+1,), items (sum lengths,))."""
+    lengths = lengths.astype(np.int64)
+    out_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    # position in `items` = user's start + rank within the prefix
+    shift = np.repeat(offsets[users] - out_offsets[:-1], lengths)
+    return out_offsets, items[shift + np.arange(out_offsets[-1])]
+
+
+def left_padded_windows(offsets: np.ndarray, items: np.ndarray, users: np.ndarray,
+                        ends: np.ndarray, max_len: int) -> np.ndarray:
+    """(n, max_len): the max_len items before position ends[k] of each user, 0-padded on the left."""
+    pos = ends[:, None] - max_len + np.arange(max_len)[None, :]        # (n, L) positions in sequence
+    idx = offsets[users][:, None] + np.maximum(pos, 0)
+    return np.where(pos >= 0, items[np.minimum(idx, len(items) - 1)], 0).astype(np.int64)
+
+
+def eval_set(p: Prepared, holdout: int, max_len: int) -> EvalSet:
+    """Targets at position len-holdout of each user (holdout 1 = last), for users with input."""
+    lengths = np.diff(p.offsets)
+    target_pos = lengths - holdout                     # (U,) = number of input items
+    users = np.flatnonzero(target_pos >= 1).astype(np.int64)
+    ends = target_pos[users]
+    hist_offsets, hist_items = prefix_csr(p.offsets, p.items, users, ends)
+    return EvalSet(users=users,
+                   inputs=left_padded_windows(p.offsets, p.items, users, ends, max_len),
+                   targets=p.items[p.offsets[users] + ends].astype(np.int64),
+                   hist_offsets=hist_offsets, hist_items=hist_items)
+
+
+def make_split(prepared: Prepared, protocol: str, max_len: int) -> Split:
+    """Leave-one-out split under `protocol` with inputs of length `max_len`."""
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"protocol {protocol!r} is unknown; use one of {', '.join(PROTOCOLS)}")
+    if max_len < 1:
+        raise ConfigError(f"max_len must be >= 1, got {max_len}")
+    held_out = 1 if protocol == "faithful" else 2
+    lengths = np.diff(prepared.offsets)
+    all_users = np.arange(len(lengths), dtype=np.int64)
+    train_offsets, train_items = prefix_csr(prepared.offsets, prepared.items, all_users,
+                                            np.maximum(lengths - held_out, 0))
+    return Split(protocol=protocol, n_items=prepared.n_items,
+                 train_offsets=train_offsets, train_items=train_items,
+                 valid=eval_set(prepared, 2, max_len) if protocol == "corrected" else None,
+                 test=eval_set(prepared, 1, max_len))

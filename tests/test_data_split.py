@@ -1,0 +1,79 @@
+"""Leave-one-out splits: a hand-built case with exact arrays, and invariants on real Pantry."""
+import gzip
+
+import numpy as np
+import pytest
+
+from mltfr.data import Prepared, make_split, prepare_dataset, validate_entry
+from mltfr.errors import ConfigError
+
+PANTRY_FILES = ["data/amazon-pantry/train.txt.gz", "data/amazon-pantry/test.txt.gz"]
+
+
+@pytest.fixture(scope="module")
+def pantry(repo):
+    entry = validate_entry({"source": [{"path": str(repo / f)} for f in PANTRY_FILES],
+                            "format": "mltfr-pair"})
+    return prepare_dataset(entry, "pantry")
+
+
+def _hand():
+    # user 0: 1 2 3 4 5 | user 1: 6 7 | user 2: 8
+    return Prepared(np.array([0, 5, 7, 8]), np.array([1, 2, 3, 4, 5, 6, 7, 8]), 8, {})
+
+
+def test_faithful_by_hand():
+    s = make_split(_hand(), "faithful", max_len=3)
+    assert s.valid is None and s.n_items == 8
+    assert s.train_offsets.tolist() == [0, 4, 5, 5] and s.train_items.tolist() == [1, 2, 3, 4, 6]
+    assert s.test.users.tolist() == [0, 1]                       # user 2 has no input item
+    assert s.test.targets.tolist() == [5, 7]
+    assert s.test.inputs.tolist() == [[2, 3, 4], [0, 0, 6]]      # most recent 3, left padded
+    assert s.test.hist_offsets.tolist() == [0, 4, 5]
+    assert s.test.hist_items.tolist() == [1, 2, 3, 4, 6]         # full history, longer than L
+
+
+def test_corrected_by_hand():
+    s = make_split(_hand(), "corrected", max_len=3)
+    assert s.train_offsets.tolist() == [0, 3, 3, 3] and s.train_items.tolist() == [1, 2, 3]
+    assert s.valid.users.tolist() == [0] and s.valid.targets.tolist() == [4]
+    assert s.valid.inputs.tolist() == [[1, 2, 3]]
+    assert s.test.users.tolist() == [0, 1] and s.test.targets.tolist() == [5, 7]
+    assert s.test.inputs.tolist() == [[2, 3, 4], [0, 0, 6]]     # the valid item is input at test time
+
+
+def test_bad_protocol():
+    with pytest.raises(ConfigError, match="protocol 'loo' is unknown; use one of faithful, corrected"):
+        make_split(_hand(), "loo", 3)
+
+
+def test_pantry_faithful_test_is_authors_test_file(pantry, repo):
+    s = make_split(pantry, "faithful", max_len=50)
+    lines = gzip.open(repo / "data/amazon-pantry/test.txt.gz", "rt").read().split("\n")
+    authors = [line.split()[2] for line in lines if line.strip()]
+    assert len(s.test.users) == 7123                              # every Pantry user has >= 3 items
+    assert pantry.item_raw[s.test.targets].tolist() == authors
+    assert len(s.train_items) == 37566 - 7123
+
+
+@pytest.mark.parametrize("protocol", ["faithful", "corrected"])
+def test_pantry_split_invariants(pantry, protocol):
+    L = 4                                                         # short, so truncation happens
+    s = make_split(pantry, protocol, max_len=L)
+    held = 1 if protocol == "faithful" else 2
+    evals = [(s.test, 1)] + ([(s.valid, 2)] if s.valid is not None else [])
+    for u in range(pantry.n_users):
+        seq = pantry.sequence(u)
+        train = s.train_items[s.train_offsets[u]:s.train_offsets[u + 1]]
+        assert train.tolist() == seq[:len(seq) - held].tolist()   # no valid/test position in training
+    for ev, back in evals:
+        assert ev.inputs.shape == (len(ev.users), L) and ev.inputs.dtype == np.int64
+        for k, u in enumerate(ev.users[:2000]):
+            seq = pantry.sequence(u)
+            assert ev.targets[k] == seq[-back]                    # last / second-to-last
+            before = seq[:len(seq) - back]
+            row = ev.inputs[k]
+            n_pad = max(L - len(before), 0)
+            assert (row[:n_pad] == 0).all() and row[n_pad:].tolist() == before[-L:].tolist()
+            hist = ev.hist_items[ev.hist_offsets[k]:ev.hist_offsets[k + 1]]
+            assert hist.tolist() == before.tolist()
