@@ -1,0 +1,133 @@
+"""Step time of SASRec `base` vs the MLTFR branch, peak memory, and trainable parameters per variant.
+
+    python benchmarks/bench_mltfr_step.py [--steps 5] [--threads 1] [--device cpu]
+
+A training step is forward + backward + Adam on one batch (B=128, L=50, d=64, Pantry-sized item
+set). Token tables are random tensors of the real shapes: the offline LLMs of the study (two
+MiniLM-L6 tables 30522x384, SmolLM2 49152x576, Gemma-3 262144x640) and paper-sized ones
+(LLaMA-7B 32000x4096, Qwen3-0.6B 151936x1024); values do not change the cost. Each case runs in
+its own subprocess, so the peak memory (max RSS on CPU, max allocated on CUDA) is its own.
+
+Where the time goes: filtering projects every vocabulary row at every step, |V| x D x d
+multiply-adds forward and as much again for the projection's gradient and, with trainable
+tables, for the table's gradient: one `F.linear` per LLM, so it is bound by matmul throughput.
+At evaluation the projected table is cached, so `eval` is close to `base`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+from mltfr.models import build_backbone
+from mltfr.models.mltfr import BranchConfig, attach, build_branch
+from mltfr.models.variants import variant_config, variant_names
+
+OFFLINE = {"minilm": (30522, 384), "paraphrase-minilm": (30522, 384),
+           "smollm2": (49152, 576), "gemma3": (262144, 640)}
+PAPER = {"llama-7b": (32000, 4096), "qwen3-0.6b": (151936, 1024)}
+N_ITEMS, BATCH, MAX_LEN = 4884, 128, 50      # Pantry items; method.md batch and length
+CASES = {  # name -> (variant, table set)
+    "base": ("base", {}),
+    "mltfr offline": ("mltfr-noconsensus", OFFLINE),
+    "mltfr-frozen offline": ("mltfr-frozen", OFFLINE),
+    "filter-gemma3": ("filter-gemma3", OFFLINE),
+    "filter-minilm": ("filter-minilm", OFFLINE),
+    "mltfr paper-sized": ("mltfr-noconsensus", PAPER),
+}
+
+
+def build_model(variant: str, shapes: dict, device: str, meta: bool = False) -> torch.nn.Module:
+    """SASRec with the variant's branch over random tables of `shapes` (meta: no memory)."""
+    torch.manual_seed(0)
+    model = build_backbone("sasrec", N_ITEMS, {"d": 64, "max_len": MAX_LEN})
+    names = list(shapes)
+    cfg, used = variant_config(variant, names, BranchConfig.for_protocol("corrected"))
+    if cfg is not None:
+        table_device = "meta" if meta else device
+        tables = [torch.randn(*shapes[n.removeprefix("random-")], device=table_device) for n in used]
+        attach(model, build_branch(cfg, tables))
+    return model.to(device) if not meta else model
+
+
+def time_case(variant: str, shapes: dict, steps: int, device: str) -> dict:
+    """Mean train-step and eval-batch time (ms) and peak memory (MiB) of one case."""
+    model = build_model(variant, shapes, device)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3, fused=True)
+    gen = torch.Generator(device=device).manual_seed(0)
+    windows = torch.randint(1, N_ITEMS + 1, (BATCH, MAX_LEN + 1), device=device, generator=gen)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    train_ms = []
+    for step in range(steps + 1):                     # step 0 warms up
+        sync()
+        start = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        model.loss(windows, gen).backward()
+        opt.step()
+        sync()
+        train_ms.append(1000 * (time.perf_counter() - start))
+    model.eval()
+    eval_ms = []
+    with torch.no_grad():
+        for _ in range(steps + 1):
+            start = time.perf_counter()
+            model.user_representation(windows[:, 1:])
+            sync()
+            eval_ms.append(1000 * (time.perf_counter() - start))
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda")
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return {"train_ms": sum(train_ms[1:]) / steps, "eval_ms": sum(eval_ms[1:]) / steps, "peak_mib": peak}
+
+
+def trainable_counts(shapes: dict) -> dict[str, int]:
+    """Trainable parameters per variant (tables on the meta device: nothing is allocated)."""
+    counts = {}
+    for variant in variant_names(list(shapes)):
+        model = build_model(variant, shapes, "cpu", meta=True)
+        counts[variant] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return counts
+
+
+def run_all(args) -> None:
+    rows = []
+    for name in CASES:
+        cmd = [sys.executable, __file__, "--one", name, "--steps", str(args.steps),
+               "--threads", str(args.threads), "--device", args.device]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode:
+            sys.exit(f"case {name!r} failed:\n{out.stderr[-2000:]}")
+        rows.append((name, json.loads(out.stdout.strip().splitlines()[-1])))
+    base = rows[0][1]
+    print(f"SASRec step (forward+backward+Adam), B={BATCH}, L={MAX_LEN}, d=64, {args.device}, "
+          f"{args.threads} thread(s), mean of {args.steps} steps")
+    print(f"{'case':<24}{'train ms':>10}{'x base':>8}{'eval ms':>10}{'x base':>8}{'peak MiB':>10}")
+    for name, r in rows:
+        print(f"{name:<24}{r['train_ms']:>10.1f}{r['train_ms'] / base['train_ms']:>8.1f}"
+              f"{r['eval_ms']:>10.1f}{r['eval_ms'] / base['eval_ms']:>8.1f}{r['peak_mib']:>10.0f}")
+    print("\ntrainable parameters per variant (offline LLM shapes; round 2 adds a frozen expert)")
+    for variant, n in trainable_counts(OFFLINE).items():
+        print(f"{variant:<28}{n:>14,}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per case (after 1 warm-up)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--one", choices=list(CASES), help=argparse.SUPPRESS)   # child process
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.one:
+        variant, shapes = CASES[args.one]
+        print(json.dumps(time_case(variant, shapes, args.steps, args.device)))
+    else:
+        run_all(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""The interface every backbone implements, its config, and the parts backbones share.
+
+Shared parts: the config (`BackboneConfig`), the embedding layer (`SequenceEmbedding`), the
+Transformer block used by SASRec and BERT4Rec (`TransformerBlock`, causal or bidirectional),
+the negative sampler and the two losses (`bce_loss`, `full_ce_loss`). Everything is
+vectorised torch code that runs on CPU and CUDA alike.
+
+Sequences are left-padded with item id 0; the most recent item is last.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mltfr.errors import ConfigError
+
+PAD = 0  # item id of padding
+
+
+@dataclass
+class BackboneConfig:
+    """Hyper-parameters of an ID-only backbone (method.md defaults: d=64, L=50, dropout 0.2)."""
+
+    d: int = 64  # (int) hidden size = item embedding size
+    max_len: int = 50  # (int) L, the longest input sequence; training windows hold L+1 items
+    n_blocks: int = 2  # (int) Transformer / filter blocks, or GRU layers for gru4rec
+    n_heads: int | None = None  # (int) attention heads; None = backbone default (SASRec 1, BERT4Rec 2)
+    dropout: float = 0.2  # (float) dropout on embeddings and block outputs
+    attn_dropout: float = 0.2  # (float) dropout on attention weights (SASRec/BERT4Rec)
+    mask_prob: float = 0.2  # (float) BERT4Rec cloze masking probability per position
+
+    def __post_init__(self) -> None:
+        for name in ("d", "max_len", "n_blocks"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"backbone config: {name}={getattr(self, name)} must be >= 1")
+        if self.n_heads is not None and (self.n_heads < 1 or self.d % self.n_heads):
+            raise ConfigError(f"backbone config: n_heads={self.n_heads} must be >= 1 and divide d={self.d}")
+        for name in ("dropout", "attn_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"backbone config: {name}={getattr(self, name)} must be in [0, 1)")
+        if not 0.0 < self.mask_prob < 1.0:
+            raise ConfigError(f"backbone config: mask_prob={self.mask_prob} must be in (0, 1)")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], where: str = "backbone") -> "BackboneConfig":
+        """Build from a mapping (e.g. YAML); unknown keys and wrong types raise ConfigError."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for key, value in values.items():
+            if key not in fields:
+                raise ConfigError(f"{where}: unknown key '{key}'; valid keys: {', '.join(fields)}")
+            _check_type(where, key, value, fields[key].type)
+        return cls(**values)
+
+    def heads(self, default: int) -> int:
+        """The number of attention heads, `default` when the config leaves it open."""
+        n_heads = default if self.n_heads is None else self.n_heads
+        if self.d % n_heads:
+            raise ConfigError(f"backbone config: n_heads={n_heads} must divide d={self.d}; set n_heads")
+        return n_heads
+
+
+def _check_type(where: str, key: str, value: Any, annotation: str) -> None:
+    """Reject values of the wrong type (bool is not an int here; an int is a valid float)."""
+    if value is None and "None" in annotation:
+        return
+    want_int = annotation.startswith("int")
+    ok = (isinstance(value, int) and not isinstance(value, bool)) if want_int else (
+        isinstance(value, (int, float)) and not isinstance(value, bool))
+    if not ok:
+        kind = "an integer" if want_int else "a number"
+        raise ConfigError(f"{where}: key '{key}' must be {kind}, got {value!r}")
+
+
+class SequentialRecommender(nn.Module):
+    """Base class: subclasses set `self.embed` (a SequenceEmbedding) and define forward, loss.
+
+    Scores = user_representation(inputs) @ item_representation().T; row/column 0 is padding.
+    """
+
+    def __init__(self, n_items: int, cfg: BackboneConfig):
+        super().__init__()
+        if n_items < 1:
+            raise ConfigError(f"a backbone needs at least one item, got n_items={n_items}")
+        self.n_items, self.d, self.max_len = n_items, cfg.d, cfg.max_len
+        self.cfg = cfg
+        self.branch: nn.Module | None = None  # set by mltfr.models.mltfr; None = ID-only
+
+    def inject(self, h: Tensor, h0: Tensor, seqs: Tensor) -> Tensor:
+        """Add the LLM branch after the first block: h (B, L, d) + branch(h0, seqs) (B, L, d)."""
+        return h if self.branch is None else h + self.branch(h0, seqs)
+
+    def forward(self, seqs: Tensor) -> Tensor:  # (B, L) -> (B, L, d)
+        raise NotImplementedError
+
+    def loss(self, seqs: Tensor, gen: torch.Generator) -> Tensor:
+        """Training loss on left-padded windows seqs (B, L+1); gen lives on seqs.device."""
+        raise NotImplementedError
+
+    def user_representation(self, inputs: Tensor) -> Tensor:
+        """(B, L) -> (B, d): the hidden state at the last (most recent) position."""
+        return self.forward(inputs)[:, -1, :]
+
+    def item_representation(self) -> Tensor:
+        """(n_items+1, d); row 0 is the padding item."""
+        return self.embed.item_emb.weight[: self.n_items + 1]
+
+
+class SequenceEmbedding(nn.Module):
+    """h0 = dropout(norm(scale * ItemEmb[s] + PosEmb[p])), padding positions zeroed.
+
+    Positions are counted from the right (the most recent item always has position
+    max_len-1), so a sequence gets the same embedding whatever its amount of left padding.
+    """
+
+    def __init__(self, n_tokens: int, d: int, max_len: int, dropout: float,
+                 scale: bool = True, positions: bool = True, layer_norm: bool = False):
+        super().__init__()
+        self.item_emb = nn.Embedding(n_tokens, d, padding_idx=PAD)
+        self.pos_emb = nn.Embedding(max_len, d) if positions else None
+        self.norm = nn.LayerNorm(d, eps=1e-8) if layer_norm else nn.Identity()
+        self.scale = math.sqrt(d) if scale else 1.0
+        self.dropout = nn.Dropout(dropout)
+        self.max_len = max_len
+
+    def forward(self, seqs: Tensor) -> Tensor:  # (B, L) -> (B, L, d)
+        length = seqs.shape[1]
+        if length > self.max_len:
+            raise ValueError(f"sequence length {length} exceeds max_len={self.max_len}")
+        h = self.item_emb(seqs) * self.scale
+        if self.pos_emb is not None:
+            positions = torch.arange(self.max_len - length, self.max_len, device=seqs.device)
+            h = h + self.pos_emb(positions)  # (L, d) broadcast over B
+        h = self.dropout(self.norm(h))
+        return h * (seqs != PAD).unsqueeze(-1)
+
+
+def attention_mask(seqs: Tensor, causal: bool) -> Tensor:
+    """(B, L) -> (B, 1, L, L) bool, True = may attend: real keys (and the past, if causal).
+
+    Every position may attend to itself, so rows of padding queries are never empty (an
+    all-False row would give NaN); their outputs are discarded.
+    """
+    length = seqs.shape[1]
+    allowed = (seqs != PAD)[:, None, None, :]  # (B, 1, 1, L) real keys
+    eye = torch.eye(length, dtype=torch.bool, device=seqs.device)
+    if causal:
+        allowed = allowed & torch.ones_like(eye).tril()
+    return allowed | eye
+
+
+class TransformerBlock(nn.Module):
+    """One self-attention + feed-forward block, pre-LN as in the SASRec authors' code.
+
+    As in kang205/SASRec and pmixer/SASRec.pytorch, queries come from the normalised input
+    while keys/values come from the raw input, and each residual starts from the normalised
+    tensor: h = LN1(x) + Attn(LN1(x), x, x); out = LN2(h) + FFN(LN2(h)).
+    """
+
+    def __init__(self, d: int, n_heads: int, dropout: float, attn_dropout: float,
+                 ffn_mult: int = 1, activation: str = "relu"):
+        super().__init__()
+        self.n_heads, self.attn_dropout = n_heads, attn_dropout
+        self.attn_norm = nn.LayerNorm(d, eps=1e-8)
+        self.q_proj, self.kv_proj, self.out_proj = nn.Linear(d, d), nn.Linear(d, 2 * d), nn.Linear(d, d)
+        self.ffn_norm = nn.LayerNorm(d, eps=1e-8)
+        act = nn.ReLU() if activation == "relu" else nn.GELU()
+        self.ffn = nn.Sequential(nn.Linear(d, ffn_mult * d), nn.Dropout(dropout), act,
+                                 nn.Linear(ffn_mult * d, d), nn.Dropout(dropout))
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:  # x (B, L, d), mask (B, 1, L, L)
+        q_in = self.attn_norm(x)
+        h = q_in + self.attention(q_in, x, mask)
+        f_in = self.ffn_norm(h)
+        return f_in + self.ffn(f_in)
+
+    def attention(self, q_in: Tensor, kv_in: Tensor, mask: Tensor) -> Tensor:
+        batch, length, d = q_in.shape
+        heads = lambda t: t.view(batch, length, self.n_heads, d // self.n_heads).transpose(1, 2)
+        q = heads(self.q_proj(q_in))  # (B, H, L, d/H)
+        k, v = (heads(t) for t in self.kv_proj(kv_in).chunk(2, dim=-1))
+        p = self.attn_dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        return self.out_proj(out.transpose(1, 2).reshape(batch, length, d))
+
+
+def sample_negatives(window: Tensor, n_items: int, gen: torch.Generator) -> Tensor:
+    """One negative per position, uniform over the items 1..n_items absent from the row.
+
+    window (B, L+1): the row's whole training window (inputs and targets); exclusion is over
+    these L+1 items only, not the user's full history. Exact and vectorised, no rejection
+    rounds: draw rank r among the free items, then map r to the r-th free id by counting the
+    excluded ids that precede it. Returns (B, L) ids. If a window covers every item, the
+    row's negatives may collide (no free item exists).
+    """
+    batch, width = window.shape
+    excluded = _sorted_distinct_items(window, n_items)  # (B, L+1), sentinel-filled
+    n_free = (n_items - (excluded <= n_items).sum(1)).clamp(min=1)  # (B,)
+    u = torch.rand(batch, width - 1, device=window.device, generator=gen)
+    r = (u * n_free[:, None]).long().clamp(max=n_free[:, None] - 1) + 1  # (B, L) in 1..n_free
+    # id = r + #{j : s_j - j < r} for distinct sorted excluded ids s_1 < s_2 < ... (1-based j)
+    rank = torch.arange(1, width + 1, device=window.device)
+    gaps = excluded - rank  # (B, L+1), non-decreasing over the real ids
+    return r + (gaps[:, None, :] < r[:, :, None]).sum(-1)
+
+
+def _sorted_distinct_items(window: Tensor, n_items: int) -> Tensor:
+    """(B, W) -> (B, W): each row's distinct non-padding ids ascending, then a sentinel."""
+    sentinel = n_items + window.shape[1] + 1  # larger than any r + j, so never counted
+    s, _ = window.sort(dim=1)
+    repeat = torch.zeros_like(s, dtype=torch.bool)
+    repeat[:, 1:] = s[:, 1:] == s[:, :-1]
+    s = s.masked_fill(repeat | (s == PAD), sentinel)
+    return s.sort(dim=1).values
+
+
+def bce_loss(h: Tensor, pos: Tensor, neg: Tensor, items: Tensor) -> Tensor:
+    """Binary cross-entropy of positives vs one negative, mean over real positions.
+
+    h (B, L, d) hidden states, pos/neg (B, L) ids (pos 0 = padding, skipped), items (n+1, d).
+    Only real positions are gathered, so padding costs nothing.
+    """
+    real = pos != PAD
+    h_real = h[real]  # (n, d)
+    pos_logit = (h_real * items[pos[real]]).sum(-1)  # (n,)
+    neg_logit = (h_real * items[neg[real]]).sum(-1)
+    return (F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit))
+            + F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit)))
+
+
+def full_ce_loss(h: Tensor, targets: Tensor, items: Tensor) -> Tensor:
+    """Softmax cross-entropy over all items 1..n (padding column 0 excluded), mean over rows.
+
+    h (n, d) hidden states of the real positions only, targets (n,) in 1..n_items,
+    items (n_items+1, d). Logits (n, n_items) = one matmul; column 0 is dropped rather than
+    masked to -inf, which is the same softmax.
+    """
+    logits = h @ items[1:].T  # (n, n_items)
+    return F.cross_entropy(logits, targets - 1)
+
+
+def init_weights(module: nn.Module, std: float | None = None) -> None:
+    """Xavier-normal for every matrix (SASRec code) or N(0, std) when std is given; zero padding row."""
+    for name, p in module.named_parameters():
+        if p.dim() < 2 or name.startswith("branch."):
+            continue
+        if std is None:
+            nn.init.xavier_normal_(p)
+        else:
+            nn.init.normal_(p, 0.0, std)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.Embedding) and m.padding_idx is not None:
+                m.weight[m.padding_idx].zero_()

@@ -1,0 +1,70 @@
+"""BERT4Rec: Sun et al., "BERT4Rec: Sequential Recommendation with Bidirectional Encoder
+Representations from Transformer", CIKM 2019.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from mltfr.models.base import (PAD, BackboneConfig, SequenceEmbedding, SequentialRecommender,
+                               TransformerBlock, attention_mask, full_ce_loss, init_weights)
+
+
+class BERT4Rec(SequentialRecommender):
+    """Bidirectional Transformer trained with the cloze task; [MASK] has id n_items+1.
+
+    Deviations from the paper: the block is the shared pre-LN block (TransformerBlock, GELU,
+    4d feed-forward) rather than BERT's post-LN block; scores are plain dot products with the
+    item embeddings (no output transform or per-item bias), as the common interface requires;
+    no extra training samples that mask only the last item. As in the authors' code, a
+    chosen position is always replaced by [MASK] (no 80/10/10 rule). At least one real
+    position per sequence is masked.
+    """
+
+    def __init__(self, n_items: int, cfg: BackboneConfig):
+        super().__init__(n_items, cfg)
+        self.mask_id = n_items + 1
+        self.mask_prob = cfg.mask_prob
+        # learned positions, LayerNorm + dropout on the embedding, no sqrt(d) scale (BERT)
+        self.embed = SequenceEmbedding(n_items + 2, cfg.d, cfg.max_len, cfg.dropout,
+                                       scale=False, layer_norm=True)
+        heads = cfg.heads(default=2)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(cfg.d, heads, cfg.dropout, cfg.attn_dropout, ffn_mult=4, activation="gelu")
+            for _ in range(cfg.n_blocks))
+        self.final_norm = nn.LayerNorm(cfg.d, eps=1e-8)
+        init_weights(self, std=0.02)
+
+    def forward(self, seqs: Tensor) -> Tensor:  # (B, L) -> (B, L, d)
+        h0 = self.embed(seqs)  # (B, L, d), padding zeroed
+        keep = (seqs != PAD).unsqueeze(-1)
+        mask = attention_mask(seqs, causal=False)
+        h = h0
+        for i, block in enumerate(self.blocks):
+            h = block(h, mask) * keep
+            if i == 0:
+                h = self.inject(h, h0, seqs)
+        return self.final_norm(h)
+
+    def cloze_mask(self, window: Tensor, gen: torch.Generator) -> Tensor:
+        """(B, L) -> (B, L) bool: real positions chosen with mask_prob, >= 1 per non-empty row."""
+        real = window != PAD
+        u = torch.rand(window.shape, device=window.device, generator=gen)
+        masked = (u < self.mask_prob) & real
+        # rows with nothing masked: mask their real position with the largest draw
+        fallback = u.masked_fill(~real, -1.0).argmax(dim=1)  # (B,)
+        need = ~masked.any(dim=1) & real.any(dim=1)
+        forced = nn.functional.one_hot(fallback, window.shape[1]).bool() & need[:, None]
+        return masked | forced  # no host sync, unlike boolean indexing
+
+    def loss(self, seqs: Tensor, gen: torch.Generator) -> Tensor:
+        """Cloze loss on the last L items seqs[:, 1:]: CE over all items at masked positions."""
+        window = seqs[:, 1:]  # (B, L)
+        masked = self.cloze_mask(window, gen)
+        h = self.forward(window.masked_fill(masked, self.mask_id))
+        return full_ce_loss(h[masked], window[masked], self.item_representation())
+
+    def user_representation(self, inputs: Tensor) -> Tensor:
+        """(B, L) -> (B, d): drop the oldest slot, append [MASK], read its hidden state."""
+        mask_col = torch.full_like(inputs[:, :1], self.mask_id)
+        return self.forward(torch.cat([inputs[:, 1:], mask_col], dim=1))[:, -1, :]

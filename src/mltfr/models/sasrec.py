@@ -1,0 +1,59 @@
+"""SASRec: Kang & McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018.
+
+Two losses on one network: `sasrec` (the paper's binary cross-entropy, one sampled negative
+per position) and `sasrec-ce` (full softmax cross-entropy over all items, the strong
+baseline of later work, e.g. Klenitskiy & Vasilev 2023).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from mltfr.models.base import (PAD, BackboneConfig, SequenceEmbedding, SequentialRecommender,
+                               TransformerBlock, attention_mask, bce_loss, full_ce_loss,
+                               init_weights, sample_negatives)
+
+
+class SASRec(SequentialRecommender):
+    """Causal Transformer over item ids with learned positions and a final LayerNorm.
+
+    Deviations from the paper, all following the authors' code (kang205/SASRec, as ported by
+    pmixer/SASRec.pytorch): the block's residuals start from the normalised input (see
+    TransformerBlock); weights are Xavier-normal. Ours: attention also masks padding keys
+    and positions are counted from the right, so outputs at real positions do not depend on
+    the amount of left padding; negatives avoid the L+1 items of the training window rather
+    than the user's whole history.
+    """
+
+    def __init__(self, n_items: int, cfg: BackboneConfig, loss_type: str = "bce"):
+        super().__init__(n_items, cfg)
+        if loss_type not in ("bce", "ce"):
+            raise ValueError(f"loss_type must be 'bce' or 'ce', got {loss_type!r}")
+        self.loss_type = loss_type
+        self.embed = SequenceEmbedding(n_items + 1, cfg.d, cfg.max_len, cfg.dropout)
+        heads = cfg.heads(default=1)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(cfg.d, heads, cfg.dropout, cfg.attn_dropout) for _ in range(cfg.n_blocks))
+        self.final_norm = nn.LayerNorm(cfg.d, eps=1e-8)
+        init_weights(self)
+
+    def forward(self, seqs: Tensor) -> Tensor:  # (B, L) -> (B, L, d)
+        h0 = self.embed(seqs)  # (B, L, d), padding zeroed
+        keep = (seqs != PAD).unsqueeze(-1)  # (B, L, 1)
+        mask = attention_mask(seqs, causal=True)
+        h = h0
+        for i, block in enumerate(self.blocks):
+            h = block(h, mask) * keep
+            if i == 0:
+                h = self.inject(h, h0, seqs)
+        return self.final_norm(h)
+
+    def loss(self, seqs: Tensor, gen: torch.Generator) -> Tensor:
+        """seqs (B, L+1): predict seqs[:, 1:] from seqs[:, :-1] at every real position."""
+        inputs, targets = seqs[:, :-1], seqs[:, 1:]
+        h = self.forward(inputs)  # (B, L, d)
+        items = self.item_representation()
+        if self.loss_type == "bce":
+            return bce_loss(h, targets, sample_negatives(seqs, self.n_items, gen), items)
+        real = targets != PAD
+        return full_ce_loss(h[real], targets[real], items)

@@ -1,0 +1,264 @@
+"""The MLTFR branch: filtering, experts, router, pooling protocols, variants (small random tables)."""
+import math
+
+import pytest
+import torch
+
+from mltfr.errors import ConfigError
+from mltfr.models import build_backbone
+from mltfr.models.mltfr import (BranchConfig, PrototypeMap, TokenFilter, attach, build_branch,
+                                masked_mean, straight_through_topk)
+from mltfr.models.variants import (backbone_defaults, default_consensus_group, needs_round2,
+                                   variant_config, variant_names)
+
+D_MODEL, MAX_LEN, N_ITEMS = 16, 8, 40
+LLMS = ["a", "b", "c"]
+DIMS = [12, 12, 20]
+
+
+def tables_for(names):
+    """Small random tables; `random-x` has x's shape (as the token-table layer guarantees)."""
+    shapes = {"a": (50, 12), "b": (60, 12), "c": (70, 20)}
+    gen = torch.Generator().manual_seed(0)
+    return [torch.randn(*shapes[n.removeprefix("random-")], generator=gen) for n in names]
+
+
+def tiny_model(cfg=None, tables=None, seed=0):
+    torch.manual_seed(seed)
+    model = build_backbone("sasrec", N_ITEMS, {"d": D_MODEL, "max_len": MAX_LEN, "n_blocks": 2})
+    if cfg is not None:
+        attach(model, build_branch(cfg, tables))
+    return model
+
+
+def random_seqs(n, seed=1):
+    """(n, MAX_LEN) left-padded sequences of 1..MAX_LEN items."""
+    gen = torch.Generator().manual_seed(seed)
+    seqs = torch.randint(1, N_ITEMS + 1, (n, MAX_LEN), generator=gen)
+    lengths = torch.randint(1, MAX_LEN + 1, (n,), generator=gen)
+    return seqs * (torch.arange(MAX_LEN) >= MAX_LEN - lengths[:, None])
+
+
+def base_cfg(**kw):
+    return BranchConfig(d=D_MODEL, **kw)
+
+
+@pytest.mark.parametrize("variant", variant_names(LLMS))
+def test_every_variant_gives_b_l_d_and_trains(variant):
+    cfg, names = variant_config(variant, LLMS, base_cfg(), dims=DIMS)
+    model = tiny_model(cfg, tables_for(names)) if cfg else tiny_model()
+    seqs = random_seqs(6)
+    assert model(seqs).shape == (6, MAX_LEN, D_MODEL)
+    loss = model.loss(torch.cat([seqs, random_seqs(6, 2)[:, -1:]], 1), torch.Generator().manual_seed(0))
+    loss.backward()
+    assert math.isfinite(loss.item())
+    if cfg is not None:   # (with K = 1 and user pooling one key: query/key get no gradient)
+        assert model.branch.experts[0].value.weight.grad.abs().sum() > 0
+
+
+def test_masked_mean_ignores_padding():
+    h0 = torch.tensor([[[0.0, 0.0], [2.0, 4.0], [4.0, 8.0]]])          # first position is padding
+    assert torch.allclose(masked_mean(h0, torch.tensor([[0, 5, 7]])), torch.tensor([[3.0, 6.0]]))
+
+
+def test_straight_through_forward_one_over_k_gradient_through_softmax():
+    logits = torch.tensor([[0.0, math.log(2.0), 0.0]], requires_grad=True)  # y = 1/4, 1/2, 1/4
+    idx, w = straight_through_topk(logits, K=1, tau=1.0)
+    assert idx.tolist() == [[1]] and w.item() == 1.0
+    w.sum().backward()                      # d y_1 / d logits = y_1 (e_1 - y)
+    assert torch.allclose(logits.grad, torch.tensor([[-0.125, 0.25, -0.125]]))
+    scores = torch.tensor([[0.0, 3.0, 2.0, 1.0]], requires_grad=True)
+    idx, w = straight_through_topk(scores, K=2, tau=0.5)
+    assert idx.tolist() == [[1, 2]] and torch.allclose(w, torch.tensor([[0.5, 0.5]]))
+    w[0, 0].backward()          # = y_1 / 2 with y = softmax(2 * scores): grad = y_1 (e_1 - y) * 2 / 2
+    y = torch.softmax(torch.tensor([0.0, 6.0, 4.0, 2.0]), 0)
+    assert torch.allclose(scores.grad[0], y[1] * (torch.eye(4)[1] - y))
+
+
+def test_filter_picks_the_token_closest_to_the_user():
+    filt = TokenFilter(dim=2, d=2)
+    with torch.no_grad():
+        filt.proj.weight.copy_(torch.eye(2))
+        filt.proj.bias.zero_()
+    table = torch.tensor([[1.0, 0.0], [0.0, 3.0], [-1.0, -1.0]])
+    x, idx = filt(torch.tensor([[0.1, 0.9], [2.0, -0.1]]), table, K=1, tau=0.5, noise=False)
+    assert idx.tolist() == [[1], [0]]
+    assert torch.allclose(x, torch.tensor([[[0.0, 3.0]], [[1.0, 0.0]]]))  # w = 1: raw LLM rows
+
+
+def test_prototypes_are_a_linear_map_over_the_vocabulary():
+    table = torch.arange(6.0).view(3, 2)                            # |V| = 3, D = 2
+    proto = PrototypeMap(vocab=3, n_prototypes=2)
+    with torch.no_grad():
+        proto.mix.weight.copy_(torch.tensor([[1.0, 0.0, 1.0], [0.0, 2.0, 0.0]]))
+        proto.mix.bias.copy_(torch.tensor([0.5, 0.0]))
+    # prototype 0 = row0 + row2 + 0.5 = [4.5, 6.5]; prototype 1 = 2 * row1 = [4, 6]
+    assert torch.allclose(proto(table), torch.tensor([[[4.5, 6.5], [4.0, 6.0]]]))
+
+
+def test_gradients_reach_tables_only_when_trainable():
+    for trainable in (True, False):
+        cfg = base_cfg(names=["a", "b"], trainable_tables=trainable)
+        model = tiny_model(cfg, tables_for(["a", "b"]))
+        model(random_seqs(8)).pow(2).sum().backward()
+        branch = model.branch
+        assert all(s.proj.weight.grad.abs().sum() > 0 for s in branch.selectors)
+        table_params = [n for n, _ in branch.named_parameters() if n.startswith("table")]
+        if trainable:
+            assert table_params == ["table0", "table1"]
+            assert branch.table0.grad.abs().sum() > 0
+        else:
+            assert table_params == [] and not branch.table0.requires_grad
+            assert "branch.table0" not in model.state_dict()       # frozen tables stay out of checkpoints
+
+
+def test_trainable_table_is_a_copy_of_the_callers_tensor():
+    tables = tables_for(["a"])
+    branch = build_branch(base_cfg(names=["a"]), tables)
+    with torch.no_grad():
+        branch.table0.add_(1.0)
+    assert not torch.equal(branch.table0, tables[0])
+
+
+@torch.no_grad()
+def test_corrected_eval_is_deterministic_and_independent_of_the_batch():
+    cfg = BranchConfig.for_protocol("corrected", d=D_MODEL, names=LLMS)
+    model = tiny_model(cfg, tables_for(LLMS)).eval()
+    seqs = random_seqs(128)
+    full = model.user_representation(seqs)                              # (128, d)
+    assert torch.equal(full, model.user_representation(seqs))
+    single = torch.cat([model.user_representation(seqs[i:i + 1]) for i in range(128)])
+    assert torch.allclose(single, full, atol=1e-5)
+    perm = torch.randperm(128, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(model.user_representation(seqs[perm]), full[perm], atol=1e-5)
+
+
+@torch.no_grad()
+def test_faithful_batch_pooling_depends_on_the_batch():
+    cfg = base_cfg(names=LLMS, pooling="batch", eval_noise=False)
+    model = tiny_model(cfg, tables_for(LLMS)).eval()
+    seqs = random_seqs(32)
+    alone = model.user_representation(seqs[:1])
+    in_batch = model.user_representation(seqs)[:1]
+    assert (alone - in_batch).abs().max() > 1e-3
+    noisy = tiny_model(BranchConfig.for_protocol("faithful", d=D_MODEL, names=LLMS), tables_for(LLMS)).eval()
+    assert not torch.equal(noisy.user_representation(seqs), noisy.user_representation(seqs))
+
+
+def test_projection_cache_is_reused_in_eval_and_dropped_after_a_step():
+    cfg = base_cfg(names=["a"], trainable_tables=False)
+    model = tiny_model(cfg, tables_for(["a"]))
+    filt, table = model.branch.selectors[0], model.branch.table0
+    with torch.no_grad():
+        first = filt.normalised_projection(table)
+        assert filt.normalised_projection(table) is first            # cached
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    model(random_seqs(4)).sum().backward()
+    opt.step()
+    with torch.no_grad():
+        fresh = filt.normalised_projection(table)
+        assert fresh is not first and not torch.allclose(fresh, first)
+        assert torch.allclose(fresh, torch.nn.functional.normalize(filt.proj(table), dim=-1))
+
+
+@torch.no_grad()
+def test_interp_stats_count_tokens_and_router_weights():
+    cfg = base_cfg(names=["a", "b"], router="mean", K=2)
+    model = tiny_model(cfg, tables_for(["a", "b"])).eval()
+    seqs = random_seqs(10)
+    model(seqs)
+    stats = model.branch.interp_stats(top=100)
+    assert stats["router_weight"] == {"a": 0.5, "b": 0.5}
+    assert stats["n_positions"] == int((seqs > 0).sum())
+    assert sum(c for _, c in stats["top_tokens"]["a"]) == 10 * 2   # 10 users x K
+    model.train()
+    model(seqs)                                                      # training does not record
+    assert model.branch.interp_stats()["n_positions"] == stats["n_positions"]
+    model.branch.reset_interp()
+    assert model.branch.interp_stats()["n_positions"] == 0
+
+
+def test_softmax_router_weights_sum_to_one():
+    branch = build_branch(base_cfg(names=LLMS), tables_for(LLMS))
+    gates = branch.gates(torch.randn(3, 5, D_MODEL))
+    assert gates.shape == (3, 5, 3) and torch.allclose(gates.sum(-1), torch.ones(3, 5))
+
+
+def test_branch_output_is_zero_at_padding():
+    branch = build_branch(base_cfg(names=["a"]), tables_for(["a"]))
+    seqs = random_seqs(5)
+    out = branch(torch.randn(5, MAX_LEN, D_MODEL), seqs)
+    assert out[seqs == 0].abs().max() == 0 and out[seqs > 0].abs().max() > 0
+
+
+def test_variants_map_to_their_settings():
+    base = base_cfg(K=3)
+    cfg, names = variant_config("filter-b", LLMS, base)
+    assert names == ["b"] and cfg.filtering and cfg.router == "mean" and cfg.consensus == "none" and cfg.K == 3
+    cfg, names = variant_config("direct-c", LLMS, base)
+    assert names == ["c"] and not cfg.filtering
+    cfg, names = variant_config("mltfr-random", LLMS, base)
+    assert names == ["random-a", "random-b", "random-c"] and cfg.consensus == "fisher"
+    assert variant_config("mltfr-frozen", LLMS, base)[0].trainable_tables is False
+    assert variant_config("mltfr-norouter", LLMS, base)[0].router == "mean"
+    assert variant_config("mltfr", LLMS, base, dims=DIMS)[0].consensus_group == [0, 1]
+    assert variant_config("base", LLMS, base) == (None, [])
+    assert {v: needs_round2(v) for v in variant_names(LLMS) if needs_round2(v)} == {
+        v: True for v in ["mltfr", "mltfr-nofilter", "mltfr-norouter", "mltfr-meanconsensus",
+                          "mltfr-frozen", "mltfr-random"]}
+    assert backbone_defaults("fmlprec") == {"lambda_s": 0.05, "K": 10}
+
+
+def test_unknown_variant_lists_the_valid_names():
+    with pytest.raises(ConfigError, match="valid variants: base, direct-a.*mltfr-random"):
+        variant_config("mltfr-everything", LLMS, base_cfg())
+    with pytest.raises(ConfigError, match="filter-zzz"):
+        variant_config("filter-zzz", LLMS, base_cfg())
+
+
+def test_consensus_group_errors_name_the_llms_and_dimensions():
+    assert default_consensus_group(["x", "y", "z", "w"], [8, 4, 4, 8]) == [0, 3]   # tie: first
+    with pytest.raises(ConfigError, match=r"no two LLMs share.*x \(D=8\), y \(D=4\)"):
+        default_consensus_group(["x", "y"], [8, 4])
+    with pytest.raises(ConfigError, match=r"mixes token dimensions: \[a \(D=12\), c \(D=20\)\]"):
+        variant_config("mltfr", LLMS, base_cfg(consensus_group=[0, 2]), dims=DIMS)
+    with pytest.raises(ConfigError, match=r"fewer than two LLMs: \[b \(D=12\)\]"):
+        variant_config("mltfr", LLMS, base_cfg(consensus_group=[1]), dims=DIMS)
+    # a variant without round 2 does not need a group
+    assert variant_config("mltfr-noconsensus", ["x", "y"], base_cfg(), dims=[8, 4])[0] is not None
+
+
+def test_bad_branch_settings_raise_config_error():
+    with pytest.raises(ConfigError, match="pooling='users'"):
+        BranchConfig(pooling="users")
+    with pytest.raises(ConfigError, match="not divisible by n_heads"):
+        BranchConfig(d=10)
+    with pytest.raises(ConfigError, match="d=32 differs"):
+        attach(tiny_model(), build_branch(BranchConfig(d=32, names=["a"]), tables_for(["a"])))
+
+
+def test_make_branch_builds_from_named_tables():
+    from mltfr.models.variants import base_config, make_branch
+    base = base_config("faithful", "fmlprec", D_MODEL, {"tau": 1.0})
+    assert (base.pooling, base.eval_noise, base.K, base.lambda_s, base.tau) == ("batch", True, 10, 0.05, 1.0)
+    assert base_config("corrected", "sasrec", D_MODEL, {"k": 3}).K == 3          # `--set branch.k=3`
+    tables = dict(zip(["random-a", "random-b", "random-c"], tables_for(["a", "b", "c"])))
+    branch = make_branch("mltfr-random", LLMS, tables, base)
+    assert branch.names == ["random-a", "random-b", "random-c"] and branch.cfg.consensus_group == [0, 1]
+    assert make_branch("base", LLMS, {}, base) is None
+    with pytest.raises(ConfigError, match=r"needs the token tables of \['b'\]"):
+        make_branch("filter-b", LLMS, tables, base)
+    with pytest.raises(ConfigError, match="unknown branch setting"):
+        base_config("corrected", "sasrec", D_MODEL, {"temperature": 1.0})
+
+
+@pytest.mark.parametrize("backbone", ["sasrec-ce", "bert4rec", "gru4rec", "fmlprec"])
+def test_branch_enters_every_backbone(backbone):
+    cfg, names = variant_config("mltfr", LLMS, base_cfg(K=2), dims=DIMS)
+    torch.manual_seed(0)
+    model = attach(build_backbone(backbone, N_ITEMS, {"d": D_MODEL, "max_len": MAX_LEN}),
+                   build_branch(cfg, tables_for(names)))
+    seqs = random_seqs(4)
+    assert model(seqs).shape == (4, MAX_LEN, D_MODEL)
+    model.loss(torch.cat([seqs, random_seqs(4, 2)[:, -1:]], 1), torch.Generator().manual_seed(0)).backward()
+    assert model.branch.selectors[0].proj.weight.grad.abs().sum() > 0

@@ -1,0 +1,134 @@
+"""Fisher consensus: the diagonal Fisher, the merge, the file between rounds, the frozen round 2."""
+import pytest
+import torch
+
+from mltfr.errors import ConfigError, DataError
+from mltfr.models.fisher import (consensus_state, fisher_diagonal, load_consensus, merge_experts,
+                                 merge_round1, per_expert, save_consensus)
+from mltfr.models.mltfr import BranchConfig, attach, build_branch
+from mltfr.models.variants import variant_config
+from test_mltfr import D_MODEL, DIMS, LLMS, random_seqs, tables_for, tiny_model
+
+
+def windows(n, seed):
+    """(n, L+1) training windows."""
+    seqs = random_seqs(n, seed)
+    return torch.cat([seqs, random_seqs(n, seed + 100)[:, -1:]], 1)
+
+
+def round1_model():
+    cfg, names = variant_config("mltfr", LLMS, BranchConfig(d=D_MODEL, pooling="batch"), dims=DIMS)
+    return tiny_model(cfg, tables_for(names)), cfg, names
+
+
+def test_merge_of_identical_experts_is_that_expert():
+    expert = build_branch(BranchConfig(d=D_MODEL, names=["a"]), tables_for(["a"])).experts[0].state_dict()
+    fishers = [{k: torch.rand_like(v) for k, v in expert.items()} for _ in range(3)]
+    for merged in (merge_experts([expert] * 3, fishers), merge_experts([expert] * 3, None)):
+        assert merged.keys() == expert.keys()
+        assert all(torch.allclose(merged[k], expert[k], atol=1e-6) for k in expert)
+
+
+def test_merge_follows_the_fisher_weights_by_hand():
+    thetas = [{"w": torch.tensor([1.0, 2.0, 5.0])}, {"w": torch.tensor([3.0, 4.0, 7.0])}]
+    fishers = [{"w": torch.tensor([1.0, 2.0, 0.0])}, {"w": torch.tensor([3.0, 0.0, 0.0])}]
+    # (1*1 + 3*3) / 4 = 2.5;  (2*2 + 0*4) / 2 = 2;  no information anywhere: 0 / 1e-12 = 0
+    assert torch.allclose(merge_experts(thetas, fishers)["w"], torch.tensor([2.5, 2.0, 0.0]))
+    assert torch.allclose(merge_experts(thetas, None)["w"], torch.tensor([2.0, 3.0, 6.0]))
+    with pytest.raises(ConfigError, match="at least two experts"):
+        merge_experts(thetas[:1], None)
+
+
+def test_fisher_is_the_mean_squared_batch_gradient_with_dropout_off():
+    model, _, _ = round1_model()
+    model.train()
+    seen_modes = []
+
+    def loss_fn(m, scale):   # gradient of out.bias of expert 1 is `scale` in every element
+        seen_modes.append(m.training)
+        return scale * m.branch.experts[1].out.bias.sum()
+
+    fisher = fisher_diagonal(model, [1.0, 3.0], loss_fn)
+    assert torch.allclose(fisher["branch.experts.1.out.bias"], torch.full((D_MODEL,), 5.0))  # (1+9)/2
+    assert fisher["branch.experts.0.out.bias"].abs().sum() == 0
+    assert seen_modes == [False, False] and model.training              # eval during, restored after
+    assert all(name.startswith("branch.experts.") for name in fisher)
+
+
+def test_fisher_with_the_backbone_loss_and_merge_of_the_group():
+    model, cfg, _ = round1_model()
+    fisher = fisher_diagonal(model, [windows(8, s) for s in range(3)], seed=0)
+    assert len(fisher) == 3 * 8                                          # 3 experts x (4 Linear x w, b)
+    assert all((f >= 0).all() for f in fisher.values())
+    assert fisher["branch.experts.0.value.weight"].sum() > 0
+    assert model.branch.interp_stats()["n_positions"] == 0            # the pass does not record
+    assert per_expert(fisher, 3)[2]["key.weight"].shape == (D_MODEL, 20)
+    merged = consensus_state(model, cfg.consensus_group, fisher)
+    assert merged["key.weight"].shape == (D_MODEL, 12)
+
+
+def test_round2_consensus_expert_stays_frozen_while_training(tmp_path):
+    model, cfg, names = round1_model()
+    merged, meta = merge_round1(model, [windows(8, 0)])
+    assert meta == {"llms": ["a", "b"], "dim": 12, "d": D_MODEL, "method": "fisher"}
+    path = tmp_path / "fisher.safetensors"
+    save_consensus(path, merged, meta)
+    state, meta = load_consensus(path, expect_llms=["a", "b"])
+    assert meta["llms"] == ["a", "b"]
+    with pytest.raises(DataError, match=r"merged from \['a', 'b'\], but round 2 uses the group \['a', 'c'\]"):
+        load_consensus(path, expect_llms=["a", "c"])
+
+    round2 = tiny_model(None, seed=1)
+    attach(round2, build_branch(cfg, tables_for(names), shared_state=state))
+    shared = round2.branch.shared
+    before = {k: v.clone() for k, v in shared.state_dict().items()}
+    assert all(torch.equal(before[k], merged[k]) for k in merged)
+    assert not any(p.requires_grad for p in shared.parameters())
+    opt = torch.optim.Adam(round2.parameters(), lr=0.01, weight_decay=0.1)
+    for step in range(3):
+        opt.zero_grad()
+        round2.loss(windows(8, step), torch.Generator().manual_seed(step)).backward()
+        opt.step()
+    assert all(torch.equal(shared.state_dict()[k], before[k]) for k in before)
+    assert not torch.equal(round2.branch.experts[0].value.weight, model.branch.experts[0].value.weight)
+
+
+def test_the_consensus_expert_adds_lambda_s_times_its_output():
+    _, cfg, names = round1_model()
+    cfg = BranchConfig(**{**cfg.__dict__, "pooling": "user"})
+    torch.manual_seed(0)
+    state = build_branch(cfg, tables_for(names)).experts[0].state_dict()
+    with_shared = build_branch(cfg, tables_for(names), shared_state=state).eval()
+    without = build_branch(cfg, tables_for(names)).eval()
+    without.load_state_dict({k: v for k, v in with_shared.state_dict().items() if not k.startswith("shared.")})
+    h0, seqs = torch.randn(4, 8, D_MODEL), random_seqs(4)
+    tokens, _ = with_shared.token_sets(h0, seqs)
+    expected = without(h0, seqs) + cfg.lambda_s * with_shared.shared(h0, (tokens[0] + tokens[1]) / 2) * (seqs > 0)[..., None]
+    assert torch.allclose(with_shared(h0, seqs), expected, atol=1e-6)
+
+
+def test_bad_consensus_inputs_raise_clear_errors(tmp_path):
+    _, cfg, names = round1_model()
+    with pytest.raises(DataError, match="does not exist; run the Fisher step"):
+        load_consensus(tmp_path / "missing.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(DataError, match="unreadable"):
+        load_consensus(tmp_path / "bad.safetensors")
+    wrong = build_branch(cfg, tables_for(names)).experts[2].state_dict()   # a D=20 expert
+    with pytest.raises(ConfigError, match="does not fit the consensus group"):
+        build_branch(cfg, tables_for(names), shared_state=wrong)
+    none_cfg, _ = variant_config("mltfr-noconsensus", LLMS, BranchConfig(d=D_MODEL))
+    with pytest.raises(ConfigError, match="consensus is 'none'"):
+        build_branch(none_cfg, tables_for(names), shared_state=wrong)
+
+
+def test_merge_round1_mean_consensus_is_the_plain_mean_of_the_group():
+    cfg, names = variant_config("mltfr-meanconsensus", LLMS, BranchConfig(d=D_MODEL), dims=DIMS)
+    model = tiny_model(cfg, tables_for(names))
+    merged, meta = merge_round1(model, batches=[])          # no Fisher pass needed for a mean
+    experts = model.branch.experts
+    assert meta["method"] == "mean"
+    assert torch.allclose(merged["value.weight"], (experts[0].value.weight + experts[1].value.weight) / 2)
+    cfg, names = variant_config("mltfr-noconsensus", LLMS, BranchConfig(d=D_MODEL))
+    with pytest.raises(ConfigError, match="nothing to merge"):
+        merge_round1(tiny_model(cfg, tables_for(names)), [])
