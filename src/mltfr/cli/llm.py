@@ -1,0 +1,37 @@
+"""`mltfr extract-llm`: write one LLM's token table, meta.json and tokenizer to --out."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="study config with an `llms:` section")
+    parser.add_argument("--llm", required=True, help="entry name under `llms:`")
+    parser.add_argument("--out", required=True, help="output folder, e.g. results/llm/NAME "
+                        "(a random `like: OTHER` entry reads OTHER from the sibling folder)")
+    parser.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32",
+                        help="storage dtype of table.safetensors (load_table always returns float32)")
+    parser.add_argument("--force", action="store_true", help="re-extract even if the cache is valid")
+
+
+def run(args: argparse.Namespace) -> int:
+    from mltfr.llm import extract, load_llm_entry   # lazy: keeps `mltfr --help` free of torch
+
+    _log_to_stderr()
+    entry = load_llm_entry(args.config, args.llm)
+    meta = extract(entry, args.out, dtype=args.dtype, force=args.force)
+    print(f"{args.llm}: {meta['vocab_size']} x {meta['dim']} {meta['dtype']} "
+          f"sha256 {meta['sha256'][:12]} -> {args.out}")
+    return 0
+
+
+def _log_to_stderr() -> None:
+    """Show the library's progress and cache messages (extracted / up to date / rebuilt)."""
+    logger = logging.getLogger("mltfr.llm")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("mltfr extract-llm: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)

@@ -1,0 +1,112 @@
+"""LLM registry: read `llms.NAME` from a study config and validate it against the schema.
+
+An entry (schema: src/mltfr/schemas/llm.schema.yaml) is one of
+    {source: hf, repo: ORG/NAME, revision: COMMIT, [tensor: KEY]}
+    {source: package, package: minilm | paraphrase-minilm | smollm2 | gemma3}
+    {source: random, seed: S, like: OTHER_NAME}   or   {source: random, seed: S, shape: [V, D]}
+"""
+from __future__ import annotations
+
+import copy
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from mltfr.errors import ConfigError
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "llm.schema.yaml"
+
+
+@dataclass
+class LlmEntry:
+    """A validated registry entry plus the registry it came from (a random `like` needs it)."""
+    name: str
+    params: dict                       # the entry with defaults filled in
+    registry: dict = field(default_factory=dict, repr=False)   # all raw `llms:` entries
+    where: str = "config"              # the config file, for error messages
+
+    @property
+    def source(self) -> str:
+        return self.params["source"]
+
+    def identity(self) -> dict:
+        """What decides the table's content: the entry minus free-text fields."""
+        return {k: v for k, v in self.params.items() if k != "description"}
+
+    def sibling(self, name: str) -> "LlmEntry":
+        """Another entry of the same registry (for `like:`)."""
+        return entry_from_registry(self.registry, name, self.where)
+
+
+@functools.cache
+def llm_schema() -> dict:
+    with open(SCHEMA_PATH, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def load_llm_entry(config_path: str | Path, name: str) -> LlmEntry:
+    """The validated entry `llms.NAME` of a study config file."""
+    config_path = Path(config_path)
+    try:
+        with open(config_path, encoding="utf-8") as fh:
+            config = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{config_path}: config file not found; pass an existing --config") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{config_path}: not valid YAML ({exc}); fix the file") from None
+    registry = (config or {}).get("llms") if isinstance(config, dict) else None
+    if not isinstance(registry, dict):
+        raise ConfigError(f"{config_path}: no `llms:` mapping; add one entry per LLM "
+                          f"(see {SCHEMA_PATH.name})")
+    return entry_from_registry(registry, name, str(config_path))
+
+
+def entry_from_registry(registry: dict, name: str, where: str = "config") -> LlmEntry:
+    """Validate `registry[name]`; an unknown name lists the known ones."""
+    if name not in registry:
+        known = ", ".join(sorted(registry)) or "(none)"
+        raise ConfigError(f"{where}: unknown LLM {name!r} under `llms:`; known: {known}")
+    params = validate_entry(registry[name], f"llms.{name}", where)
+    if params["source"] == "random" and params.get("like") not in (None, *registry):
+        raise ConfigError(f"{where}: llms.{name}.like: {params['like']!r} is not an entry under "
+                          f"`llms:`; known: {', '.join(sorted(registry))}")
+    if params.get("like") == name:
+        raise ConfigError(f"{where}: llms.{name}.like names the entry itself; name another LLM")
+    return LlmEntry(name, params, registry, where)
+
+
+def validate_entry(entry, key: str = "entry", where: str = "config") -> dict:
+    """Validate against the schema; the best-matching error becomes a ConfigError with its key."""
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: {key}: expected a mapping with a `source:` key, got {entry!r}")
+    validator = jsonschema.Draft202012Validator(llm_schema())
+    err = jsonschema.exceptions.best_match(validator.iter_errors(entry))
+    if err is not None:
+        path = ".".join([key, *map(str, err.absolute_path)])
+        raise ConfigError(f"{where}: {path}: {err.message}; fix it (see {SCHEMA_PATH.name})")
+    if entry["source"] == "random":
+        _check_random(entry, key, where)
+    return _with_defaults(entry)
+
+
+def _check_random(entry: dict, key: str, where: str) -> None:
+    if ("like" in entry) == ("shape" in entry):
+        raise ConfigError(f"{where}: {key}: a random entry needs exactly one of `like: OTHER_LLM` "
+                          f"(copy its shape, mean and std) or `shape: [V, D]`")
+    if "like" in entry and {"mean", "std"} & set(entry):
+        raise ConfigError(f"{where}: {key}: `mean`/`std` apply only with `shape:`; with `like:` they "
+                          f"are taken from {entry['like']!r}'s table; remove them")
+
+
+def _with_defaults(entry: dict) -> dict:
+    entry = copy.deepcopy(entry)
+    entry.setdefault("description", "")
+    if entry["source"] == "hf":
+        entry.setdefault("revision", "main")
+    if entry["source"] == "random" and "shape" in entry:
+        entry.setdefault("mean", 0.0)
+        entry.setdefault("std", 0.02)
+    return entry
