@@ -1,0 +1,16 @@
+"""Aggregate run results into tables, statistics and figures (issue 5).
+
+Reads result files only (result.json, ranks.npz, epochs.csv, benchmark TSVs, meta.json): never
+imports torch, so everything can be redrawn on any machine. Modules:
+
+    outputs   fixed output names (light: safe to import from a Snakefile)
+    variants  variant name -> study block
+    collect   result files -> tidy runs table, per-user NDCG, epochs, interpretability
+    tables    study tables (CSV, Markdown, LaTeX)
+    stats     Wilcoxon / t-test / bootstrap / Holm for every comparison
+    figures   seaborn figures (PNG, PDF)
+    pipeline  the steps of `mltfr aggregate`
+"""
+from mltfr.analysis.outputs import FIGURES, TABLES, figure_outputs, stats_outputs, table_outputs
+
+__all__ = ["FIGURES", "TABLES", "figure_outputs", "stats_outputs", "table_outputs"]

@@ -1,0 +1,265 @@
+"""Read run folders into one tidy table: one row per run, every metric, timing and identifier.
+
+A run folder is results/runs/{dataset}/{backbone}/{variant}/{protocol}/seed{seed}/ with
+result.json, ranks.npz and epochs.csv (docs/architecture.md). Only result files are read here:
+no torch, so tables and figures can be redrawn anywhere.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mltfr.analysis.variants import parse_variant
+from mltfr.errors import DataError
+
+KEYS = ("dataset", "backbone", "variant", "protocol", "seed")
+METRICS = ("hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr")
+RESULT_GLOB = "*/*/*/*/seed*/result.json"
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from `path`, or a DataError naming the file and the fix."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found; rerun the job that writes it") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc}); delete it and rerun its job") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(obj).__name__}; rerun its job")
+    return obj
+
+
+def find_result_files(source: str | Path | Iterable[str | Path]) -> list[Path]:
+    """result.json files of the runs: under a runs root, listed in a manifest, or given directly.
+
+    `source` is the runs root (results/runs), a manifest file (one run folder per line, as the
+    workflow writes it), or an iterable of result.json files / run folders.
+    """
+    if isinstance(source, (str, Path)):
+        source = Path(source)
+        if source.is_dir():
+            files = sorted(source.glob(RESULT_GLOB))
+            if not files:
+                raise DataError(f"{source}: no runs found (expected {source}/{RESULT_GLOB}); "
+                                "train some runs first or point --runs at the runs folder")
+            return files
+        if not source.is_file():
+            raise DataError(f"{source}: neither a runs folder nor a manifest file; point --runs at one")
+        source = [line.strip() for line in source.read_text().splitlines() if line.strip()]
+        if not source:
+            raise DataError(f"--runs manifest lists no run folders; rerun the workflow's run_manifest rule")
+    paths = [Path(p) for p in source]
+    return sorted(p if p.name == "result.json" else p / "result.json" for p in paths)
+
+
+def _test_metrics(path: Path, result: dict) -> dict:
+    """The test metrics of one result, checked complete."""
+    test = (result.get("metrics") or {}).get("test")
+    if not isinstance(test, dict):
+        raise DataError(f"{path}: key metrics.test missing; rerun the run's training job")
+    missing = [m for m in METRICS if m not in test]
+    if missing:
+        raise DataError(f"{path}: metrics.test lacks {', '.join(missing)}; rerun its training job")
+    return {f"test_{m}": float(test[m]) for m in METRICS}
+
+
+def _identity(path: Path, result: dict) -> dict:
+    """(dataset, backbone, variant, protocol, seed) of a result, checked against its folder.
+
+    `dataset` is a name, or the trainer's provenance object {"name": ..., "prepared_sha256": ...}.
+    """
+    ident = {k: result.get(k) for k in KEYS}
+    if isinstance(ident["dataset"], dict):
+        ident["dataset"] = ident["dataset"].get("name")
+    missing = [k for k, v in ident.items() if v is None]
+    if missing:
+        raise DataError(f"{path}: missing key(s) {', '.join(missing)}; rerun its training job")
+    ident["seed"] = int(ident["seed"])
+    parts = path.parent.parts[-5:]
+    if len(parts) == 5 and parts[-1].startswith("seed"):
+        expected = tuple(str(ident[k]) for k in KEYS[:4]) + (f"seed{ident['seed']}",)
+        if parts != expected:
+            raise DataError(f"{path}: JSON says {'/'.join(expected)} but the file lies in "
+                            f"{'/'.join(parts)}; move it or rerun the run")
+    return ident
+
+
+def _resources(result: dict) -> dict:
+    """Timings, memory, sizes and provenance, from either key spelling the trainer may use.
+
+    Aliases: n_parameters = n_params; peak_memory_mb {"host_rss", "cuda_allocated"} = peak_mem_mb
+    (peak_mem_mb is the CUDA peak on a GPU, else the host's); per_epoch_s list -> epoch_s mean;
+    sequences_per_s = seqs_per_s; test_eval_s = eval_s; dataset.prepared_sha256 = dataset_sha256.
+    """
+    t = result.get("timings") or {}
+    per_epoch = t.get("per_epoch_s") or []
+    memory = result.get("peak_memory_mb") or {}
+    dataset = result.get("dataset") if isinstance(result.get("dataset"), dict) else {}
+    row = {"train_s": t.get("train_s"), "eval_s": t.get("eval_s", t.get("test_eval_s")),
+           "epoch_s": t.get("epoch_s", float(np.mean(per_epoch)) if per_epoch else None),
+           "seqs_per_s": t.get("seqs_per_s", t.get("sequences_per_s")), "users_per_s": t.get("users_per_s")}
+    row = {k: float(v) if v is not None else np.nan for k, v in row.items()}
+    row.update(
+        best_epoch=result.get("best_epoch"), selection=result.get("selection"),
+        code_version=result.get("code_version"),
+        dataset_sha256=result.get("dataset_sha256", dataset.get("prepared_sha256")),
+        peak_mem_mb=result.get("peak_mem_mb", memory.get("cuda_allocated", memory.get("host_rss"))),
+        peak_host_rss_mb=memory.get("host_rss"),
+        n_params=result.get("n_params", result.get("n_parameters")), n_trainable=result.get("n_trainable"))
+    return row
+
+
+def run_row(path: Path, result: dict) -> dict:
+    """One tidy row (flat scalars) from one result.json."""
+    row = _identity(path, result)
+    info = parse_variant(str(row["variant"]))
+    row.update(block=info.block, llm=info.llm, param=info.param, value=info.value)
+    row.update(_test_metrics(path, result))
+    valid = (result.get("metrics") or {}).get("valid") or {}
+    row.update({f"valid_{m}": float(valid.get(m, np.nan)) for m in METRICS})
+    row.update(_resources(result))
+    row["run_dir"] = path.parent.as_posix()
+    return row
+
+
+def collect_runs(source: str | Path | Iterable[str | Path],
+                 benchmarks: str | Path | None = None) -> pd.DataFrame:
+    """One row per run, sorted by (dataset, backbone, variant, protocol, seed).
+
+    `source`: see find_result_files. `run_dir` keeps the path as given (relative to the working
+    directory in the workflow, so the table does not depend on the machine).
+    Benchmark columns (bench_s, bench_max_rss_mb) are added when `benchmarks` exists.
+    """
+    files = find_result_files(source)
+    runs = pd.DataFrame([run_row(f, read_json(f)) for f in files])
+    dup = runs.duplicated(list(KEYS), keep=False)
+    if dup.any():
+        raise DataError(f"two result files describe the same run: "
+                        f"{', '.join(map(str, np.asarray(files)[dup.to_numpy()]))}; remove one")
+    for col in ("n_params", "n_trainable", "best_epoch", "peak_mem_mb", "peak_host_rss_mb"):
+        runs[col] = pd.to_numeric(runs[col], errors="coerce")
+    runs = runs.sort_values(list(KEYS), kind="stable").reset_index(drop=True)
+    if benchmarks is not None and Path(benchmarks).is_dir():
+        runs = runs.merge(read_benchmarks(benchmarks), on=list(KEYS), how="left")
+    return runs
+
+
+def _benchmark_key(rel: Path) -> tuple | None:
+    """(dataset, backbone, variant, protocol, seed) from a benchmark path, or None.
+
+    Accepts any prefix and suffix around .../{dataset}/{backbone}/{variant}/{protocol}/seed{S}...,
+    e.g. benchmarks/out/train/pantry/sasrec/mltfr/corrected/seed1.round2.tsv.
+    """
+    parts = list(rel.parent.parts) + [rel.name.split(".")[0]]
+    for i in range(len(parts) - 1, 3, -1):  # the last window wins
+        seed = parts[i]
+        if seed.startswith("seed") and seed[4:].isdigit():
+            return (*parts[i - 4:i], int(seed[4:]))
+    return None
+
+
+def read_benchmarks(root: str | Path) -> pd.DataFrame:
+    """Snakemake benchmark files summed per run: total seconds, peak resident memory (MB).
+
+    A run may have several jobs (round 1, Fisher, round 2): their seconds add up and the
+    memory is the largest. Repeated rows of one file (benchmark repeats) are averaged.
+    """
+    records = []
+    for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
+        key = _benchmark_key(path.relative_to(root))
+        if key is None:
+            continue
+        try:
+            bench = pd.read_csv(path, sep="\t")
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}: not a Snakemake benchmark TSV ({exc}); delete it") from None
+        if "s" not in bench.columns:
+            raise DataError(f"{path}: benchmark file lacks column 's'; delete it and rerun the job")
+        rss = pd.to_numeric(bench.get("max_rss", pd.Series(dtype=float)), errors="coerce")
+        records.append((*key, float(pd.to_numeric(bench["s"], errors="coerce").mean()),
+                        float(rss.max()) if len(rss) else np.nan))
+    cols = [*KEYS, "bench_s", "bench_max_rss_mb"]
+    frame = pd.DataFrame(records, columns=cols)
+    return frame.groupby(list(KEYS), as_index=False).agg(bench_s=("bench_s", "sum"),
+                                                         bench_max_rss_mb=("bench_max_rss_mb", "max"))
+
+
+def load_dataset_stats(data_root: str | Path) -> pd.DataFrame:
+    """The `stats` object of every results/data/{dataset}/meta.json, one row per dataset."""
+    rows = []
+    for meta_path in sorted(Path(data_root).glob("*/meta.json")):
+        stats = read_json(meta_path).get("stats")
+        if not isinstance(stats, dict):
+            raise DataError(f"{meta_path}: key 'stats' missing; rerun `mltfr prepare` for it")
+        rows.append({"dataset": meta_path.parent.name, **stats})
+    cols = ["dataset", "users", "items", "interactions", "density", "mean_len", "median_len"]
+    frame = pd.DataFrame(rows)
+    extra = [c for c in frame.columns if c not in cols]
+    return frame.reindex(columns=cols + extra)
+
+
+def user_ndcg(ranks: np.ndarray, k: int = 10) -> np.ndarray:
+    """Per-user NDCG@k from 1-based ranks of the single held-out item: 1/log2(rank+1) if rank <= k."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    return np.where(ranks <= k, 1.0 / np.log2(ranks + 1.0), 0.0)
+
+
+def load_user_ndcg(run_dir: str | Path, k: int = 10) -> pd.Series:
+    """Per-user NDCG@k of one run, indexed by the 0-based user index (ranks.npz).
+
+    Arrays: test_users (or users) and test_ranks, 1 = best.
+    """
+    path = Path(run_dir) / "ranks.npz"
+    try:
+        with np.load(path) as npz:
+            users = npz["test_users"] if "test_users" in npz.files else npz["users"]
+            ranks = npz["test_ranks"]
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found; rerun the run's training job") from None
+    except (KeyError, ValueError, OSError) as exc:
+        raise DataError(f"{path}: unreadable or lacks arrays test_users/test_ranks ({exc}); "
+                        "rerun the run's training job") from None
+    if users.shape != ranks.shape or len(np.unique(users)) != len(users) or (ranks < 1).any():
+        raise DataError(f"{path}: users and test_ranks must be equal-length, users unique, "
+                        "ranks >= 1; rerun the run's training job")
+    return pd.Series(user_ndcg(ranks, k), index=pd.Index(users, name="user"))
+
+
+def load_epochs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Every run's epochs.csv stacked, with the run's identifiers; runs without one are skipped.
+
+    The trainer's `train_loss` column is also available as `loss`.
+    """
+    frames = []
+    for run in runs.itertuples(index=False):
+        path = Path(run.run_dir) / "epochs.csv"
+        if not path.exists():
+            continue
+        try:
+            epochs = pd.read_csv(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}: not a CSV ({exc}); delete it and rerun the run") from None
+        if "epoch" not in epochs.columns:
+            raise DataError(f"{path}: lacks column 'epoch'; rerun the run's training job")
+        if "loss" not in epochs.columns and "train_loss" in epochs.columns:
+            epochs["loss"] = epochs["train_loss"]
+        frames.append(epochs.assign(**{k: getattr(run, k) for k in KEYS}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*KEYS, "epoch"])
+
+
+def load_interp(runs: pd.DataFrame) -> list[tuple[dict, dict]]:
+    """(run identifiers, interp dict) for runs whose result.json or interp.json has one."""
+    found = []
+    for run in runs.itertuples(index=False):
+        folder = Path(run.run_dir)
+        interp = read_json(folder / "result.json").get("interp")
+        if interp is None and (folder / "interp.json").exists():
+            interp = read_json(folder / "interp.json")
+        if interp:
+            found.append(({k: getattr(run, k) for k in KEYS}, interp))
+    return found

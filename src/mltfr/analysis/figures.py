@@ -1,0 +1,233 @@
+"""Study figures (seaborn, Agg backend) written as PNG and PDF under figures/.
+
+Every figure of outputs.FIGURES is always written: a block without runs gives a figure with a
+centred "no runs for this block" note, so workflow outputs exist whatever the config runs.
+Error bars: 95% CIs are seaborn's bootstrap over seeds (seed=0, so redrawing is reproducible);
+"sd" bars are the standard deviation of per-seed paired gains.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a display
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from mltfr.analysis.tables import NO_RUNS, paired_gain, protocol_table  # noqa: E402
+from mltfr.analysis.variants import ABLATIONS, BASE, FULL, parse_variant  # noqa: E402
+from mltfr.io import atomic_path  # noqa: E402
+
+CI95 = ("ci", 95)
+FACET = {"height": 3.0, "aspect": 1.3}
+TOP_TOKENS = 10
+
+
+def save_figure(fig: plt.Figure, folder: str | Path, name: str) -> list[Path]:
+    """<folder>/<name>.png and .pdf, atomically; the PDF carries no date so reruns are identical."""
+    paths = [Path(folder) / f"{name}.{ext}" for ext in ("png", "pdf")]
+    for path in paths:
+        with atomic_path(path) as tmp:
+            meta = {"CreationDate": None} if path.suffix == ".pdf" else {}
+            fig.savefig(tmp, format=path.suffix[1:], dpi=150, bbox_inches="tight", metadata=meta)
+    plt.close(fig)
+    return paths
+
+
+def empty_figure(title: str) -> plt.Figure:
+    """A small figure that says its block has no runs."""
+    fig, ax = plt.subplots(figsize=(6, 2.5))
+    ax.text(0.5, 0.5, f"{title}\n{NO_RUNS}", ha="center", va="center", fontsize=12)
+    ax.set_axis_off()
+    return fig
+
+
+def _titles(grid) -> None:
+    """Panel titles as bare names ('corrected · alpha'), not 'protocol = corrected | ...'."""
+    parts = (["{row_name}"] if grid.row_names else []) + (["{col_name}"] if grid.col_names else [])
+    template = " · ".join(parts)
+    grid.set_titles(template=template, row_template=template, col_template=template)
+
+
+def _zero_line(grid) -> None:
+    for ax in grid.axes.flat:
+        ax.axhline(0, color="0.3", lw=0.8, zorder=0)
+
+
+def _rotate(grid) -> None:
+    for ax in grid.axes.flat:
+        ax.tick_params(axis="x", labelrotation=45)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
+
+
+def single_llm_gains_figure(runs: pd.DataFrame) -> plt.Figure:
+    """Relative NDCG@10 gain of each single LLM over base: bars (sd over seeds) + per-seed points."""
+    single = runs[runs["block"].isin(["direct", "filter"])]
+    data = paired_gain(runs, single, BASE).dropna(subset=["gain_pct"])
+    if data.empty:
+        return empty_figure("Single-LLM injection gains")
+    data["panel"] = data["backbone"] + " · " + data["block"]
+    order, hue_order = sorted(data["llm"].unique()), sorted(data["dataset"].unique())
+    grid = sns.catplot(data, x="llm", y="gain_pct", hue="dataset", col="panel", row="protocol",
+                       kind="bar", errorbar="sd", order=order, hue_order=hue_order, alpha=0.6,
+                       sharey=False, **FACET)
+    grid.map_dataframe(sns.stripplot, x="llm", y="gain_pct", hue="dataset", order=order,
+                       hue_order=hue_order, dodge=True, palette="dark:0.2", size=3, legend=False)
+    _zero_line(grid)
+    grid.set_axis_labels("LLM", "NDCG@10 gain over base (%)")
+    _titles(grid)
+    return grid.figure
+
+
+def main_comparison_figure(runs: pd.DataFrame) -> plt.Figure:
+    """Test NDCG@10 of base, single-LLM and MLTFR variants, mean with 95% CI over seeds."""
+    data = runs[runs["block"].isin(["base", "direct", "filter", "mltfr"])]
+    if data.empty:
+        return empty_figure("Main comparison")
+    grid = sns.catplot(data, x="variant", y="test_ndcg@10", hue="protocol", col="dataset",
+                       row="backbone", kind="point", errorbar=CI95, seed=0,
+                       # seaborn divides by (levels - 1) when dodging: no dodge for one protocol
+                       dodge=0.3 if data["protocol"].nunique() > 1 else False,
+                       linestyle="none", order=sorted(data["variant"].unique()),
+                       hue_order=sorted(data["protocol"].unique()), sharey=False, **FACET)
+    _rotate(grid)
+    grid.set_axis_labels("", "test NDCG@10")
+    _titles(grid)
+    return grid.figure
+
+
+def ablations_figure(runs: pd.DataFrame) -> plt.Figure:
+    """Change of NDCG@10 of each ablation relative to full MLTFR (%), paired by seed."""
+    data = paired_gain(runs, runs[runs["variant"].isin(ABLATIONS)], FULL).dropna(subset=["gain_pct"])
+    if data.empty:
+        return empty_figure("Ablations")
+    grid = sns.catplot(data, x="variant", y="gain_pct", hue="dataset", col="backbone",
+                       row="protocol", kind="bar", errorbar="sd", order=sorted(data["variant"].unique()),
+                       hue_order=sorted(data["dataset"].unique()), sharey=False, **FACET)
+    _zero_line(grid)
+    _rotate(grid)
+    grid.set_axis_labels("", "NDCG@10 change vs MLTFR (%)")
+    _titles(grid)
+    return grid.figure
+
+
+def sensitivity_figure(runs: pd.DataFrame) -> plt.Figure:
+    """NDCG@10 against each sensitivity parameter's value (one panel per parameter), 95% CI."""
+    data = runs[runs["block"] == "sensitivity"]
+    if data.empty:
+        return empty_figure("Sensitivity")
+    grid = sns.relplot(data, x="value", y="test_ndcg@10", hue="dataset", style="protocol",
+                       col="param", row="backbone", kind="line", errorbar=CI95, seed=0,
+                       marker="o", hue_order=sorted(data["dataset"].unique()),
+                       col_order=sorted(data["param"].unique()),
+                       facet_kws={"sharex": False, "sharey": False}, **FACET)
+    grid.set_axis_labels("parameter value", "test NDCG@10")
+    _titles(grid)
+    return grid.figure
+
+
+def router_weights_figure(interp: list[tuple[dict, dict]]) -> plt.Figure:
+    """Mean router weight per LLM in full MLTFR runs (sd over seeds)."""
+    rows = [{**keys, "llm": llm, "weight": float(w)} for keys, item in interp
+            if keys["variant"] == FULL for llm, w in (item.get("router_weights") or {}).items()]
+    if not rows:
+        return empty_figure("Router weight per LLM")
+    data = pd.DataFrame(rows)
+    grid = sns.catplot(data, x="llm", y="weight", hue="dataset", col="backbone", row="protocol",
+                       kind="bar", errorbar="sd", order=sorted(data["llm"].unique()),
+                       hue_order=sorted(data["dataset"].unique()), **FACET)
+    _rotate(grid)
+    grid.set_axis_labels("LLM", "mean router weight")
+    _titles(grid)
+    return grid.figure
+
+
+def printable_token(token: str) -> str:
+    """A token string that any font renders: word-start markers shown as '_', others escaped."""
+    text = str(token).replace("Ġ", "_").replace("▁", "_").replace("Ċ", "\\n")
+    return text.encode("ascii", "backslashreplace").decode("ascii") or "''"
+
+
+def top_tokens_frame(interp: list[tuple[dict, dict]], top: int = TOP_TOKENS) -> pd.DataFrame:
+    """Selection counts per (dataset, llm, token) summed over full-MLTFR runs; top `top` each."""
+    rows = [{"dataset": keys["dataset"], "llm": llm, "token": printable_token(tok), "count": int(n)}
+            for keys, item in interp if keys["variant"] == FULL
+            for llm, pairs in (item.get("top_tokens") or {}).items() for tok, n in pairs]
+    if not rows:
+        return pd.DataFrame(columns=["dataset", "llm", "token", "count"])
+    data = pd.DataFrame(rows).groupby(["dataset", "llm", "token"], as_index=False)["count"].sum()
+    data = data.sort_values(["dataset", "llm", "count", "token"], ascending=[True, True, False, True])
+    return data.groupby(["dataset", "llm"], sort=False).head(top).reset_index(drop=True)
+
+
+def top_tokens_figure(interp: list[tuple[dict, dict]]) -> plt.Figure:
+    """Most selected tokens per LLM (rows: datasets), horizontal bars of selection counts."""
+    data = top_tokens_frame(interp)
+    if data.empty:
+        return empty_figure("Most selected tokens per LLM")
+    datasets, llms = sorted(data["dataset"].unique()), sorted(data["llm"].unique())
+    fig, axes = plt.subplots(len(datasets), len(llms), squeeze=False,
+                             figsize=(3.2 * len(llms), 0.28 * TOP_TOKENS * len(datasets) + 1))
+    for (i, ds), (j, llm) in ((a, b) for a in enumerate(datasets) for b in enumerate(llms)):
+        part, ax = data[(data["dataset"] == ds) & (data["llm"] == llm)], axes[i, j]
+        sns.barplot(part, x="count", y="token", ax=ax, color="C0")
+        ax.set_title(f"{ds} · {llm}", fontsize=9)
+        ax.set_ylabel("")
+        ax.set_xlabel("times selected" if i == len(datasets) - 1 else "")
+    fig.tight_layout()
+    return fig
+
+
+def training_curves_figure(epochs: pd.DataFrame) -> plt.Figure:
+    """Loss and NDCG@10 per epoch of base and MLTFR (mean and 95% CI over seeds)."""
+    measures = [c for c in ("loss", "valid_ndcg@10", "test_ndcg@10") if c in epochs.columns]
+    keep = epochs["variant"].isin([BASE, FULL]) if len(epochs) else []
+    data = epochs[keep] if len(epochs) and keep.any() else epochs
+    if data.empty or not measures:
+        return empty_figure("Training curves")
+    long = data.melt(id_vars=["dataset", "backbone", "variant", "protocol", "seed", "epoch"],
+                     value_vars=measures, var_name="measure").dropna(subset=["value"])
+    long["model"] = long["backbone"] + "/" + long["variant"]
+    grid = sns.relplot(long, x="epoch", y="value", hue="model", style="protocol", col="dataset",
+                       row="measure", kind="line", errorbar=CI95, seed=0,
+                       hue_order=sorted(long["model"].unique()), row_order=measures,
+                       facet_kws={"sharey": False}, **FACET)
+    _titles(grid)
+    return grid.figure
+
+
+def protocols_figure(runs: pd.DataFrame) -> plt.Figure:
+    """Each variant's mean NDCG@10 under the faithful (x) and the corrected (y) protocol."""
+    table = protocol_table(runs).tidy
+    data = table[table["metric"] == "ndcg@10"] if len(table) else table
+    if data.empty:
+        return empty_figure("Faithful vs corrected protocol")
+    data = data.assign(block=[parse_variant(v).block for v in data["variant"]])
+    grid = sns.relplot(data, x="faithful", y="corrected", hue="block", style="backbone",
+                       col="dataset", kind="scatter", s=50,
+                       facet_kws={"sharex": False, "sharey": False}, **FACET)
+    for ax in grid.axes.flat:  # points below the diagonal lose NDCG under the clean protocol
+        lo, hi = min(ax.get_xlim()[0], ax.get_ylim()[0]), max(ax.get_xlim()[1], ax.get_ylim()[1])
+        ax.plot([lo, hi], [lo, hi], color="0.5", lw=0.8, ls="--", zorder=0)
+    grid.set_axis_labels("faithful NDCG@10", "corrected NDCG@10")
+    _titles(grid)
+    return grid.figure
+
+
+def draw_figures(runs: pd.DataFrame, epochs: pd.DataFrame, interp: list, folder: str | Path) -> list[Path]:
+    """Every figure of outputs.FIGURES into `folder`."""
+    sns.set_theme(style="whitegrid", context="paper")
+    figures = {
+        "single_llm_gains": lambda: single_llm_gains_figure(runs),
+        "main_comparison": lambda: main_comparison_figure(runs),
+        "ablations": lambda: ablations_figure(runs),
+        "sensitivity": lambda: sensitivity_figure(runs),
+        "router_weights": lambda: router_weights_figure(interp),
+        "top_tokens": lambda: top_tokens_figure(interp),
+        "training_curves": lambda: training_curves_figure(epochs),
+        "protocols": lambda: protocols_figure(runs),
+    }
+    return [p for name, draw in figures.items() for p in save_figure(draw(), folder, name)]

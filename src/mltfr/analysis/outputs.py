@@ -1,0 +1,39 @@
+"""The fixed names of everything `mltfr aggregate` writes, so the workflow can list its outputs.
+
+Kept free of heavy imports (no pandas, no matplotlib): a Snakefile may import it while parsing.
+Every name below is always written, even when its study block has no runs (the file then says so).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+# Tables written as <name>.csv (tidy numbers), <name>.md and <name>.tex (formatted).
+TABLES = ("dataset_stats", "main", "single_llm", "ablations", "sensitivity", "efficiency", "protocols")
+TABLE_FORMATS = ("csv", "md", "tex")
+# The per-run table: <tables>/runs.csv and <tables>/runs.parquet.
+RUNS_TABLE = "runs"
+# Statistics: <stats>/comparisons.csv (every number) and <stats>/pvalues.{csv,md,tex}.
+STATS_TABLES = ("comparisons", "pvalues")
+# Figures written as <figures>/<name>.png and .pdf; captions in workflow/report/<name>.rst.
+FIGURES = ("single_llm_gains", "main_comparison", "ablations", "sensitivity", "router_weights",
+           "top_tokens", "training_curves", "protocols")
+FIGURE_FORMATS = ("png", "pdf")
+
+
+def table_outputs(tables_dir: str | Path) -> list[Path]:
+    """Every file the `tables` step writes (runs table included)."""
+    d = Path(tables_dir)
+    files = [d / f"{RUNS_TABLE}.csv", d / f"{RUNS_TABLE}.parquet"]
+    return files + [d / f"{n}.{ext}" for n in TABLES for ext in TABLE_FORMATS]
+
+
+def stats_outputs(stats_dir: str | Path) -> list[Path]:
+    """Every file the `stats` step writes."""
+    d = Path(stats_dir)
+    return [d / "comparisons.csv"] + [d / f"pvalues.{ext}" for ext in TABLE_FORMATS]
+
+
+def figure_outputs(figures_dir: str | Path) -> list[Path]:
+    """Every file the `figures` step writes."""
+    d = Path(figures_dir)
+    return [d / f"{n}.{ext}" for n in FIGURES for ext in FIGURE_FORMATS]

@@ -1,0 +1,51 @@
+"""`mltfr aggregate`: run results -> tables, statistics and figures (all, or some with --only).
+
+    mltfr aggregate --runs results/runs --data results/data --tables results/tables \\
+                    --stats results/stats --figures figures [--only tables|stats|figures|runs]
+
+--runs is the runs folder or a manifest (one run folder per line). Output file names are fixed
+(mltfr.analysis.outputs), so workflow rules can declare them.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runs", default="results/runs",
+                        help="runs folder ({dataset}/{backbone}/{variant}/{protocol}/seed{S}/) or a "
+                             "manifest file listing run folders, one per line")
+    parser.add_argument("--data", default="results/data", help="prepared datasets (their meta.json stats)")
+    parser.add_argument("--tables", default=None,
+                        help="output folder of the tables (default: results/tables, or the folder of --out)")
+    parser.add_argument("--stats", default="results/stats", help="output folder of the statistics")
+    parser.add_argument("--figures", default="figures", help="output folder of the figures")
+    parser.add_argument("--out", default=None,
+                        help="write the runs table to this runs.csv (and runs.parquet beside it); "
+                             "without --only this writes nothing else")
+    parser.add_argument("--benchmarks", default="benchmarks",
+                        help="Snakemake benchmark files (used by the efficiency table when present)")
+    parser.add_argument("--only", action="append", choices=["runs", "tables", "stats", "figures"],
+                        help="run only this step (repeatable); default: tables, stats and figures")
+    parser.add_argument("--bootstrap-resamples", type=int, default=2000, help="bootstrap resamples of users")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap RNG seed")
+    parser.add_argument("--config", default=None,
+                        help="study config; accepted so every rule can pass it, not needed here")
+
+
+def run(args: argparse.Namespace) -> int:
+    from mltfr.analysis.pipeline import STEPS, aggregate
+    from mltfr.analysis.stats import StatsConfig
+    from mltfr.errors import ConfigError
+
+    if args.out is not None and Path(args.out).name != "runs.csv":
+        raise ConfigError(f"--out {args.out}: the runs table must be named runs.csv; "
+                          "pass --out <folder>/runs.csv")
+    tables = args.tables or (str(Path(args.out).parent) if args.out else "results/tables")
+    steps = tuple(args.only) if args.only else ("runs",) if args.out else STEPS
+    cfg = StatsConfig(n_resamples=args.bootstrap_resamples, seed=args.seed)
+    written = aggregate(args.runs, args.data, tables, args.stats, args.figures,
+                        benchmarks=args.benchmarks, steps=steps, cfg=cfg)
+    print(f"mltfr aggregate: wrote {len(written)} files ({', '.join(steps)})")
+    return 0

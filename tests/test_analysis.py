@@ -1,0 +1,320 @@
+"""mltfr.analysis on a synthetic results tree with known values, and on real Pantry ranks."""
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from mltfr.analysis import outputs
+from mltfr.analysis.collect import KEYS, collect_runs, load_user_ndcg, user_ndcg
+from mltfr.analysis.pipeline import aggregate
+from mltfr.analysis.stats import StatsConfig, bootstrap_ci, holm, rank_biserial, run_comparisons, wilcoxon_test
+from mltfr.analysis.tables import main_table, render_latex, render_markdown
+from mltfr.cli import main as cli_main
+from mltfr.errors import DataError
+
+DATASETS = {"alpha": 0.0, "beta": 0.05}          # dataset -> NDCG@10 offset
+PROTOCOLS = {"faithful": 0.01, "corrected": 0.0}  # protocol -> NDCG@10 offset
+LEVEL = {"base": 0.10, "direct-x": 0.09, "filter-x": 0.11, "mltfr": 0.13, "mltfr-nofilter": 0.12,
+         "mltfr@K=1": 0.125, "mltfr@K=5": 0.128}
+SEEDS = (1, 2, 3)
+N_USERS = 300
+
+
+def ndcg10(dataset, variant, protocol, seed):
+    """The test NDCG@10 written into each synthetic result.json: + 0.02 per seed."""
+    return LEVEL[variant] + DATASETS[dataset] + PROTOCOLS[protocol] + 0.02 * (seed - 1)
+
+
+def synthetic_ranks(variant, seed):
+    """Per-user ranks: mltfr improves users 0..149 by 3 places over base; others are random."""
+    base = np.random.default_rng(100 + seed).integers(1, 25, N_USERS)
+    if variant == "base":
+        return base
+    if variant == "mltfr":
+        return np.where(np.arange(N_USERS) < 150, np.maximum(1, base - 3), base)
+    return np.random.default_rng(hash(variant) % 1000 + seed).integers(1, 25, N_USERS)
+
+
+def write_run(root, dataset, variant, protocol, seed):
+    folder = root / dataset / "sasrec" / variant / protocol / f"seed{seed}"
+    folder.mkdir(parents=True)
+    n = ndcg10(dataset, variant, protocol, seed)
+    test = {"hr@5": n, "hr@10": 2 * n, "hr@20": 3 * n, "ndcg@5": n / 2, "ndcg@10": n,
+            "ndcg@20": 1.5 * n, "mrr": n / 3}
+    result = {"dataset": dataset, "backbone": "sasrec", "variant": variant, "protocol": protocol,
+              "seed": seed, "metrics": {"test": test, "valid": None if protocol == "faithful" else test},
+              "best_epoch": seed, "selection": "x", "config": {}, "code_version": "abc",
+              "dataset_sha256": "f00", "peak_mem_mb": 100.0 + seed, "n_params": 1000 + len(variant),
+              "n_trainable": 900, "timings": {"train_s": 10.0 * seed, "eval_s": 1.0, "epoch_s": 2.0 * seed,
+                                              "seqs_per_s": 50.0, "users_per_s": 70.0}}
+    if variant == "mltfr":
+        result["interp"] = {"router_weights": {"x": 0.6, "y": 0.4},
+                            "top_tokens": {"x": [["Ġthe", 5], ["hello", 3]], "y": [["▁world", 4]]}}
+    (folder / "result.json").write_text(json.dumps(result))
+    np.savez(folder / "ranks.npz", users=np.arange(N_USERS, dtype=np.int64),
+             test_ranks=synthetic_ranks(variant, seed).astype(np.int64))
+    pd.DataFrame({"epoch": [1, 2, 3], "loss": [1.0, 0.8, 0.7], "seconds": [1, 1, 1],
+                  "test_ndcg@10": [0.05, 0.08, n]}).to_csv(folder / "epochs.csv", index=False)
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """results/runs, results/data and benchmarks of 2 datasets x 7 variants x 2 protocols x 3 seeds."""
+    top = tmp_path_factory.mktemp("study")
+    for ds in DATASETS:
+        for variant in LEVEL:
+            for protocol in PROTOCOLS:
+                for seed in SEEDS:
+                    write_run(top / "runs", ds, variant, protocol, seed)
+        meta = {"stats": {"users": N_USERS, "items": 24, "interactions": 5000, "density": 0.69,
+                          "mean_len": 16.7, "median_len": 15.0}}
+        (top / "data" / ds).mkdir(parents=True)
+        (top / "data" / ds / "meta.json").write_text(json.dumps(meta))
+    bench = top / "bench" / "train" / "alpha" / "sasrec" / "mltfr" / "corrected"
+    bench.mkdir(parents=True)
+    for name, s in (("seed1.round1.tsv", 30.0), ("seed1.round2.tsv", 12.5)):
+        (bench / name).write_text(f"s\th:m:s\tmax_rss\tmax_vms\n{s}\t0:00:30\t512.5\t900\n")
+    return top
+
+
+@pytest.fixture(scope="module")
+def runs(tree):
+    return collect_runs(tree / "runs", benchmarks=tree / "bench")
+
+
+def test_runs_table_equals_the_result_files(runs, tree):
+    assert len(runs) == 2 * 7 * 2 * 3
+    keys = list(runs[list(KEYS)].itertuples(index=False))
+    assert keys == sorted(keys)
+    for row in runs.sample(10, random_state=0).to_dict("records"):
+        result = json.loads((Path(row["run_dir"]) / "result.json").read_text())
+        assert {k: row[k] for k in KEYS} == {k: result[k] for k in KEYS}
+        assert {m: row[f"test_{m}"] for m in result["metrics"]["test"]} == result["metrics"]["test"]
+        assert row["n_params"] == result["n_params"] and row["peak_mem_mb"] == result["peak_mem_mb"]
+        assert row["epoch_s"] == result["timings"]["epoch_s"]
+        valid = result["metrics"]["valid"]
+        assert np.isnan(row["valid_ndcg@10"]) if valid is None else row["valid_ndcg@10"] == valid["ndcg@10"]
+
+
+def test_runs_csv_round_trips_exactly(runs, tree, tmp_path):
+    aggregate(tree / "runs", tree / "data", tmp_path / "t", tmp_path / "s", tmp_path / "f",
+              benchmarks=tree / "bench", steps=("tables",))
+    back = pd.read_csv(tmp_path / "t" / "runs.csv")
+    pd.testing.assert_series_equal(back["test_ndcg@10"], runs["test_ndcg@10"])
+    assert (tmp_path / "t" / "runs.parquet").exists()
+    assert {p.name for p in (tmp_path / "t").iterdir()} == {p.name for p in outputs.table_outputs(tmp_path / "t")}
+
+
+def test_variant_blocks_and_benchmarks(runs):
+    blocks = runs.drop_duplicates("variant").set_index("variant")["block"].to_dict()
+    assert blocks == {"base": "base", "direct-x": "direct", "filter-x": "filter", "mltfr": "mltfr",
+                      "mltfr-nofilter": "ablation", "mltfr@K=1": "sensitivity", "mltfr@K=5": "sensitivity"}
+    one = runs[(runs["dataset"] == "alpha") & (runs["variant"] == "mltfr") & (runs["protocol"] == "corrected")
+               & (runs["seed"] == 1)]
+    assert one["bench_s"].item() == 42.5 and one["bench_max_rss_mb"].item() == 512.5
+    assert runs["bench_s"].notna().sum() == 1
+    from mltfr.analysis.variants import parse_variant
+    assert parse_variant("mltfr@n_llms=2") == parse_variant("mltfr@n_llms=2.0")
+    assert (parse_variant("mltfr@lambda_s=0.2").param, parse_variant("mltfr@tau=1").value) == ("lambda_s", 1.0)
+    assert parse_variant("something").block == "other"
+
+
+def test_main_table_cell_and_bold(runs):
+    table = main_table(runs)
+    cell = table.tidy.query("protocol == 'corrected' and variant == 'mltfr' and dataset == 'alpha' "
+                            "and metric == 'ndcg@10'")
+    # seeds give 0.13, 0.15, 0.17: mean 0.15, sample std 0.02
+    assert cell["mean"].item() == pytest.approx(0.15) and cell["std"].item() == pytest.approx(0.02)
+    assert cell["n_seeds"].item() == 3
+    row = table.display.query("protocol == 'corrected' and variant == 'mltfr'")
+    assert row["alpha / ndcg@10"].item() == "0.1500 ± 0.0200"
+    corrected = table.display["protocol"] == "corrected"
+    assert table.display.loc[table.bold["alpha / ndcg@10"] & corrected, "variant"].tolist() == ["mltfr"]
+    assert "**0.1500 ± 0.0200**" in render_markdown(table) and "**corrected**" not in render_markdown(table)
+    assert r"\textbf{0.1500 $\pm$ 0.0200}" in render_latex(table)
+
+
+def test_tables_have_the_expected_values(tree, tmp_path):
+    aggregate(tree / "runs", tree / "data", tmp_path, tmp_path, tmp_path, steps=("tables",))
+    single = pd.read_csv(tmp_path / "single_llm.csv")
+    # filter-x vs base: 0.11 + 0.02 s vs 0.10 + 0.02 s -> gain 0.01 every seed
+    f = single.query("mode == 'filter' and dataset == 'alpha' and protocol == 'corrected'")
+    assert f["gain"].item() == pytest.approx(0.01)
+    expected_pct = statistics.mean(100 * 0.01 / (0.10 + 0.02 * k) for k in range(3))
+    assert f["gain_pct"].item() == pytest.approx(expected_pct)
+    # 0.125 / 0.128 + beta 0.05 + faithful 0.01 + mean seed offset 0.02
+    sens = pd.read_csv(tmp_path / "sensitivity.csv").query("dataset == 'beta' and protocol == 'faithful'")
+    assert sens.set_index("value")["mean"].to_dict() == pytest.approx({1.0: 0.205, 5.0: 0.208})
+    prot = pd.read_csv(tmp_path / "protocols.csv").query("metric == 'ndcg@10'")
+    assert prot["diff"].to_numpy() == pytest.approx(np.full(len(prot), -0.01))
+    abl = pd.read_csv(tmp_path / "ablations.csv").query("variant == 'mltfr-nofilter'")
+    assert (abl["delta_pct"] < 0).all()
+    stats_md = (tmp_path / "dataset_stats.md").read_text()
+    assert "| alpha" in stats_md and "5,000" in stats_md
+
+
+def test_holm_hand_computed():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, np.nan, 0.01]) == pytest.approx([0.5, np.nan, 0.02], nan_ok=True)
+    assert holm([0.6, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def pooled(tree, dataset, variant, protocol):
+    """Per-user NDCG@10 averaged over seeds, computed here by hand from the ranks."""
+    per_seed = [user_ndcg(synthetic_ranks(variant, s)) for s in SEEDS]
+    return np.mean(per_seed, axis=0)
+
+
+def test_wilcoxon_ci_and_effect_match_scipy(runs, tree):
+    table = run_comparisons(runs, StatsConfig(n_resamples=1000))
+    row = table.query("dataset == 'alpha' and protocol == 'corrected' and variant == 'mltfr' "
+                      "and reference == 'base'").iloc[0]
+    a, b = pooled(tree, "alpha", "mltfr", "corrected"), pooled(tree, "alpha", "base", "corrected")
+    assert row["p_wilcoxon"] == pytest.approx(sps.wilcoxon(a, b).pvalue, rel=1e-12)
+    assert row["mean_diff"] == pytest.approx((a - b).mean())
+    assert row["ci_low"] < (a - b).mean() < row["ci_high"] and row["ci_low"] > 0
+    assert row["rank_biserial"] == 1.0           # mltfr never worse than base on any user
+    assert row["p_wilcoxon_holm"] >= row["p_wilcoxon"] and row["mark"] == "***"
+    # paired t-test over seeds: differences all 0.03 -> undefined, NaN with a note
+    assert np.isnan(row["p_ttest"]) and "constant" in row["note"]
+    assert row["n_seeds"] == 3 and row["n_users"] == N_USERS
+    family = table.query("dataset == 'alpha' and protocol == 'corrected'")
+    assert family["p_wilcoxon_holm"].to_numpy() == pytest.approx(holm(family["p_wilcoxon"].to_numpy()), nan_ok=True)
+    assert set(table["reference"]) == {"base", "mltfr"}
+    assert len(table) == 2 * 2 * (6 + 5)   # 6 variants vs base, 5 vs mltfr, per dataset x protocol
+
+
+def test_bootstrap_is_reproducible_and_zero_diffs_are_handled():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(1.0, 1.0, 500), rng.normal(0.0, 1.0, 500)
+    ci1, ci2 = bootstrap_ci(a, b), bootstrap_ci(a, b)
+    assert ci1 == ci2 and ci1[0] < (a - b).mean() < ci1[1]
+    # the same interval as scipy's paired bootstrap of the two samples with the same seed
+    ref = sps.bootstrap((a, b), lambda x, y, axis: np.mean(x - y, axis=axis), paired=True,
+                        n_resamples=2000, method="percentile", rng=np.random.default_rng(0))
+    assert ci1 == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high))
+    # 1.0 is the true mean difference of the populations the samples were drawn from
+    assert ci1[0] < 1.0 < ci1[1]
+    assert wilcoxon_test(a, a) == (0.0, 1.0, "all per-user differences are zero")
+    assert np.isnan(rank_biserial(np.zeros(4)))
+    assert rank_biserial(np.array([1.0, -2.0, 3.0])) == pytest.approx((1 + 3 - 2) / 6)
+
+
+def test_figures_exist_and_are_not_blank(tree, tmp_path):
+    import matplotlib.image as mpimg
+
+    aggregate(tree / "runs", tree / "data", tmp_path / "t", tmp_path / "s", tmp_path / "f",
+              steps=("figures",), cfg=StatsConfig(n_resamples=200))
+    for path in outputs.figure_outputs(tmp_path / "f"):
+        assert path.stat().st_size > 1000, path
+        if path.suffix == ".png":
+            rgba = (mpimg.imread(path) * 255).astype(np.uint32)          # (H, W, 4)
+            colours = rgba[..., 0] | rgba[..., 1] << 8 | rgba[..., 2] << 16  # one int per pixel
+            assert len(np.unique(colours)) > 10, path
+        else:
+            assert path.read_bytes().startswith(b"%PDF")
+
+
+def test_stats_cli_and_determinism(tree, tmp_path):
+    args = ["aggregate", "--runs", str(tree / "runs"), "--data", str(tree / "data"), "--tables",
+            str(tmp_path / "t"), "--stats", str(tmp_path / "s"), "--figures", str(tmp_path / "f"),
+            "--only", "stats", "--bootstrap-resamples", "300"]
+    assert cli_main(args) == 0
+    first = (tmp_path / "s" / "comparisons.csv").read_bytes()
+    assert cli_main(args) == 0
+    assert (tmp_path / "s" / "comparisons.csv").read_bytes() == first
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == sorted(
+        p.name for p in outputs.stats_outputs(tmp_path / "s"))
+    assert "***" in (tmp_path / "s" / "pvalues.md").read_text()
+
+
+def test_empty_blocks_still_write_every_output(tmp_path):
+    root = tmp_path / "runs"
+    for seed in (1, 2):
+        write_run(root, "alpha", "base", "corrected", seed)
+    written = aggregate(root, tmp_path / "nodata", tmp_path / "t", tmp_path / "s", tmp_path / "f")
+    expected = (outputs.table_outputs(tmp_path / "t") + outputs.stats_outputs(tmp_path / "s")
+                + outputs.figure_outputs(tmp_path / "f"))
+    assert sorted(map(str, written)) == sorted(map(str, expected))
+    assert "no runs for this block" in (tmp_path / "t" / "sensitivity.md").read_text()
+
+
+def test_corrupt_result_json_names_the_file(tmp_path, capsys):
+    write_run(tmp_path, "alpha", "base", "corrected", 1)
+    bad = tmp_path / "alpha" / "sasrec" / "base" / "corrected" / "seed1" / "result.json"
+    bad.write_text("{ not json")
+    with pytest.raises(DataError, match="seed1/result.json"):
+        collect_runs(tmp_path)
+    assert cli_main(["aggregate", "--runs", str(tmp_path), "--only", "tables",
+                     "--tables", str(tmp_path / "t")]) == 2
+    assert "result.json: not valid JSON" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
+
+
+def test_misplaced_or_incomplete_result_is_an_error(tmp_path):
+    write_run(tmp_path, "alpha", "base", "corrected", 1)
+    path = tmp_path / "alpha" / "sasrec" / "base" / "corrected" / "seed1" / "result.json"
+    result = json.loads(path.read_text())
+    path.write_text(json.dumps({**result, "seed": 7}))
+    with pytest.raises(DataError, match="JSON says alpha/sasrec/base/corrected/seed7"):
+        collect_runs(tmp_path)
+    del result["metrics"]["test"]["mrr"]
+    path.write_text(json.dumps(result))
+    with pytest.raises(DataError, match="metrics.test lacks mrr"):
+        collect_runs(tmp_path)
+    np.savez(path.parent / "ranks.npz", users=np.array([0, 0]), test_ranks=np.array([1, 2]))
+    with pytest.raises(DataError, match="ranks.npz: users and test_ranks"):
+        load_user_ndcg(path.parent)
+
+
+def test_analysis_does_not_import_torch():
+    code = ("import sys, mltfr.analysis, mltfr.analysis.pipeline, mltfr.analysis.stats, "
+            "mltfr.analysis.figures, mltfr.cli.analysis; assert 'torch' not in sys.modules, 'torch'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def write_trainer_run(root, seed, ranks):
+    """A run in the exact layout mltfr.train.run writes (key names as in build_result)."""
+    folder = root / "pantry" / "sasrec" / "mltfr" / "corrected" / f"seed{seed}"
+    folder.mkdir(parents=True)
+    test = {"hr@5": 0.1, "hr@10": 0.2, "hr@20": 0.3, "ndcg@5": 0.05, "ndcg@10": 0.1 + seed / 100,
+            "ndcg@20": 0.12, "mrr": 0.04}
+    result = {"metrics": {"test": test, "valid": test}, "n_users": {"test": len(ranks)},
+              "selection": "early-stopping-on-valid-ndcg@10 (corrected)", "best_epoch": 4,
+              "backbone": "sasrec", "variant": "mltfr", "protocol": "corrected", "seed": seed,
+              "config": {}, "code_version": "abc",
+              "dataset": {"name": "pantry", "prepared_sha256": "beef", "raw_sha256": []},
+              "timings": {"train_s": 12.0, "eval_during_training_s": 2.0, "test_eval_s": 0.5,
+                          "per_epoch_s": [2.0, 3.0, 4.0], "sequences_per_s": 99.0, "users_per_s": 80.0},
+              "peak_memory_mb": {"host_rss": 700.0, "cuda_allocated": 300.0}, "n_parameters": 12345}
+    (folder / "result.json").write_text(json.dumps(result))
+    np.savez(folder / "ranks.npz", test_users=np.arange(len(ranks)), test_ranks=ranks,
+             valid_users=np.arange(len(ranks)), valid_ranks=ranks)
+    pd.DataFrame({"epoch": [1, 2], "train_loss": [0.9, 0.5], "seconds": [2.0, 3.0],
+                  "valid_ndcg@10": [0.05, 0.07]}).to_csv(folder / "epochs.csv", index=False)
+    return folder
+
+
+def test_trainer_layout_and_manifest(tmp_path):
+    folders = [write_trainer_run(tmp_path / "runs", s, np.array([1, 3, 12, 2])) for s in (1, 2)]
+    manifest = tmp_path / "runs.txt"
+    manifest.write_text("".join(f"{f}\n" for f in folders))
+    runs = collect_runs(manifest)
+    row = runs.iloc[0]
+    assert (row["dataset"], row["seed"], row["n_params"], row["peak_mem_mb"]) == ("pantry", 1, 12345, 300.0)
+    assert (row["epoch_s"], row["eval_s"], row["seqs_per_s"], row["dataset_sha256"]) == (3.0, 0.5, 99.0, "beef")
+    assert row["peak_host_rss_mb"] == 700.0 and row["test_ndcg@10"] == 0.11
+    ndcg = load_user_ndcg(folders[0])
+    assert ndcg.to_numpy() == pytest.approx([1.0, 0.5, 0.0, 1 / np.log2(3)])
+    from mltfr.analysis.collect import load_epochs
+    assert load_epochs(runs)["loss"].tolist() == [0.9, 0.5, 0.9, 0.5]
+    assert cli_main(["aggregate", "--runs", str(manifest), "--out", str(tmp_path / "t" / "runs.csv")]) == 0
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["runs.csv", "runs.parquet"]

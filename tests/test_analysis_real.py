@@ -1,0 +1,76 @@
+"""mltfr.analysis on real per-user ranks: Amazon Pantry, popularity vs random ranking (numpy only)."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from mltfr.analysis.collect import collect_runs, user_ndcg
+from mltfr.analysis.stats import StatsConfig, run_comparisons
+from mltfr.analysis.tables import main_table
+
+
+def read_sequences(path):
+    """uid -> item list from the authors' `uid<TAB>:<TAB>item item ...` files."""
+    lines = path.read_text().splitlines()
+    return [line.split("\t")[2:] for line in lines if line.strip()]
+
+
+def popularity_ranks(train, test):
+    """Rank (1 = best, ties pessimistic) of each user's test item by training popularity."""
+    counts = Counter(item for seq in train for item in seq)
+    items = sorted(set(counts) | {t[0] for t in test})
+    score = np.array([counts.get(i, 0) for i in items])
+    sorted_scores = np.sort(score)
+    target = np.array([counts.get(t[0], 0) for t in test])
+    # pessimistic: every item scoring >= the target ranks ahead of or with it
+    return len(items) - np.searchsorted(sorted_scores, target, side="left"), len(items)
+
+
+def metrics(ranks):
+    r = ranks.astype(float)
+    out = {f"hr@{k}": float((r <= k).mean()) for k in (5, 10, 20)}
+    out.update({f"ndcg@{k}": float(user_ndcg(r, k).mean()) for k in (5, 10, 20)})
+    out["mrr"] = float((1 / r).mean())
+    return out
+
+
+def write(root, variant, seed, ranks):
+    folder = root / "pantry" / "pop" / variant / "faithful" / f"seed{seed}"
+    folder.mkdir(parents=True)
+    result = {"dataset": "pantry", "backbone": "pop", "variant": variant, "protocol": "faithful",
+              "seed": seed, "metrics": {"test": metrics(ranks), "valid": None}}
+    (folder / "result.json").write_text(json.dumps(result))
+    np.savez(folder / "ranks.npz", users=np.arange(len(ranks)), test_ranks=ranks)
+
+
+@pytest.fixture(scope="module")
+def pantry_runs(shared_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("pantry")
+    train = read_sequences(shared_data / "amazon-pantry" / "train.txt")
+    test = read_sequences(shared_data / "amazon-pantry" / "test.txt")
+    pop, n_items = popularity_ranks(train, test)
+    for seed in (1, 2):
+        random = np.random.default_rng(seed).integers(1, n_items + 1, len(pop))
+        write(root, "base", seed, random)        # "base" = random ranking
+        write(root, "mltfr", seed, pop)          # "mltfr" = popularity ranking
+    return root, pop, n_items
+
+
+def test_real_pantry_stats(pantry_runs):
+    root, pop, n_items = pantry_runs
+    assert len(pop) == 7123 and n_items >= 4884      # the README's users / items
+    runs = collect_runs(root)
+    row = run_comparisons(runs, StatsConfig(n_resamples=500)).iloc[0]
+    rand = np.mean([user_ndcg(np.random.default_rng(s).integers(1, n_items + 1, len(pop))) for s in (1, 2)], axis=0)
+    assert row["p_wilcoxon"] == pytest.approx(sps.wilcoxon(user_ndcg(pop), rand).pvalue, rel=1e-9)
+    assert row["p_wilcoxon"] < 1e-10 and row["mark"] == "***"
+    assert row["ci_low"] < user_ndcg(pop).mean() - rand.mean() < row["ci_high"]
+    assert row["n_users"] == 7123
+    assert user_ndcg(pop).mean() == pytest.approx(0.0136592, abs=1e-7)   # measured, pins the ranking
+    # popularity's NDCG@10 on Pantry, the same in both "seeds" -> std 0
+    cell = main_table(runs).tidy.query("variant == 'mltfr' and metric == 'ndcg@10'")
+    assert cell["mean"].item() == pytest.approx(user_ndcg(pop).mean()) and cell["std"].item() == 0
