@@ -108,6 +108,10 @@ def _build(entry: LlmEntry, out: Path, dtype: str, identity: dict,
         if got.weight.ndim != 2:
             raise DataError(f"llms.{entry.name}: the table has shape {tuple(got.weight.shape)}, "
                             f"not (vocab, dim); set `tensor:` to the input-embedding key")
+        expected = entry.params.get("dim")
+        if expected is not None and got.weight.shape[1] != expected:
+            raise DataError(f"llms.{entry.name}: the table is {tuple(got.weight.shape)} but the entry "
+                            f"says dim: {expected}; correct `dim` (or remove it)")
         mean, std = cache.table_stats(got.weight)
         sha256 = cache.write_table(out, got.weight, dtype)
         cache.install_tokenizer(out, staged)

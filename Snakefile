@@ -1,0 +1,35 @@
+"""The MLTFR study: datasets x LLMs x backbones x variants x protocols x seeds.
+
+Embedded default: `snakemake --cores all`; full study on Slurm: `snakemake --cores all
+--profile slurm` (config/paper.yaml); CI-sized: `--configfile config/test.yaml`.
+"""
+
+from snakemake.utils import min_version, validate
+
+min_version("9")
+
+
+# The embedded default, only when no --configfile is given: a given file replaces it instead
+# of being merged into it, so the CLI (which reads that file) sees the same registries.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/llm.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        get_final_output(),

@@ -1,0 +1,59 @@
+"""`mltfr fisher --run ROUND1_DIR --out consensus.safetensors`
+
+The step between the two rounds of a consensus variant: loads round 1's best state, runs one
+pass over the training batches with dropout off to get the diagonal empirical Fisher of every
+expert parameter, merges the experts of the same-dimension group (Fisher-weighted, or plain
+mean for `mltfr-meanconsensus`) and writes the merged expert for `mltfr train --consensus`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from mltfr.errors import MltfrError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, type=Path, help="round-1 run folder (mltfr train --out)")
+    parser.add_argument("--out", required=True, type=Path, help="merged expert file (.safetensors)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: the run's")
+    parser.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from mltfr.cli.evaluate import recorded_inputs
+    from mltfr.data import load_prepared, make_split
+    from mltfr.models.fisher import merge_round1, save_consensus
+    from mltfr.train import batching
+    from mltfr.train.checkpoint import load_checkpoint
+    from mltfr.train.config import RunConfig, apply_overrides
+    from mltfr.train.run import build_model, resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ckpt = args.run / "checkpoint.pt"
+    inputs = recorded_inputs(args.run)
+    if not ckpt.exists() or not inputs:
+        raise MltfrError(f"{args.run} holds no finished round-1 run (checkpoint.pt and result.json); "
+                         "run `mltfr train` for round 1 first")
+    payload = load_checkpoint(ckpt)
+    cfg = RunConfig.from_dict(payload["config"], where=f"{ckpt}: config")
+    if args.device:
+        cfg = apply_overrides(cfg, {"device": args.device})
+    device = resolve_device(cfg.device)
+    split = make_split(load_prepared(inputs["data"]), cfg.protocol, cfg.model.max_len)
+    model = build_model(cfg, split.n_items, device, {k: Path(v) for k, v in inputs["llm"].items()})
+    model.load_state_dict(payload["state"].best_state)
+    windows = torch.from_numpy(batching.train_windows(split.train_offsets, split.train_items,
+                                                      cfg.model.max_len)).to(device)
+    start = time.perf_counter()
+    state, meta = merge_round1(model, windows.split(cfg.batch_size), seed=cfg.seed)
+    meta.update(round1=str(args.run), seconds=round(time.perf_counter() - start, 3), seed=cfg.seed)
+    save_consensus(args.out, state, meta)
+    print(f"{args.out}: merged expert of {meta['llms']} ({meta['method']}) in {meta['seconds']} s")
+    print(json.dumps(meta, sort_keys=True))
+    return 0

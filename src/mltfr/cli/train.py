@@ -1,0 +1,97 @@
+"""`mltfr train --data DIR --out RUN_DIR --backbone B --protocol P --seed S [...]`
+
+Trains one run and evaluates it: writes checkpoint.pt and epochs.csv while training, then
+ranks.npz and result.json into RUN_DIR. Rerunning the same command resumes from the checkpoint.
+Settings, lowest precedence first: RunConfig defaults, the `train:` section of --config, the
+flags below, then --set key=value.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mltfr.errors import ConfigError
+
+# Mirrors mltfr.models.BACKBONES (kept literal so `mltfr --help` does not import torch;
+# tests/test_train_cli.py checks that the two agree).
+BACKBONE_CHOICES = ("sasrec", "sasrec-ce", "bert4rec", "gru4rec", "fmlprec")
+PROTOCOL_CHOICES = ("faithful", "corrected")
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, type=Path, help="prepared dataset folder (mltfr prepare --out)")
+    parser.add_argument("--out", required=True, type=Path, help="run folder for checkpoint, logs and results")
+    parser.add_argument("--backbone", required=True, choices=BACKBONE_CHOICES, help="backbone model")
+    parser.add_argument("--protocol", required=True, choices=PROTOCOL_CHOICES,
+                        help="faithful: authors' protocol (best epoch on test, labelled); "
+                             "corrected: early stopping on validation, test once")
+    parser.add_argument("--seed", required=True, type=int, help="random seed of the run")
+    parser.add_argument("--variant", default="base", help="model variant; 'base' = ID-only (default)")
+    parser.add_argument("--config", type=Path, help="study config YAML; its `train:` section overrides defaults")
+    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[],
+                        metavar="KEY=VALUE", help="override a RunConfig key, e.g. lr=5e-4 model.d=32 epochs=3")
+    parser.add_argument("--device", choices=DEVICE_CHOICES, help="auto = CUDA when available (default: config's)")
+    parser.add_argument("--llm", action="extend", nargs="+", default=[], metavar="NAME=DIR",
+                        help="an LLM token table folder (mltfr extract-llm --out) for LLM variants")
+    parser.add_argument("--consensus", type=Path, metavar="FILE",
+                        help="round 2 of a consensus variant: the merged expert from `mltfr fisher`")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads for torch (default: torch's choice; set it to the job's cores)")
+    parser.add_argument("--no-resume", action="store_true",
+                        help="ignore an existing checkpoint and train from scratch")
+
+
+def run(args: argparse.Namespace) -> int:
+    from mltfr.data import load_prepared, make_split
+    from mltfr.train.run import train_and_evaluate
+
+    cfg = build_config(args)
+    set_threads(args.threads)
+    llm_tables = parse_llm(args.llm)
+    prepared = load_prepared(args.data)
+    split = make_split(prepared, cfg.protocol, cfg.model.max_len)
+    inputs = {"data": str(args.data), "llm": {k: str(v) for k, v in llm_tables.items()}}
+    result = train_and_evaluate(split, cfg, args.out, prepared.meta, llm_tables=llm_tables,
+                                resume=not args.no_resume, inputs=inputs)
+    test = result["metrics"]["test"]
+    print(f"{args.out}: test NDCG@10 {test['ndcg@10']:.4f} HR@10 {test['hr@10']:.4f} "
+          f"({result['eval_protocol']}, best epoch {result['best_epoch']}, {result['selection']})")
+    return 0
+
+
+def build_config(args: argparse.Namespace):
+    """RunConfig from defaults, the config's train: section, the flags, then --set."""
+    from mltfr.train.config import RunConfig, apply_overrides, load_train_section
+
+    section = load_train_section(args.config) if args.config else {}
+    cfg = RunConfig.from_dict(section, where=f"{args.config}: train" if args.config else "train")
+    flags = {"backbone": args.backbone, "protocol": args.protocol, "seed": args.seed, "variant": args.variant}
+    if args.device:
+        flags["device"] = args.device
+    if args.consensus:
+        flags["consensus_file"] = str(args.consensus)
+    return apply_overrides(apply_overrides(cfg, flags), args.overrides)
+
+
+def set_threads(n: int | None) -> None:
+    if n is None:
+        return
+    if n < 1:
+        raise ConfigError(f"--threads {n}: expected an integer >= 1")
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def parse_llm(pairs: list[str]) -> dict[str, Path]:
+    """["minilm=results/llm/minilm", ...] -> {"minilm": Path(...)}."""
+    out: dict[str, Path] = {}
+    for pair in pairs:
+        name, sep, folder = pair.partition("=")
+        if not sep or not name or not folder:
+            raise ConfigError(f"--llm '{pair}' must look like NAME=DIR (e.g. minilm=results/llm/minilm)")
+        if name in out:
+            raise ConfigError(f"--llm names '{name}' twice; give each LLM once")
+        out[name] = Path(folder)
+    return out

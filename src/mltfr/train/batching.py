@@ -1,0 +1,47 @@
+"""Training windows: each user's most recent L+1 training items, left-padded, shuffled per epoch.
+
+One window per user (as SASRec trains): `model.loss` predicts window[:, 1:] from window[:, :-1]
+at every real position. Users with fewer than 2 training items have nothing to predict and
+are left out.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+
+def train_windows(offsets: np.ndarray, items: np.ndarray, max_len: int) -> np.ndarray:
+    """(n_users_with_>=2_items, max_len+1) int64 windows from CSR sequences; 0 = padding.
+
+    Vectorised: no Python loop over users."""
+    lengths = np.diff(offsets)
+    users = np.flatnonzero(lengths >= 2)
+    take = np.minimum(lengths[users], max_len + 1)                   # items kept per user
+    row = np.repeat(np.arange(len(users)), take)                     # (T,) window row of each kept item
+    within = np.arange(take.sum()) - np.repeat(np.cumsum(take) - take, take)  # 0..take-1 per row
+    src = np.repeat(offsets[users + 1] - take, take) + within        # index into `items`
+    col = np.repeat(max_len + 1 - take, take) + within               # right-aligned column
+    windows = np.zeros((len(users), max_len + 1), dtype=np.int64)
+    windows[row, col] = items[src]
+    return windows
+
+
+def epoch_order(n: int, gen: torch.Generator) -> torch.Tensor:
+    """(n,) int64 CPU permutation of the windows for one epoch."""
+    return torch.randperm(n, generator=gen)
+
+
+def batches(windows: torch.Tensor, order: torch.Tensor, batch_size: int,
+            start_step: int = 0) -> Iterator[tuple[int, torch.Tensor]]:
+    """(step, (B, L+1) windows) in `order`, from `start_step` on (a resumed epoch skips the done steps).
+
+    `windows` lives on the training device; `order` is moved there once."""
+    order = order.to(windows.device)
+    for step in range(start_step, n_steps(len(order), batch_size)):
+        yield step, windows[order[step * batch_size:(step + 1) * batch_size]]
+
+
+def n_steps(n: int, batch_size: int) -> int:
+    return -(-n // batch_size)

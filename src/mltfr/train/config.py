@@ -1,0 +1,176 @@
+"""`RunConfig`: every setting of one training run, with checked overrides (nanoGPT style).
+
+Precedence, lowest first: the defaults below, the `train:` section of a study config, the CLI's
+explicit flags (--backbone, --protocol, --seed, --variant, --device), then `--set key=value`.
+Nested keys use a dot: `model.d=32` sets BackboneConfig.d, `branch.k=10` a key of the branch dict.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from mltfr.errors import ConfigError
+from mltfr.evaluate.metrics import metric_names
+from mltfr.models.base import BackboneConfig
+
+PROTOCOLS = ("faithful", "corrected")  # method.md: the authors' protocol and the clean one
+DEVICES = ("auto", "cpu", "cuda")       # auto = CUDA when available
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # 5e-4: a float YAML 1.1 misses
+
+
+@dataclass
+class RunConfig:
+    """One run = backbone x variant x protocol x seed, plus the optimisation settings."""
+
+    backbone: str = "sasrec"  # (str) a name of mltfr.models.BACKBONES
+    model: BackboneConfig = field(default_factory=BackboneConfig)  # backbone hyper-parameters (d, L, ...)
+    variant: str = "base"  # (str) "base" = ID-only; LLM-branch variants are attached by attach_branch
+    protocol: str = "corrected"  # (str) faithful | corrected (method.md, "Training and evaluation")
+    seed: int = 0  # (int) fixes python, numpy, torch and the sampling generator
+    lr: float = 1e-3  # (float) Adam learning rate (method.md)
+    weight_decay: float = 0.0  # (float) Adam L2 penalty; the authors use none
+    batch_size: int = 128  # (int) training windows per step (method.md)
+    epochs: int = 200  # (int) faithful: the fixed budget; corrected: the maximum before early stopping
+    patience: int = 10  # (int) corrected: stop after this many evaluations without a better valid score
+    eval_every: int = 1  # (int) evaluate every this many epochs (and always after the last one)
+    mask_history: bool | None = None  # (bool) exclude history items from the ranking; None = by
+    #                                   protocol: faithful False (authors' code), corrected True
+    eval_batch_size: int = 1024  # (int) users per evaluation block
+    eval_item_block: int = 2048  # (int) items per score tile (a 1024 x 2048 tile stays in CPU cache)
+    sampled_negatives: int = 0  # (int) 0 = full ranking (the study); N = the labelled sampled-N protocol
+    metric_for_selection: str = "ndcg@10"  # (str) the metric early stopping / best epoch uses
+    device: str = "auto"  # (str) auto | cpu | cuda
+    bf16: bool = False  # (bool) bf16 autocast for training; only takes effect on CUDA
+    log_every: int = 100  # (int) steps between loss read-backs (each is a device sync)
+    branch: dict = field(default_factory=dict)  # LLM-branch settings (K, tau, lambda_s, ...;
+    #                                             mltfr.models.mltfr.BranchConfig), checked there
+    consensus_file: str | None = None  # (path) round 2: merged expert from `mltfr fisher`; None = round 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, Mapping):
+            self.model = BackboneConfig.from_dict(self.model, where="train.model")
+        _require(self.protocol in PROTOCOLS, "protocol", self.protocol, f"one of {', '.join(PROTOCOLS)}")
+        _require(self.device in DEVICES, "device", self.device, f"one of {', '.join(DEVICES)}")
+        _require(self.metric_for_selection in metric_names(), "metric_for_selection",
+                 self.metric_for_selection, f"one of {', '.join(metric_names())}")
+        for key in ("batch_size", "epochs", "patience", "eval_every", "eval_batch_size",
+                    "eval_item_block", "log_every"):
+            _require(getattr(self, key) >= 1, key, getattr(self, key), "an integer >= 1")
+        _require(self.lr > 0, "lr", self.lr, "a positive number")
+        _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
+        _require(self.sampled_negatives >= 0, "sampled_negatives", self.sampled_negatives, "0 or more")
+
+    @property
+    def masks_history(self) -> bool:
+        """Whether the evaluation excludes history items (the protocol's default when unset)."""
+        return self.protocol == "corrected" if self.mask_history is None else self.mask_history
+
+    @property
+    def selection(self) -> str:
+        """How the reported epoch is chosen, written into every output."""
+        if self.protocol == "faithful":
+            return "best-epoch-on-test (faithful)"
+        return f"early-stopping-on-valid-{self.metric_for_selection} (corrected)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], where: str = "train") -> "RunConfig":
+        """Build from a mapping; unknown keys and wrong types raise ConfigError naming `where`."""
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{where}: expected a mapping of settings, got {type(values).__name__}")
+        hints = typing.get_type_hints(cls)
+        for key, value in values.items():
+            if key not in hints:
+                raise ConfigError(f"{where}: unknown key '{key}'; valid keys: {', '.join(hints)}")
+            if key == "model":
+                if not isinstance(value, (Mapping, BackboneConfig)):
+                    raise ConfigError(f"{where}.model: expected a mapping of backbone settings, got {value!r}")
+                continue
+            _check_type(f"{where}.{key}", value, hints[key])
+        values = dict(values)
+        if isinstance(values.get("model"), Mapping):
+            values["model"] = BackboneConfig.from_dict(values["model"], where=f"{where}.model")
+        return cls(**values)
+
+
+def _require(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"train.{key}={value!r} is invalid: expected {expected}")
+
+
+def _check_type(where: str, value: Any, hint: Any) -> None:
+    """Reject a value whose type does not match the annotation (bool is not an int here)."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    allowed = typing.get_args(hint) if union else (hint,)
+    for kind in allowed:
+        if kind is type(None) and value is None:
+            return
+        if kind is bool and isinstance(value, bool):
+            return
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return
+        if kind in (str, dict) and isinstance(value, kind):
+            return
+    names = " or ".join("null" if k is type(None) else k.__name__ for k in allowed)
+    raise ConfigError(f"{where}: expected {names}, got {value!r} ({type(value).__name__})")
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str] | Mapping[str, Any]) -> RunConfig:
+    """A new RunConfig with `key=value` strings (values parsed as YAML) or a mapping applied."""
+    values = cfg.to_dict()
+    items = overrides.items() if isinstance(overrides, Mapping) else map(_parse_override, overrides)
+    for key, value in items:
+        *parents, leaf = key.split(".")
+        node = values
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"override '{key}': '{part}' is not a section; sections are model, branch")
+            node = node[part]
+        node[leaf] = value
+    return RunConfig.from_dict(values, where="override")
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{text}' must look like key=value (e.g. lr=0.0005 or model.d=32)")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{text}': the value is not valid YAML ({exc.problem})") from None
+    return key.strip(), _yaml11_float(value)
+
+
+def _yaml11_float(value: Any) -> Any:
+    """YAML 1.1 reads `5e-4` (no dot) as a string; such a value is meant as a number."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
+def load_train_section(path: str | Path) -> dict[str, Any]:
+    """The `train:` section of a study config file ({} when the file has none)."""
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}; check the --config path") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
+    if not isinstance(doc, Mapping):
+        raise ConfigError(f"config {path}: expected a mapping of sections at the top level")
+    section = doc.get("train") or {}
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"config {path}: the 'train:' section must be a mapping of RunConfig keys")
+    return dict(section)

@@ -1,0 +1,197 @@
+"""Trainer: config checks, windows, seeding, resume == uninterrupted, NaN, SIGTERM, results."""
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from mltfr.data import make_split
+from mltfr.data.prepared import Prepared
+from mltfr.errors import ConfigError, DataError, MltfrError
+from mltfr.train.batching import train_windows
+from mltfr.train.config import RunConfig, apply_overrides, load_train_section
+from mltfr.train.loop import Preempted, Trainer
+from mltfr.train.run import build_trainer, train_and_evaluate
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    torch.set_num_threads(1)   # the machine is shared; tiny models gain nothing from threads
+
+
+def toy_prepared(n_users=120, n_items=40, seed=0) -> Prepared:
+    """Users walk the item ring from a random start: a pattern SASRec learns within epochs."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(3, 15, n_users)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    start = np.repeat(rng.integers(0, n_items, n_users), lengths)
+    items = (start + np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths)) % n_items + 1
+    return Prepared(offsets=offsets, items=items.astype(np.int64), n_items=n_items,
+                    meta={"dataset": "toy", "prepared_sha256": "0" * 64})
+
+
+def tiny_cfg(**extra) -> RunConfig:
+    values = {"backbone": "sasrec", "model": {"d": 8, "max_len": 8}, "batch_size": 16,
+              "epochs": 3, "patience": 5, "device": "cpu", **extra}
+    return RunConfig.from_dict(values)
+
+
+def run(tmp_path, name, cfg, **kw):
+    split = make_split(toy_prepared(), cfg.protocol, cfg.model.max_len)
+    return train_and_evaluate(split, cfg, tmp_path / name, {"dataset": "toy"}, **kw)
+
+
+def loss_columns(path):
+    rows = [line.split(",") for line in path.read_text().splitlines()]
+    assert rows[0][-1] == "selected"
+    seconds = rows[0].index("seconds")
+    return [[v for i, v in enumerate(r) if i != seconds] for r in rows]
+
+
+# ------------------------------------------------------------------ config
+def test_config_unknown_key_and_wrong_type():
+    with pytest.raises(ConfigError, match="unknown key 'learning_rate'"):
+        RunConfig.from_dict({"learning_rate": 0.1})
+    with pytest.raises(ConfigError, match=r"train\.epochs: expected int, got '3'"):
+        RunConfig.from_dict({"epochs": "3"})
+    with pytest.raises(ConfigError, match="protocol='both' is invalid"):
+        RunConfig.from_dict({"protocol": "both"})
+
+
+def test_overrides_parse_values_and_nested_keys():
+    cfg = apply_overrides(RunConfig(), ["lr=5e-4", "model.d=32", "mask_history=false", "branch.k=10"])
+    assert (cfg.lr, cfg.model.d, cfg.mask_history, cfg.branch) == (5e-4, 32, False, {"k": 10})
+    assert RunConfig().model.d == 64                      # defaults untouched
+    with pytest.raises(ConfigError, match="unknown key 'dd'"):
+        apply_overrides(RunConfig(), ["model.dd=3"])
+    with pytest.raises(ConfigError, match="must look like key=value"):
+        apply_overrides(RunConfig(), ["epochs"])
+
+
+def test_protocol_defaults_for_history_mask_and_selection():
+    faithful, corrected = RunConfig(protocol="faithful"), RunConfig(protocol="corrected")
+    assert (faithful.masks_history, corrected.masks_history) == (False, True)
+    assert faithful.selection == "best-epoch-on-test (faithful)"
+
+
+def test_train_section_of_study_config(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("datasets: {}\ntrain:\n  epochs: 7\n  model: {d: 16}\n")
+    assert RunConfig.from_dict(load_train_section(path)).model.d == 16
+    path.write_text("train: [1, 2]\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_train_section(path)
+
+
+# ------------------------------------------------------------------ batching
+def test_windows_keep_last_items_left_padded():
+    offsets = np.array([0, 3, 4, 10, 12])
+    items = np.arange(1, 13)
+    w = train_windows(offsets, items, max_len=3)           # user 1 (one item) is dropped
+    np.testing.assert_array_equal(w, [[0, 1, 2, 3], [7, 8, 9, 10], [0, 0, 11, 12]])
+
+
+# ------------------------------------------------------------------ runs
+def test_same_seed_same_metrics_other_seed_differs(tmp_path):
+    a = run(tmp_path, "a", tiny_cfg(epochs=2))
+    b = run(tmp_path, "b", tiny_cfg(epochs=2))
+    c = run(tmp_path, "c", tiny_cfg(epochs=2, seed=1))
+    assert a["metrics"] == b["metrics"]
+    assert a["metrics"] != c["metrics"]
+    assert loss_columns(tmp_path / "a" / "epochs.csv") == loss_columns(tmp_path / "b" / "epochs.csv")
+
+
+def test_result_fields_and_ranks(tmp_path):
+    res = run(tmp_path, "r", tiny_cfg(protocol="faithful", epochs=2))
+    saved = json.loads((tmp_path / "r" / "result.json").read_text())
+    assert saved["metrics"] == res["metrics"] and set(saved["metrics"]) == {"test"}
+    assert saved["selection"] == "best-epoch-on-test (faithful)" and saved["eval_protocol"] == "full-ranking"
+    assert saved["mask_history"] is False and saved["best_epoch"] in (1, 2)
+    for key in ("config", "seed", "protocol", "code_version", "dataset", "timings", "peak_memory_mb",
+                "n_parameters"):
+        assert key in saved
+    assert saved["timings"]["sequences_per_s"] > 0 and len(saved["timings"]["per_epoch_s"]) == 2
+    with np.load(tmp_path / "r" / "ranks.npz") as z:
+        ranks = z["test_ranks"]
+        assert set(z.files) == {"test_users", "test_ranks", "eval_protocol", "selection"}
+        assert str(z["selection"]) == "best-epoch-on-test (faithful)" and ranks.min() >= 1 and ranks.max() <= 40
+    assert (ranks <= 10).mean() == pytest.approx(res["metrics"]["test"]["hr@10"])
+    log = (tmp_path / "r" / "epochs.csv").read_text().splitlines()
+    assert log[0].endswith(",selected") and log[saved["best_epoch"]].endswith(",best-epoch-on-test (faithful)")
+
+
+def test_sampled_protocol_is_labelled(tmp_path):
+    res = run(tmp_path, "s", tiny_cfg(epochs=1, sampled_negatives=100))
+    assert res["eval_protocol"] == "sampled-100" and res["mask_history"] is None
+
+
+@pytest.mark.parametrize("protocol", ["corrected", "faithful"])
+def test_resume_after_stop_equals_uninterrupted(tmp_path, protocol):
+    cfg = tiny_cfg(protocol=protocol, epochs=3)
+    full = run(tmp_path, "full", cfg)
+    assert run(tmp_path, "cut", cfg, stop_after_epoch=1) is None
+    assert not (tmp_path / "cut" / "result.json").exists()
+    resumed = run(tmp_path, "cut", cfg)
+    assert resumed["metrics"] == full["metrics"] and resumed["best_epoch"] == full["best_epoch"]
+    assert loss_columns(tmp_path / "cut" / "epochs.csv") == loss_columns(tmp_path / "full" / "epochs.csv")
+    with np.load(tmp_path / "full" / "ranks.npz") as a, np.load(tmp_path / "cut" / "ranks.npz") as b:
+        for key in a.files:
+            np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_resume_with_other_config_refused(tmp_path):
+    run(tmp_path, "x", tiny_cfg(epochs=2), stop_after_epoch=1)
+    with pytest.raises(ConfigError, match=r"different config \(lr: .*delete the run folder"):
+        run(tmp_path, "x", tiny_cfg(epochs=2, lr=0.01))
+
+
+def test_corrected_early_stopping(tmp_path):
+    res = run(tmp_path, "e", tiny_cfg(epochs=50, patience=1, lr=1e-6))   # no progress: stops early
+    assert res["early_stopped"] and res["epochs_run"] < 50
+    assert res["epochs_run"] == res["best_epoch"] + 1
+    assert set(res["metrics"]) == {"valid", "test"}
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
+    split = make_split(toy_prepared(), "corrected", 8)
+    trainer = build_trainer(split, tiny_cfg(epochs=3), tmp_path / "n")
+    trainer.fit(stop_after_epoch=1)
+    with torch.no_grad():
+        trainer.model.embed.item_emb.weight.fill_(float("nan"))
+    with pytest.raises(MltfrError, match=r"loss became nan in epoch 2.*last good checkpoint \(epoch 1\)"):
+        trainer.fit()
+    saved = torch.load(tmp_path / "n" / "checkpoint.pt", weights_only=True)
+    assert saved["state"]["epoch"] == 1 and torch.isfinite(saved["model"]["embed.item_emb.weight"]).all()
+
+
+def test_sigterm_saves_mid_epoch_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    cfg = tiny_cfg(epochs=2)
+    full = run(tmp_path, "full", cfg)
+    step = Trainer.train_step
+    calls = []
+
+    def step_then_signal(self, seqs):
+        calls.append(1)
+        if len(calls) == 9:                                # in epoch 2 (7 steps per epoch)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step(self, seqs)
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
+    with pytest.raises(Preempted, match="received SIGTERM: checkpoint saved"):
+        run(tmp_path, "cut", cfg)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL     # handler restored
+    saved = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["state"]
+    split = make_split(toy_prepared(), "corrected", 8)
+    per_epoch = -(-len(train_windows(split.train_offsets, split.train_items, 8)) // 16)
+    assert per_epoch == 7 and (saved["epoch"], saved["step"]) == (1, 9 - per_epoch)
+    monkeypatch.setattr(Trainer, "train_step", step)
+    assert run(tmp_path, "cut", cfg)["metrics"] == full["metrics"]
+
+
+def test_damaged_checkpoint_is_a_data_error(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(DataError, match="checkpoint .* is unreadable.*delete it"):
+        run(tmp_path, "d", tiny_cfg())

@@ -1,0 +1,88 @@
+"""`mltfr train` / `mltfr evaluate`: argument checks, and one real run on Amazon Pantry."""
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from mltfr.cli import main
+from mltfr.cli.train import BACKBONE_CHOICES
+from mltfr.models import BACKBONES
+
+ARGS = ["--out", "run", "--protocol", "corrected", "--seed", "0"]
+
+
+def test_backbone_choices_mirror_the_registry():
+    assert BACKBONE_CHOICES == tuple(BACKBONES)
+
+
+def test_unknown_backbone_refused(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--data", "d", "--backbone", "nope", *ARGS])
+    assert exit_.value.code == 2
+    assert "argument --backbone: invalid choice: 'nope'" in capsys.readouterr().err
+
+
+def test_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for option in ("--data", "--out", "--backbone", "--protocol", "--seed", "--variant", "--config",
+                   "--set", "--device", "--llm", "--consensus", "--threads", "--no-resume"):
+        assert option in text
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--set", "epochs=0"], "train.epochs=0 is invalid"),
+    (["--set", "nope=1"], "unknown key 'nope'"),
+    (["--variant", "no-such-variant"], "variant 'no-such-variant' is unknown"),
+    (["--llm", "minilm"], "must look like NAME=DIR"),
+])
+def test_bad_settings_are_one_line_errors(tmp_path, capsys, pantry, extra, message):
+    code = main(["train", "--data", str(pantry), "--backbone", "sasrec", *ARGS[:1], str(tmp_path / "r"),
+                 *ARGS[2:], *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+@pytest.fixture(scope="module")
+def pantry(shared_data, tmp_path_factory):
+    """The MLTFR authors' Pantry files, prepared through `mltfr prepare`."""
+    root = tmp_path_factory.mktemp("pantry")
+    folder = shared_data / "amazon-pantry"
+    config = {"datasets": {"pantry": {"source": [{"path": str(folder / "train.txt")},
+                                                 {"path": str(folder / "test.txt")}],
+                                      "format": "mltfr-pair"}},
+              "train": {"epochs": 1, "eval_batch_size": 2048}}
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    assert main(["prepare", "--config", str(root / "config.yaml"), "--dataset", "pantry",
+                 "--out", str(root / "data")]) == 0
+    return root / "data"
+
+
+def test_sasrec_one_epoch_on_pantry_via_cli(pantry, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "--data", str(pantry), "--out", str(out), "--backbone", "sasrec",
+                 "--protocol", "corrected", "--seed", "3", "--config", str(pantry.parent / "config.yaml"),
+                 "--device", "cpu", "--threads", "1"])
+    assert code == 0 and "test NDCG@10" in capsys.readouterr().out
+    result = json.loads((out / "result.json").read_text())
+    assert result["epochs_run"] == 1 and result["best_epoch"] == 1 and result["seed"] == 3
+    assert result["n_users"] == {"valid": 7123, "test": 7123}            # every Pantry user has >= 3 items
+    assert result["config"]["model"]["d"] == 64 and result["mask_history"] is True
+    assert result["dataset"]["name"] == "pantry" and len(result["dataset"]["prepared_sha256"]) == 64
+    assert result["n_parameters"] > 4885 * 64                                 # at least the item table
+    test = result["metrics"]["test"]
+    assert 0 < test["ndcg@10"] <= test["hr@10"] <= test["hr@20"] <= 1
+    with np.load(out / "ranks.npz") as z:
+        assert z["test_ranks"].max() <= 4884 and (z["test_ranks"] <= 10).mean() == pytest.approx(test["hr@10"])
+    assert (out / "epochs.csv").read_text().startswith("epoch,train_loss,seconds,valid_hr@5")
+
+    # `mltfr evaluate` re-evaluates the best state: the same full-ranking numbers, then sampled-100
+    assert main(["evaluate", "--run", str(out), "--device", "cpu"]) == 0
+    again = json.loads((out / "eval-full-ranking.json").read_text())
+    assert again["metrics"] == result["metrics"]
+    assert main(["evaluate", "--run", str(out), "--sampled", "100"]) == 0
+    sampled = json.loads((out / "eval-sampled-100.json").read_text())
+    assert sampled["eval_protocol"] == "sampled-100"
+    assert sampled["metrics"]["test"]["hr@10"] > test["hr@10"]          # 101 candidates are easier

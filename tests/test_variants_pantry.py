@@ -1,0 +1,89 @@
+"""Every study variant trains one epoch on Pantry with real offline LLM tables, through the CLI.
+
+Round 1 -> `mltfr fisher` -> round 2 for the consensus variants, exactly as the workflow runs
+them. Small d and L keep it quick; the LLM tables are the real packaged MiniLM pair (the
+offline consensus group, both 30522 x 384) and their random controls.
+"""
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from mltfr.cli import main
+from mltfr.models.variants import needs_round2
+
+LLMS = ("minilm", "paraphrase-minilm")
+FAST = ["--set", "epochs=1", "model.d=16", "model.max_len=10", "--threads", "2"]
+
+
+@pytest.fixture(scope="module")
+def inputs(repo, tmp_path_factory):
+    root = tmp_path_factory.mktemp("variants")
+    config = root / "config.yaml"
+    llms = {name: {"source": "package", "package": name} for name in LLMS}
+    llms.update({f"random-{n}": {"source": "random", "like": n, "seed": 0} for n in LLMS})
+    pantry = {"source": [{"path": str(repo / "data/amazon-pantry/train.txt.gz")},
+                         {"path": str(repo / "data/amazon-pantry/test.txt.gz")}], "format": "mltfr-pair"}
+    config.write_text(yaml.safe_dump({"datasets": {"pantry": pantry}, "llms": llms}))
+    assert main(["prepare", "--config", str(config), "--dataset", "pantry", "--out", str(root / "data")]) == 0
+    for name in llms:
+        assert main(["extract-llm", "--config", str(config), "--llm", name, "--out", str(root / "llm" / name)]) == 0
+    return root
+
+
+def llm_args(root, variant):
+    names = [f"random-{n}" for n in LLMS] if variant == "mltfr-random" else LLMS
+    return ["--llm", *[f"{n}={root / 'llm' / n}" for n in names]]
+
+
+def train(root, variant, out, *extra):
+    args = ["train", "--data", str(root / "data"), "--out", str(out), "--backbone", "sasrec",
+            "--protocol", "corrected", "--seed", "0", "--variant", variant, *FAST, *extra]
+    if variant != "base":
+        args += llm_args(root, variant)
+    assert main(args) == 0
+    return json.loads((out / "result.json").read_text())
+
+
+@pytest.mark.parametrize("variant", ["base", "direct-minilm", "filter-minilm", "mltfr", "mltfr-nofilter",
+                                     "mltfr-norouter", "mltfr-noconsensus", "mltfr-meanconsensus",
+                                     "mltfr-frozen", "mltfr-random"])
+def test_variant_trains_one_epoch(inputs, tmp_path, variant):
+    result = train(inputs, variant, tmp_path / "round1")
+    if needs_round2(variant):
+        merged = tmp_path / "consensus.safetensors"
+        assert main(["fisher", "--run", str(tmp_path / "round1"), "--out", str(merged)]) == 0
+        result = train(inputs, variant, tmp_path / "round2", "--consensus", str(merged))
+        assert result["config"]["consensus_file"] == str(merged)
+    test = result["metrics"]["test"]
+    assert result["variant"] == variant and result["epochs_run"] == 1
+    assert 0 < test["ndcg@10"] <= test["hr@10"] <= test["hr@20"] <= 1
+    if variant == "base":
+        assert "interp" not in result
+        return
+    weights = result["interp"]["router_weights"]
+    assert np.isclose(sum(weights.values()), 1.0, atol=1e-4)
+    if variant == "mltfr-norouter":
+        assert all(np.isclose(w, 1 / len(weights), atol=1e-5) for w in weights.values())
+    tokens = next(iter(result["interp"]["top_tokens"].values()))
+    if variant.startswith("direct-") or variant == "mltfr-nofilter":
+        assert tokens == []  # prototypes select no tokens
+    else:
+        assert tokens and all(isinstance(t[0], str) and t[1] > 0 for t in tokens)
+
+
+def test_consensus_file_of_other_llms_is_refused(inputs, tmp_path, capsys):
+    train(inputs, "mltfr", tmp_path / "round1")
+    merged = tmp_path / "consensus.safetensors"
+    assert main(["fisher", "--run", str(tmp_path / "round1"), "--out", str(merged)]) == 0
+    code = main(["train", "--data", str(inputs / "data"), "--out", str(tmp_path / "r2"), "--backbone",
+                 "sasrec", "--protocol", "corrected", "--seed", "0", "--variant", "mltfr-random", *FAST,
+                 *llm_args(inputs, "mltfr-random"), "--consensus", str(merged)])
+    assert code == 2 and "rerun `mltfr fisher`" in capsys.readouterr().err
+
+
+def test_fisher_without_round1_is_a_clear_error(tmp_path, capsys):
+    assert main(["fisher", "--run", str(tmp_path / "missing"), "--out", str(tmp_path / "c.safetensors")]) == 2
+    assert "run `mltfr train` for round 1 first" in capsys.readouterr().err
+    assert not (tmp_path / "c.safetensors").exists()

@@ -1,0 +1,25 @@
+"""Datasets: each prepared once into results/data/<dataset>, shared by every run on it.
+
+The dataset statistics table (results/tables/dataset_stats.*) is written by the tables step
+of `mltfr aggregate` from these meta.json files (report.smk).
+"""
+
+
+rule prepare_dataset:
+    output:
+        prepared="results/data/{dataset}/prepared.npz",
+        meta="results/data/{dataset}/meta.json",
+    log:
+        "logs/data/{dataset}.log",
+    benchmark:
+        "benchmarks/out/data/{dataset}.tsv"
+    conda:
+        "../../envs/mltfr.yaml"
+    threads: 1
+    params:
+        config=cli_config(),
+        out=out_folder,
+        entry=dataset_entry,
+    shell:
+        "mltfr prepare --config {params.config} --dataset {wildcards.dataset}"
+        " --out {params.out} > {log} 2>&1"

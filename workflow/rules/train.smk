@@ -1,0 +1,76 @@
+"""Training: one job per run; consensus variants as round 1 -> fisher -> round 2 (issue 4).
+
+Single-round variants (base, direct-*, filter-*, mltfr-noconsensus) go straight to rule
+`train`. Consensus variants train round 1 into <run>/round1, merge the experts there
+(`mltfr fisher`: Fisher-weighted, or plain mean for mltfr-meanconsensus), then `train` runs
+round 2 from scratch with the merged expert. Sensitivity runs on branch.lambda_s (round 2
+only) start from plain mltfr's round 1 (see common.smk).
+
+A run writes result.json, ranks.npz, epochs.csv and checkpoint.pt into its folder; only
+result.json, written last, is declared: it marks the run complete. Snakemake deletes the
+declared outputs of a failed job, so the checkpoint survives a preemption and a rerun resumes
+from it (the CLI must check that the checkpoint's settings equal the run's before resuming).
+"""
+
+
+rule train_round1:
+    input:
+        unpack(train_inputs),
+    output:
+        result=f"{ROUND1_DIR}/result.json",
+    log:
+        f"logs/train_round1/{RUN_WILDCARDS}.log",
+    benchmark:
+        f"benchmarks/out/train_round1/{RUN_WILDCARDS}.tsv"
+    conda:
+        "../../envs/mltfr.yaml"
+    threads: 1
+    params:
+        config=cli_config(),
+        args=train_args,
+        train=train_settings(),
+    shell:
+        "mltfr train --config {params.config} {params.args}"
+        " --backbone {wildcards.backbone} --protocol {wildcards.protocol}"
+        " --seed {wildcards.seed} --threads {threads} --device auto > {log} 2>&1"
+
+
+rule fisher:
+    input:
+        unpack(fisher_inputs),
+    output:
+        consensus=f"{ROUND1_DIR}/consensus.safetensors",
+    log:
+        f"logs/fisher/{RUN_WILDCARDS}.log",
+    benchmark:
+        f"benchmarks/out/fisher/{RUN_WILDCARDS}.tsv"
+    conda:
+        "../../envs/mltfr.yaml"
+    threads: 1
+    params:
+        run=out_folder,
+    shell:
+        "mltfr fisher --run {params.run} --out {output.consensus}"
+        " --threads {threads} --device auto > {log} 2>&1"
+
+
+rule train:
+    input:
+        unpack(round2_inputs),
+    output:
+        result=f"{RUN_DIR}/result.json",
+    log:
+        f"logs/train/{RUN_WILDCARDS}.log",
+    benchmark:
+        f"benchmarks/out/train/{RUN_WILDCARDS}.tsv"
+    conda:
+        "../../envs/mltfr.yaml"
+    threads: 1
+    params:
+        config=cli_config(),
+        args=train_args,
+        train=train_settings(),
+    shell:
+        "mltfr train --config {params.config} {params.args}"
+        " --backbone {wildcards.backbone} --protocol {wildcards.protocol}"
+        " --seed {wildcards.seed} --threads {threads} --device auto > {log} 2>&1"
