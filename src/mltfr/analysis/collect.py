@@ -52,7 +52,7 @@ def find_result_files(source: str | Path | Iterable[str | Path]) -> list[Path]:
             raise DataError(f"{source}: neither a runs folder nor a manifest file; point --runs at one")
         source = [line.strip() for line in source.read_text().splitlines() if line.strip()]
         if not source:
-            raise DataError(f"--runs manifest lists no run folders; rerun the workflow's run_manifest rule")
+            raise DataError("--runs manifest lists no run folders; rerun the workflow's run_manifest rule")
     paths = [Path(p) for p in source]
     return sorted(p if p.name == "result.json" else p / "result.json" for p in paths)
 

@@ -7,19 +7,16 @@ the source into local files, downloading URL sources into a cache folder.
 from __future__ import annotations
 
 import copy
-import functools
 import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
 
-import jsonschema
-import yaml
 
 from mltfr.data.download import fetch_url
 from mltfr.errors import ConfigError, DataError
 from mltfr.io import sha256_file
+from mltfr.registry import check_entry
 
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "dataset.schema.yaml"
 DEFAULT_CACHE_DIR = Path("resources/downloads")   # relative to the repository root (cwd)
 
 
@@ -30,27 +27,6 @@ class RawFile:
     origin: str            # url, package:path or the local path as written in the entry
     sha256: str
     member: str | None = None
-
-
-@functools.cache
-def dataset_schema() -> dict:
-    with open(SCHEMA_PATH, encoding="utf-8") as fh:
-        return yaml.safe_load(fh)
-
-
-def load_config(path: str | Path) -> dict:
-    """Read a YAML study config; a missing or unreadable file is a ConfigError."""
-    path = Path(path)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            config = yaml.safe_load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found; pass an existing --config") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc}); fix the file") from None
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path}: expected a mapping with a `datasets:` section")
-    return config
 
 
 def get_entry(config: dict, name: str, where: str = "config") -> dict:
@@ -66,12 +42,7 @@ def get_entry(config: dict, name: str, where: str = "config") -> dict:
 
 def validate_entry(entry: dict, key: str = "entry", where: str = "config") -> dict:
     """Validate against the schema; the first error becomes a ConfigError naming its key path."""
-    validator = jsonschema.Draft202012Validator(dataset_schema())
-    errors = sorted(validator.iter_errors(entry), key=lambda e: (len(e.absolute_path), e.message))
-    if errors:
-        err = jsonschema.exceptions.best_match(errors)
-        path = ".".join([key, *map(str, err.absolute_path)])
-        raise ConfigError(f"{where}: {path}: {err.message}; fix it (see {SCHEMA_PATH.name})")
+    check_entry(entry, "dataset", key, where)
     return _with_defaults(entry)
 
 

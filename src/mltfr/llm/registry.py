@@ -8,16 +8,13 @@ An entry (schema: src/mltfr/schemas/llm.schema.yaml) is one of
 from __future__ import annotations
 
 import copy
-import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import jsonschema
-import yaml
 
 from mltfr.errors import ConfigError
+from mltfr.registry import check_entry, load_config
 
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "llm.schema.yaml"
 
 
 @dataclass
@@ -41,26 +38,14 @@ class LlmEntry:
         return entry_from_registry(self.registry, name, self.where)
 
 
-@functools.cache
-def llm_schema() -> dict:
-    with open(SCHEMA_PATH, encoding="utf-8") as fh:
-        return yaml.safe_load(fh)
-
-
 def load_llm_entry(config_path: str | Path, name: str) -> LlmEntry:
     """The validated entry `llms.NAME` of a study config file."""
     config_path = Path(config_path)
-    try:
-        with open(config_path, encoding="utf-8") as fh:
-            config = yaml.safe_load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"{config_path}: config file not found; pass an existing --config") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{config_path}: not valid YAML ({exc}); fix the file") from None
+    config = load_config(config_path)
     registry = (config or {}).get("llms") if isinstance(config, dict) else None
     if not isinstance(registry, dict):
         raise ConfigError(f"{config_path}: no `llms:` mapping; add one entry per LLM "
-                          f"(see {SCHEMA_PATH.name})")
+                          "(see llm.schema.yaml)")
     return entry_from_registry(registry, name, str(config_path))
 
 
@@ -82,11 +67,7 @@ def validate_entry(entry, key: str = "entry", where: str = "config") -> dict:
     """Validate against the schema; the best-matching error becomes a ConfigError with its key."""
     if not isinstance(entry, dict):
         raise ConfigError(f"{where}: {key}: expected a mapping with a `source:` key, got {entry!r}")
-    validator = jsonschema.Draft202012Validator(llm_schema())
-    err = jsonschema.exceptions.best_match(validator.iter_errors(entry))
-    if err is not None:
-        path = ".".join([key, *map(str, err.absolute_path)])
-        raise ConfigError(f"{where}: {path}: {err.message}; fix it (see {SCHEMA_PATH.name})")
+    check_entry(entry, "llm", key, where)
     if entry["source"] == "random":
         _check_random(entry, key, where)
     return _with_defaults(entry)

@@ -140,6 +140,21 @@ class SequenceEmbedding(nn.Module):
         return h * (seqs != PAD).unsqueeze(-1)
 
 
+def transformer_forward(model: "SequentialRecommender", seqs: Tensor, causal: bool) -> Tensor:
+    """Embedding -> blocks (the LLM branch enters after the first) -> final LayerNorm.
+
+    Shared by SASRec (causal) and BERT4Rec (bidirectional); (B, L) -> (B, L, d)."""
+    h0 = model.embed(seqs)  # (B, L, d), padding zeroed
+    keep = (seqs != PAD).unsqueeze(-1)  # (B, L, 1)
+    mask = attention_mask(seqs, causal=causal)
+    h = h0
+    for i, block in enumerate(model.blocks):
+        h = block(h, mask) * keep
+        if i == 0:
+            h = model.inject(h, h0, seqs)
+    return model.final_norm(h)
+
+
 def attention_mask(seqs: Tensor, causal: bool) -> Tensor:
     """(B, L) -> (B, 1, L, L) bool, True = may attend: real keys (and the past, if causal).
 

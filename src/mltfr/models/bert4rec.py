@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mltfr.models.base import (PAD, BackboneConfig, SequenceEmbedding, SequentialRecommender,
-                               TransformerBlock, attention_mask, full_ce_loss, init_weights)
+from mltfr.models.base import (transformer_forward, PAD, BackboneConfig, SequenceEmbedding, SequentialRecommender,
+                               TransformerBlock, full_ce_loss, init_weights)
 
 
 class BERT4Rec(SequentialRecommender):
@@ -36,15 +36,7 @@ class BERT4Rec(SequentialRecommender):
         init_weights(self, std=0.02)
 
     def forward(self, seqs: Tensor) -> Tensor:  # (B, L) -> (B, L, d)
-        h0 = self.embed(seqs)  # (B, L, d), padding zeroed
-        keep = (seqs != PAD).unsqueeze(-1)
-        mask = attention_mask(seqs, causal=False)
-        h = h0
-        for i, block in enumerate(self.blocks):
-            h = block(h, mask) * keep
-            if i == 0:
-                h = self.inject(h, h0, seqs)
-        return self.final_norm(h)
+        return transformer_forward(self, seqs, causal=False)
 
     def cloze_mask(self, window: Tensor, gen: torch.Generator) -> Tensor:
         """(B, L) -> (B, L) bool: real positions chosen with mask_prob, >= 1 per non-empty row."""

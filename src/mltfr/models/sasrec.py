@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mltfr.models.base import (PAD, BackboneConfig, SequenceEmbedding, SequentialRecommender,
-                               TransformerBlock, attention_mask, bce_loss, full_ce_loss,
+from mltfr.models.base import (transformer_forward, PAD, BackboneConfig, SequenceEmbedding, SequentialRecommender,
+                               TransformerBlock, bce_loss, full_ce_loss,
                                init_weights, sample_negatives)
 
 
@@ -39,15 +39,7 @@ class SASRec(SequentialRecommender):
         init_weights(self)
 
     def forward(self, seqs: Tensor) -> Tensor:  # (B, L) -> (B, L, d)
-        h0 = self.embed(seqs)  # (B, L, d), padding zeroed
-        keep = (seqs != PAD).unsqueeze(-1)  # (B, L, 1)
-        mask = attention_mask(seqs, causal=True)
-        h = h0
-        for i, block in enumerate(self.blocks):
-            h = block(h, mask) * keep
-            if i == 0:
-                h = self.inject(h, h0, seqs)
-        return self.final_norm(h)
+        return transformer_forward(self, seqs, causal=True)
 
     def loss(self, seqs: Tensor, gen: torch.Generator) -> Tensor:
         """seqs (B, L+1): predict seqs[:, 1:] from seqs[:, :-1] at every real position."""
