@@ -117,8 +117,8 @@ def test_length_sorted_trimmed_representations_equal_padded():
     lengths = rng.integers(1, 9, 50)
     inputs = np.where(np.arange(8)[None, :] >= 8 - lengths[:, None], rng.integers(1, 31, (50, 8)), 0)
     with torch.inference_mode():
-        model.left_padding_invariant = False
+        model.ignores_left_padding = False
         padded = user_representations(model, inputs, 16, torch.device("cpu"))
-        model.left_padding_invariant = True
+        model.ignores_left_padding = True
         trimmed = user_representations(model, inputs, 16, torch.device("cpu"))
     torch.testing.assert_close(trimmed, padded, rtol=1e-5, atol=1e-6)

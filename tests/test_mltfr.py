@@ -262,3 +262,22 @@ def test_branch_enters_every_backbone(backbone):
     assert model(seqs).shape == (4, MAX_LEN, D_MODEL)
     model.loss(torch.cat([seqs, random_seqs(4, 2)[:, -1:]], 1), torch.Generator().manual_seed(0)).backward()
     assert model.branch.selectors[0].proj.weight.grad.abs().sum() > 0
+
+
+def test_faithful_batch_pooling_disables_length_sorting_and_uses_training_batches():
+    """A faithful branch pools tokens over the batch: the evaluator must keep user order and use
+    training-sized batches, so the evaluation batches are those of the authors' code."""
+    from mltfr.models import build_backbone
+    from mltfr.models.mltfr import BranchConfig, attach, build_branch
+    from mltfr.train.config import RunConfig
+    from mltfr.train.loop import eval_user_block
+
+    cfg = RunConfig(protocol="faithful", batch_size=64, eval_batch_size=1024)
+    model = build_backbone("sasrec", 50, {"d": 8, "max_len": 6})
+    assert model.left_padding_invariant and eval_user_block(model, cfg) == 1024
+    tables = [torch.randn(40, 12)]
+    attach(model, build_branch(BranchConfig.for_protocol("faithful", d=8, n_heads=2, names=["a"]), tables))
+    assert model.batch_dependent and not model.left_padding_invariant
+    assert eval_user_block(model, cfg) == 64
+    attach(model, build_branch(BranchConfig.for_protocol("corrected", d=8, n_heads=2, names=["a"]), tables))
+    assert model.left_padding_invariant and eval_user_block(model, cfg) == 1024

@@ -81,7 +81,7 @@ def _check_evalset(evalset, n_items: int) -> None:
 def user_representations(model, inputs: np.ndarray, block: int, device: torch.device) -> torch.Tensor:
     """(n, d) float32 user representations of `inputs` (n, L), `block` users per forward pass.
 
-    A model that declares `left_padding_invariant = True` (its outputs do not depend on the
+    A model whose `left_padding_invariant` is True (its outputs do not depend on the
     amount of left padding) gets its users sorted by length and each block trimmed to its
     longest input: most users are short, so this skips most of the padded positions."""
     n = len(inputs)

@@ -83,6 +83,19 @@ class SequentialRecommender(nn.Module):
     Scores = user_representation(inputs) @ item_representation().T; row/column 0 is padding.
     """
 
+    ignores_left_padding = False  # subclasses whose outputs at real positions ignore left padding
+
+    @property
+    def batch_dependent(self) -> bool:
+        """True when a user's output depends on the other users of its batch (a faithful branch
+        pools the filtered tokens over the batch)."""
+        return getattr(getattr(self.branch, "cfg", None), "pooling", "user") == "batch"
+
+    @property
+    def left_padding_invariant(self) -> bool:
+        """True when the evaluator may sort users by length and trim each block's padding."""
+        return self.ignores_left_padding and not self.batch_dependent
+
     def __init__(self, n_items: int, cfg: BackboneConfig):
         super().__init__()
         if n_items < 1:

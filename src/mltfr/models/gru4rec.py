@@ -20,7 +20,7 @@ class GRU4Rec(SequentialRecommender):
     orders the items). Padding never reaches the recurrence: rows are packed, so the state
     at a real position depends on the real items only.
     """
-    left_padding_invariant = True  # outputs at real positions ignore left padding (evaluator trims it)
+    ignores_left_padding = True  # outputs at real positions ignore left padding (evaluator trims it)
 
     def __init__(self, n_items: int, cfg: BackboneConfig):
         super().__init__(n_items, cfg)

@@ -24,7 +24,7 @@ class SASRec(SequentialRecommender):
     the amount of left padding; negatives avoid the L+1 items of the training window rather
     than the user's whole history.
     """
-    left_padding_invariant = True  # outputs at real positions ignore left padding (evaluator trims it)
+    ignores_left_padding = True  # outputs at real positions ignore left padding (evaluator trims it)
 
     def __init__(self, n_items: int, cfg: BackboneConfig, loss_type: str = "bce"):
         super().__init__(n_items, cfg)

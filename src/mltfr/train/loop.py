@@ -223,6 +223,12 @@ def make_optimizer(model, cfg: RunConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
 
 
+def eval_user_block(model, cfg: RunConfig) -> int:
+    """Users per evaluation forward pass. A faithful branch pools the filtered tokens of the whole
+    batch, so it is evaluated in training-sized batches in user order, as the authors' code does."""
+    return cfg.batch_size if model.batch_dependent else cfg.eval_batch_size
+
+
 def evaluate_ranks(model, evalset, cfg: RunConfig, device: torch.device) -> tuple[np.ndarray, float]:
     """Ranks of `evalset` under the run's evaluation protocol, and the seconds it took."""
     start = time.perf_counter()
@@ -230,7 +236,7 @@ def evaluate_ranks(model, evalset, cfg: RunConfig, device: torch.device) -> tupl
         ranks = rank_sampled(model, evalset, cfg.sampled_negatives, seed=cfg.seed,
                              user_block=cfg.eval_batch_size, device=device)
     else:
-        ranks = rank(model, evalset, cfg.masks_history, user_block=cfg.eval_batch_size,
+        ranks = rank(model, evalset, cfg.masks_history, user_block=eval_user_block(model, cfg),
                      item_block=cfg.eval_item_block, device=device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
