@@ -1,0 +1,105 @@
+"""Quality of MLTFR vs the ID-only backbone and single-LLM filtering, mean +- std over seeds.
+
+    python benchmarks/bench_mltfr_quality.py [--datasets pantry beauty] [--seeds 1 2 3]
+        [--llms minilm paraphrase-minilm smollm2] [--epochs 200] [--patience 10] [--threads 2]
+        [--out results/bench/mltfr-quality]
+
+Corrected protocol (early stopping on valid NDCG@10, test once), SASRec (BCE, as the authors),
+full ranking. Variants: base, filter-<each LLM>, mltfr (round 1 -> Fisher merge -> round 2), run
+through the same `mltfr` commands the workflow uses. Datasets: the embedded Pantry and
+../shared/data/amazon-beauty/beauty.txt. Run folders live under --out, so an interrupted
+benchmark resumes where it stopped; finished runs are not retrained.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from mltfr.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+BEAUTY = REPO.parent / "shared" / "data" / "amazon-beauty" / "beauty.txt"
+DATASETS = {
+    "pantry": {"source": [{"path": str(REPO / "data/amazon-pantry/train.txt.gz")},
+                          {"path": str(REPO / "data/amazon-pantry/test.txt.gz")}], "format": "mltfr-pair"},
+    "beauty": {"source": {"path": str(BEAUTY)}, "format": "user-item-pairs"},
+}
+
+
+def write_config(out: Path, llms: list[str]) -> Path:
+    config = {"datasets": DATASETS, "llms": {n: {"source": "package", "package": n} for n in llms}}
+    path = out / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def call(*args: str) -> None:
+    if main([str(a) for a in args]) != 0:
+        raise SystemExit(f"failed: mltfr {' '.join(map(str, args))}")
+
+
+def train(out: Path, data: Path, variant: str, seed: int, llm_args: list[str], args, *extra) -> dict:
+    result = out / "result.json"
+    if not result.exists():
+        call("train", "--data", data, "--out", out, "--backbone", "sasrec", "--protocol", "corrected",
+             "--seed", seed, "--variant", variant, "--threads", args.threads, "--set",
+             f"epochs={args.epochs}", f"patience={args.patience}", *llm_args, *extra)
+    return json.loads(result.read_text())
+
+
+def run_variant(root: Path, data: Path, variant: str, seed: int, llms: dict[str, Path], args) -> dict:
+    run = root / variant / f"seed{seed}"
+    names = {n: p for n, p in llms.items() if variant in ("mltfr", f"filter-{n}")}
+    llm_args = ["--llm", *[f"{n}={p}" for n, p in names.items()]] if names else []
+    if variant != "mltfr":
+        return train(run, data, variant, seed, llm_args, args)
+    train(run / "round1", data, variant, seed, llm_args, args)
+    merged = run / "round1" / "consensus.safetensors"
+    if not merged.exists():
+        call("fisher", "--run", run / "round1", "--out", merged)
+    return train(run, data, variant, seed, llm_args, args, "--consensus", str(merged))
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--datasets", nargs="+", default=["pantry", "beauty"], choices=list(DATASETS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    p.add_argument("--llms", nargs="+", default=["minilm", "paraphrase-minilm", "smollm2"],
+                   help="packaged LLMs (offline); the first two form the Fisher consensus group")
+    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--patience", type=int, default=10)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=Path("results/bench/mltfr-quality"))
+    return p.parse_args()
+
+
+def main_bench() -> None:
+    args = parse_args()
+    config = write_config(args.out, args.llms)
+    llms = {n: args.out / "llm" / n for n in args.llms}
+    for name, folder in llms.items():
+        call("extract-llm", "--config", config, "--llm", name, "--out", folder)
+    rows = []
+    for dataset in args.datasets:
+        data = args.out / "data" / dataset
+        if not (data / "meta.json").exists():
+            call("prepare", "--config", config, "--dataset", dataset, "--out", data)
+        for variant in ["base", *[f"filter-{n}" for n in args.llms], "mltfr"]:
+            for seed in args.seeds:
+                r = run_variant(args.out / "runs" / dataset, data, variant, seed, llms, args)
+                rows.append({"dataset": dataset, "variant": variant, "seed": seed,
+                             "epochs": r["epochs_run"], "train_s": r["timings"]["train_s"],
+                             **{k: r["metrics"]["test"][k] for k in ("ndcg@10", "hr@10")}})
+    table = pd.DataFrame(rows).groupby(["dataset", "variant"], sort=False).agg(
+        ndcg10_mean=("ndcg@10", "mean"), ndcg10_std=("ndcg@10", "std"), hr10_mean=("hr@10", "mean"),
+        hr10_std=("hr@10", "std"), seeds=("seed", "count"), epochs=("epochs", "mean"), train_s=("train_s", "mean"))
+    print(table.to_markdown(floatfmt=".4f"))
+
+
+if __name__ == "__main__":
+    main_bench()
