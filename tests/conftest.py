@@ -20,6 +20,18 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def _why_no_local_slurm() -> str | None:
+    """Why the local Slurm cannot start here, or None when it can."""
+    import os
+    import shutil
+
+    if shutil.which("slurmctld") is None:
+        return "Slurm is not installed: run `bash scripts/slurm-local.sh install` (root)"
+    if os.geteuid() != 0:
+        return "the local Slurm's daemons run as root: run the Slurm tests as root"
+    return None
+
+
 @pytest.fixture(scope="session")
 def local_slurm(tmp_path_factory):
     """A real single-node Slurm (Debian packages), started for the session and stopped after.
@@ -28,17 +40,17 @@ def local_slurm(tmp_path_factory):
     machine without them the Slurm tests are skipped, in CI they fail.
     """
     import os
-    import shutil
     import subprocess
 
-    if shutil.which("slurmctld") is None:
+    reason = _why_no_local_slurm()
+    if reason:
         if os.environ.get("CI"):
-            pytest.fail("Slurm is not installed: run `bash scripts/slurm-local.sh install` (root)")
-        pytest.skip("Slurm not installed (bash scripts/slurm-local.sh install)")
+            pytest.fail(reason)
+        pytest.skip(reason)
     state = tmp_path_factory.mktemp("slurm")
     script = REPO / "scripts" / "slurm-local.sh"
-    subprocess.run(["bash", str(script), "start", str(state)], check=True, timeout=120)
-    try:
+    try:  # a failed start may have started some daemons: stop those too
+        subprocess.run(["bash", str(script), "start", str(state)], check=True, timeout=120)
         yield state
     finally:
         subprocess.run(["bash", str(script), "stop", str(state)], check=False, timeout=60)

@@ -7,15 +7,17 @@ Only tensors and plain Python types are stored, so it loads with `weights_only=T
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mltfr.errors import ConfigError, DataError
+from mltfr.errors import ConfigError, DataError, MltfrError
 from mltfr.io import atomic_path
 
 FORMAT = 1  # bump when the layout below changes; older checkpoints are then refused
@@ -46,8 +48,30 @@ def save_checkpoint(path: Path, cfg_dict: dict, model, optimizer, rng: dict, sta
     """Write the checkpoint atomically: a kill during the write leaves the previous one intact."""
     payload = {"format": FORMAT, "config": cfg_dict, "model": model.state_dict(),
                "optimizer": optimizer.state_dict(), "rng": rng, "state": dataclasses.asdict(state)}
-    with atomic_path(path) as tmp:
+    # torch.save reports a full disk as a RuntimeError of its zip writer
+    with reporting_write_errors(path, RuntimeError), atomic_path(path) as tmp:
         torch.save(payload, tmp)
+
+
+@contextlib.contextmanager
+def reporting_write_errors(path: Path, *also: type[Exception]):
+    """A failed write (disk full, no permission) becomes a one-line error naming the file, not a
+    traceback; the atomic write has left the previous file, if any, intact."""
+    try:
+        yield
+    except (OSError, *also) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0][:120]
+        raise MltfrError(f"cannot write {path} ({reason}{free_space(Path(path).parent)}); free disk space "
+                         "or fix permissions, then rerun the same command: training resumes from the "
+                         "last checkpoint") from None
+
+
+def free_space(folder: Path) -> str:
+    """`; N MB free there` for an error message (empty when the folder cannot be examined)."""
+    try:
+        return f"; {shutil.disk_usage(folder).free // 2**20} MB free there"
+    except OSError:
+        return ""
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

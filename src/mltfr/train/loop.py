@@ -28,7 +28,8 @@ from mltfr.errors import MltfrError
 from mltfr.evaluate import metric_names, metrics_from_ranks, rank, rank_sampled
 from mltfr.io import atomic_write_text
 from mltfr.train import batching
-from mltfr.train.checkpoint import TrainState, check_same_config, load_checkpoint, save_checkpoint
+from mltfr.train.checkpoint import (TrainState, check_same_config, load_checkpoint,
+                                   reporting_write_errors, save_checkpoint)
 from mltfr.train.config import RunConfig
 from mltfr.train.seed import Generators, rng_state, set_rng_state
 
@@ -189,7 +190,8 @@ class Trainer:
         writer = csv.DictWriter(buf, fieldnames=columns, restval="")
         writer.writeheader()
         writer.writerows(rows)
-        atomic_write_text(self.run_dir / EPOCH_LOG, buf.getvalue())
+        with reporting_write_errors(self.run_dir / EPOCH_LOG):
+            atomic_write_text(self.run_dir / EPOCH_LOG, buf.getvalue())
 
     # ----------------------------------------------------------------- preemption
     @contextlib.contextmanager

@@ -18,7 +18,7 @@ from mltfr.evaluate import FULL_LABEL, SAMPLED_LABEL, metrics_from_ranks
 from mltfr.io import atomic_path, atomic_write_json, code_version
 from mltfr.models import build_backbone
 from mltfr.train.branch import attach_branch
-from mltfr.train.checkpoint import load_checkpoint
+from mltfr.train.checkpoint import load_checkpoint, reporting_write_errors
 from mltfr.train.config import RunConfig
 from mltfr.train.loop import CHECKPOINT, Trainer, evaluate_ranks
 from mltfr.train.seed import seed_everything
@@ -69,8 +69,10 @@ def train_and_evaluate(split, cfg: RunConfig, run_dir: str | Path, dataset_meta:
     result["inputs"] = inputs or {}
     if trainer.model.branch is not None:
         result["interp"] = interpretability(trainer, llm_tables or {})
-    write_ranks(run_dir / RANKS, split, ranks, result["eval_protocol"], result["selection"])
-    atomic_write_json(run_dir / RESULT, result)
+    with reporting_write_errors(run_dir / RANKS):
+        write_ranks(run_dir / RANKS, split, ranks, result["eval_protocol"], result["selection"])
+    with reporting_write_errors(run_dir / RESULT):  # written last: it marks the run complete
+        atomic_write_json(run_dir / RESULT, result)
     return result
 
 
