@@ -2,9 +2,11 @@
 
 Embedded default: `snakemake --cores all`; full study on Slurm: `snakemake --cores all
 --profile slurm` (config/paper.yaml); CI-sized: `--configfile config/test.yaml`.
+The config is validated by workflow/schemas/config.schema.yaml (registry entries by the
+schemas of mltfr.data and mltfr.llm) in common.smk, before any job is built.
 """
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9")
 
@@ -14,9 +16,6 @@ min_version("9")
 if not workflow.overwrite_configfiles:
 
     configfile: "config/config.yaml"
-
-
-validate(config, "workflow/schemas/config.schema.yaml")
 
 
 report: "workflow/report/workflow.rst"

@@ -1,4 +1,4 @@
-"""Python helpers of the workflow: the run grid, input/params functions, early config checks.
+"""Python helpers of the workflow: config validation, the run grid, input/params functions.
 
 The grid is computed from `config["study"]` only, so adding a dataset or an LLM to the
 registries and to `study` adds its jobs and nothing else. Rules carry no logic; every input,
@@ -11,16 +11,29 @@ Variant names (shared with `mltfr train --variant`):
     mltfr@n_llms=<n>      sensitivity: mltfr on the first n LLMs of the mltfr set.
 Variants with a Fisher consensus expert take three jobs: round 1 (`mltfr train`), the merge
 (`mltfr fisher`), round 2 (`mltfr train --consensus FILE`).
+
+DAG speed (the paper grid has thousands of jobs): every job declares as few inputs as possible
+(one marker file per dataset and per LLM: its meta.json, written last), each rule has at most
+one params function, and everything derived from a variant name is cached.
 """
 
+import copy
 import functools
 import itertools
+import os
 import re
+import sys
 from collections import namedtuple
 from pathlib import Path
 
 import yaml
+from jsonschema import Draft202012Validator, validators
+from jsonschema.exceptions import best_match
+from referencing import Registry, Resource
 from snakemake.exceptions import WorkflowError
+from snakemake.io import report as report_item  # `report` alone is a directive keyword
+
+from mltfr.analysis import outputs as aggregate_outputs
 
 # ---------------------------------------------------------------- layout (docs/architecture.md)
 DATA_DIR = "results/data/{dataset}"
@@ -29,17 +42,22 @@ RUN_DIR = "results/runs/{dataset}/{backbone}/{variant}/{protocol}/seed{seed}"
 ROUND1_DIR = "results/runs/{dataset}/{backbone}/{variant}/{protocol}/seed{seed}/round1"
 RUN_WILDCARDS = "{dataset}/{backbone}/{variant}/{protocol}/seed{seed}"
 TABLES = "results/tables"
+STATS = "results/stats"
+FIGURES = "figures"
+BENCHMARKS = "benchmarks/out"
+# The marker of a finished dataset / token table: meta.json, written last (checksums inside).
+DATA_MARKER = f"{DATA_DIR}/meta.json"
+LLM_MARKER = f"{LLM_DIR}/meta.json"
+
+# Jobs call the `mltfr` command: put the scripts folder of the Python running Snakemake first
+# on PATH, so that jobs find it without an activated environment (`.venv/bin/snakemake ...`).
+# A Slurm job reruns snakemake with that same interpreter, which parses this file again.
+SCRIPTS = str(Path(sys.executable).parent)
+if os.environ.get("PATH", "").split(os.pathsep)[0] != SCRIPTS:
+    os.environ.update(PATH=os.pathsep.join([SCRIPTS, os.environ.get("PATH", "")]))
 
 Run = namedtuple("Run", "dataset backbone variant protocol seed")
 
-ABLATIONS = (
-    "mltfr-nofilter",
-    "mltfr-norouter",
-    "mltfr-noconsensus",
-    "mltfr-meanconsensus",
-    "mltfr-frozen",
-    "mltfr-random",
-)
 # Variants trained in a single round (no consensus expert, so no Fisher step).
 SINGLE_ROUND_PREFIXES = ("base", "direct-", "filter-", "mltfr-noconsensus")
 # Settings that only act in round 2 (the consensus expert's weight): such variants reuse the
@@ -56,7 +74,86 @@ def config_error(key, problem, fix):
     return WorkflowError(f"config key `{key}`: {problem}. Fix: {fix}.")
 
 
+# ---------------------------------------------------------------- schema validation
+CONFIG_SCHEMA = "workflow/schemas/config.schema.yaml"
+# The registry entries' schemas, owned by mltfr.data and mltfr.llm ($ref'd by CONFIG_SCHEMA).
+ENTRY_SCHEMAS = {
+    "datasets": "src/mltfr/schemas/dataset.schema.yaml",
+    "llms": "src/mltfr/schemas/llm.schema.yaml",
+}
+
+
+def schema_nodes(node):
+    """Every dict inside a schema (to recognise the entry schemas' subschemas by identity)."""
+    if isinstance(node, dict):
+        yield node
+        node = list(node.values())
+    for child in node if isinstance(node, list) else []:
+        yield from schema_nodes(child)
+
+
+@functools.cache
+def config_validator():
+    """A Draft 2020-12 validator of the study config that fills in the schema's defaults.
+
+    The entry schemas are loaded once and registered under the URIs the `$ref`s resolve to
+    (snakemake.utils.validate re-reads them for every reference: ~0.3 s per call). Defaults are
+    filled in outside the registries only: the CLI reads the entries from the file and applies
+    their defaults itself, and the workflow compares these sections with the file (cli_config).
+    """
+    root = Path(workflow.basedir)
+
+    def load(path):
+        return yaml.safe_load((root / path).read_text())
+
+    schema = load(CONFIG_SCHEMA) | {"$id": (root / CONFIG_SCHEMA).resolve().as_uri()}
+    entries = {
+        (root / path).resolve().as_uri(): load(path) for path in ENTRY_SCHEMAS.values()
+    }
+    registry = Registry().with_resources(
+        (uri, Resource.from_contents(entry)) for uri, entry in entries.items()
+    )
+    in_entries = {
+        id(node) for entry in entries.values() for node in schema_nodes(entry)
+    }
+    check_properties = Draft202012Validator.VALIDATORS["properties"]
+
+    def fill_defaults(validator, properties, instance, subschema):
+        if isinstance(instance, dict) and id(subschema) not in in_entries:
+            for key, sub in properties.items():
+                if "default" in sub:
+                    instance.setdefault(key, copy.deepcopy(sub["default"]))
+        yield from check_properties(validator, properties, instance, subschema)
+
+    extended = validators.extend(Draft202012Validator, {"properties": fill_defaults})
+    return extended(schema, registry=registry)
+
+
+def validate_config(data, source):
+    """Validate `data` in place (defaults filled in), or fail naming the dotted key."""
+    error = best_match(config_validator().iter_errors(data))
+    if error is None:
+        return
+    path = [str(part) for part in error.absolute_path]
+    in_entry = len(path) > 1 and path[0] in ENTRY_SCHEMAS
+    schema = ENTRY_SCHEMAS[path[0]] if in_entry else CONFIG_SCHEMA
+    raise WorkflowError(
+        f"Error validating config file {source}: config key `{'.'.join(path) or '(top level)'}`: "
+        f"{error.message}. Fix: see the key's description in {schema}."
+    )
+
+
 # ---------------------------------------------------------------- the config the CLI reads
+def config_path():
+    """The last --configfile (else config/config.yaml), relative to the working directory."""
+    path = Path(workflow.configfiles[-1])
+    if path.is_absolute() and path.is_relative_to(Path.cwd()):
+        path = path.relative_to(
+            Path.cwd()
+        )  # no machine path in params (a rerun trigger)
+    return path
+
+
 @functools.cache
 def cli_config():
     """The config file passed to the CLI (`--config`): the last --configfile, else config/config.yaml.
@@ -64,13 +161,12 @@ def cli_config():
     The CLI reads `datasets`, `llms` and `train` from this file, so these sections must not be
     changed by `--config` on the command line: that would desynchronise the workflow and the CLI.
     """
-    path = Path(workflow.configfiles[-1])
-    if path.is_absolute() and path.is_relative_to(Path.cwd()):
-        path = path.relative_to(
-            Path.cwd()
-        )  # no machine path in params (a rerun trigger)
+    path = config_path()
     with open(path) as f:
         on_disk = yaml.safe_load(f) or {}
+    validate_config(
+        on_disk, path
+    )  # the same defaults as `config`, so the two compare equal
     for section in ("datasets", "llms", "train"):
         if on_disk.get(section, {}) != config[section]:
             raise config_error(
@@ -99,11 +195,9 @@ def mltfr_llms():
 
 
 def mltfr_llms_key():
-    return (
-        "study.llms"
-        if study_block("mltfr")["llms"] is None
-        else "study.blocks.mltfr.llms"
-    )
+    if study_block("mltfr")["llms"] is None:
+        return "study.llms"
+    return "study.blocks.mltfr.llms"
 
 
 def sensitivity_variants():
@@ -180,19 +274,20 @@ def cli_variant(variant):
     return "mltfr" if parse_sensitivity(variant)[0] else variant
 
 
+@functools.cache
 def variant_llms(variant):
     """LLM names a variant's model uses (its `--llm` arguments), in order."""
     if variant == "base":
-        return []
+        return ()
     if variant.startswith(("direct-", "filter-")):
-        return [variant.split("-", 1)[1]]
+        return (variant.split("-", 1)[1],)
     key, value = parse_sensitivity(variant)
     if key == "n_llms":
-        return mltfr_llms()[: int(value)]
+        return tuple(mltfr_llms()[: int(value)])
     if variant == "mltfr-random":
         controls = study_block("ablations")["random_controls"]
-        return [controls[llm] for llm in mltfr_llms()]
-    return list(mltfr_llms())
+        return tuple(controls[llm] for llm in mltfr_llms())
+    return tuple(mltfr_llms())
 
 
 def all_variants():
@@ -201,8 +296,16 @@ def all_variants():
     return sorted(finals | {round1_variant(v) for v in finals if uses_consensus(v)})
 
 
+def like_llm(llm):
+    """The LLM whose table a `random` entry copies the shape of (`like:`), or None."""
+    entry = config["llms"][llm]
+    return entry.get("like") if entry["source"] == "random" else None
+
+
 def all_llms():
-    return sorted({llm for variant in all_variants() for llm in variant_llms(variant)})
+    """Every table the study extracts: the variants' LLMs and the tables random ones copy."""
+    used = {llm for variant in all_variants() for llm in variant_llms(variant)}
+    return sorted(used | {like_llm(llm) for llm in used} - {None})
 
 
 def all_datasets():
@@ -251,6 +354,18 @@ def check_random_controls():
     check_names(key, controls.values(), config["llms"], "llms")
 
 
+def check_like_entries():
+    """A random table's `like:` must name another registry entry (its shape comes from it)."""
+    for llm in config["llms"]:
+        like = like_llm(llm)
+        if like is not None and (like == llm or like not in config["llms"]):
+            raise config_error(
+                f"llms.{llm}.like",
+                f"names '{like}', which is not another entry of `llms`",
+                "name the registry entry whose table shape, mean and std to copy",
+            )
+
+
 def check_consensus(llms, key):
     """A Fisher consensus needs two LLMs of equal token dimension (when dims are declared)."""
     dims = [config["llms"][llm].get("dim") for llm in llms]
@@ -258,7 +373,7 @@ def check_consensus(llms, key):
         return  # undeclared dims are checked by the CLI once the tables exist
     raise config_error(
         key,
-        f"no two of the LLMs {llms} share a token dimension (dims {dims}), so the Fisher "
+        f"no two of the LLMs {list(llms)} share a token dimension (dims {dims}), so the Fisher "
         "consensus expert cannot be formed",
         "add an LLM of the same `dim` as another one, or run only mltfr-noconsensus",
     )
@@ -294,11 +409,13 @@ def check_variants():
 
 
 def check_config():
-    """Every name resolvable and every consensus formable, before any job starts."""
+    """Schema, names, consensus groups and the CLI's file: all before any job starts."""
+    validate_config(config, config_path())
     study = config["study"]
     check_names("study.datasets", study["datasets"], config["datasets"], "datasets")
     check_names("study.llms", study["llms"], config["llms"], "llms")
     check_names(mltfr_llms_key(), mltfr_llms(), config["llms"], "llms")
+    check_like_entries()
     check_block_subsets()
     check_variants()
     cli_config()
@@ -309,53 +426,103 @@ def run_results():
     return [f"{run_path(run)}/result.json" for run in study_runs()]
 
 
-def get_final_output():
-    """Every result of the study: one result.json per run, the tables over them."""
-    return run_results() + [f"{TABLES}/runs.csv"]
+def dataset_markers():
+    return [DATA_MARKER.format(dataset=dataset) for dataset in all_datasets()]
 
 
-# ---------------------------------------------------------------- input functions
-def data_inputs(wildcards):
-    folder = DATA_DIR.format(dataset=wildcards.dataset)
-    return {"prepared": f"{folder}/prepared.npz", "meta": f"{folder}/meta.json"}
+# Report categories of the figures (mltfr.analysis.outputs.FIGURES), in reading order.
+FIGURE_CATEGORIES = {
+    "single_llm_gains": "1. Single-LLM injection",
+    "main_comparison": "2. Main results",
+    "ablations": "3. Ablations",
+    "sensitivity": "4. Sensitivity",
+    "router_weights": "5. Interpretability",
+    "top_tokens": "5. Interpretability",
+    "training_curves": "6. Training",
+    "protocols": "7. Evaluation protocols",
+}
 
 
-def llm_tables(wildcards):
+def figure_outputs():
+    """Every figure: the PNG as a report item with its caption (workflow/report/<name>.rst),
+    the PDF beside it as a plain output."""
+    pngs = [
+        report_item(
+            f"{FIGURES}/{name}.png",
+            category=FIGURE_CATEGORIES.get(name, "8. Other"),
+            caption=f"../report/{name}.rst",
+        )
+        for name in aggregate_outputs.FIGURES
+    ]
+    return pngs + [f"{FIGURES}/{name}.pdf" for name in aggregate_outputs.FIGURES]
+
+
+# Tables also shown in the HTML report, captions in workflow/report/table_<name>.rst.
+REPORT_TABLES = ("main.csv", "pvalues.csv")
+
+
+def report_tables(files):
+    """The output list of an aggregate step, with the report's tables wrapped as report items."""
     return [
-        f"{LLM_DIR.format(llm=llm)}/table.safetensors"
-        for llm in variant_llms(wildcards.variant)
+        (
+            report_item(
+                str(f), category="Tables", caption=f"../report/table_{f.stem}.rst"
+            )
+            if f.name in REPORT_TABLES
+            else str(f)
+        )
+        for f in files
     ]
 
 
+def get_final_output():
+    """What `snakemake` builds by default: every table, statistic and figure of the study.
+
+    The run results are inputs of the run manifest, so they are built too; listing them here
+    again would only add thousands of inputs to this one job.
+    """
+    files = aggregate_outputs.table_outputs(TABLES) + aggregate_outputs.stats_outputs(
+        STATS
+    )
+    files += aggregate_outputs.figure_outputs(FIGURES)
+    return [str(path) for path in files]
+
+
+# ---------------------------------------------------------------- input functions
+@functools.cache
+def llm_markers(variant):
+    return [LLM_MARKER.format(llm=llm) for llm in variant_llms(variant)]
+
+
 def train_inputs(wildcards):
-    """Round 1 and single-round runs: the prepared dataset and the variant's token tables."""
-    return data_inputs(wildcards) | {"llms": llm_tables(wildcards)}
+    """Round 1 and single-round runs: the dataset's and the variant's LLMs' markers."""
+    return [
+        DATA_MARKER.format(dataset=wildcards.dataset),
+        *llm_markers(wildcards.variant),
+    ]
 
 
 def round2_inputs(wildcards):
-    """Final runs; consensus variants also need the merged expert of their round 1."""
-    inputs = train_inputs(wildcards)
-    if uses_consensus(wildcards.variant):
-        round1 = ROUND1_DIR.format(
-            **(dict(wildcards) | {"variant": round1_variant(wildcards.variant)})
-        )
-        inputs["consensus"] = f"{round1}/consensus.safetensors"
-    return inputs
+    """Final runs. A consensus variant needs only its merged expert: round 1 (which needed the
+    dataset and the tables) comes before it, so a newer dataset or table reruns both rounds.
+    """
+    if not uses_consensus(wildcards.variant):
+        return train_inputs(wildcards)
+    variant = round1_variant(wildcards.variant)
+    return [
+        f"{ROUND1_DIR.format(**(dict(wildcards) | {'variant': variant}))}/consensus.safetensors"
+    ]
 
 
-def fisher_inputs(wildcards):
-    """The round-1 run (its folder holds the checkpoint and the settings, data and LLM paths)."""
-    return {"round1": f"{ROUND1_DIR.format(**wildcards)}/result.json"}
+def llm_inputs(wildcards):
+    """A random table with `like:` reads that LLM's table: extract it first, in its own job."""
+    like = like_llm(wildcards.llm)
+    return [] if like is None else [LLM_MARKER.format(llm=like)]
 
 
 # ---------------------------------------------------------------- params functions
-# One params function per rule: each function param costs every job a signature inspection,
-# which dominates the DAG time of the paper-scale grid (~10k jobs).
-def out_folder(wildcards, output):
-    """The folder of a job's first output (the CLI's --out)."""
-    return str(Path(output[0]).parent)
-
-
+# At most one params function per rule: each costs every job a signature inspection, which
+# adds up over thousands of jobs.
 def dataset_entry(wildcards):
     """The registry entry as a param: editing it reruns only this dataset's jobs."""
     return config["datasets"][wildcards.dataset]
@@ -365,46 +532,38 @@ def llm_entry(wildcards):
     return config["llms"][wildcards.llm]
 
 
-def llm_args(variant):
-    """`--llm NAME=results/llm/NAME` for each LLM of the variant."""
-    return [f"--llm {llm}={LLM_DIR.format(llm=llm)}" for llm in variant_llms(variant)]
-
-
-def set_args(variant):
-    """`--set key=value` of a sensitivity variant (n_llms acts through the LLM list instead)."""
+@functools.cache
+def variant_args(variant):
+    """`--variant V [--llm NAME=DIR ...] [--set key=value]` of a variant."""
+    args = [f"--variant {cli_variant(variant)}"]
+    args += [f"--llm {llm}={LLM_DIR.format(llm=llm)}" for llm in variant_llms(variant)]
     key, value = parse_sensitivity(variant)
-    return [] if key in (None, "n_llms") else [f"--set {key}={value}"]
-
-
-def train_args(wildcards, input, output):
-    """The run-specific arguments of `mltfr train` (round 1, single round or round 2).
-
-    --data results/data/D --out RUN_DIR --variant V [--llm NAME=DIR ...] [--set k=v]
-    [--consensus ROUND1_DIR/consensus.safetensors]
-    """
-    variant = wildcards.variant
-    args = [
-        f"--data {DATA_DIR.format(dataset=wildcards.dataset)}",
-        f"--out {Path(output[0]).parent}",
-    ]
-    args += [
-        f"--variant {cli_variant(variant)}",
-        *llm_args(variant),
-        *set_args(variant),
-    ]
-    if "consensus" in input.keys():
-        args.append(f"--consensus {input.consensus}")
+    if key not in (None, "n_llms"):  # n_llms acts through the LLM list instead
+        args.append(f"--set {key}={value}")
     return " ".join(args)
+
+
+def run_args(wildcards, folder):
+    """`--data D --out FOLDER --variant V ...` of a training job (FOLDER: a run template)."""
+    data, out = DATA_DIR.format(**wildcards), folder.format(**wildcards)
+    return f"--data {data} --out {out} {variant_args(wildcards.variant)}"
+
+
+def round1_args(wildcards):
+    return run_args(wildcards, ROUND1_DIR)
+
+
+def round2_args(wildcards):
+    """Single-round and final runs; a consensus variant adds its merged expert (`--consensus`)."""
+    args = run_args(wildcards, RUN_DIR)
+    if uses_consensus(wildcards.variant):
+        args += f" --consensus {round2_inputs(wildcards)[0]}"
+    return args
 
 
 def train_settings():
     """The shared `train:` section as a param: changing it reruns every training job."""
     return config["train"]
-
-
-def input_folders(wildcards, input):
-    """The folders of a job's inputs (run folders, dataset folders): the CLI takes folders."""
-    return [str(Path(path).parent) for path in input]
 
 
 # ---------------------------------------------------------------- checks and constraints
@@ -414,7 +573,7 @@ check_config()
 wildcard_constraints:
     dataset=alternatives(all_datasets()),
     llm=alternatives(all_llms()),
-    backbone=alternatives(["sasrec", "sasrec-ce", "bert4rec", "gru4rec", "fmlprec"]),
+    backbone=alternatives(sorted({run.backbone for run in study_runs()})),
     variant=alternatives(all_variants()),
     protocol="faithful|corrected",
     seed=r"\d+",

@@ -1,5 +1,6 @@
 """Datasets: each prepared once into results/data/<dataset>, shared by every run on it.
 
+Downstream jobs depend on meta.json only (written last, it holds prepared.npz's checksum).
 The dataset statistics table (results/tables/dataset_stats.*) is written by the tables step
 of `mltfr aggregate` from these meta.json files (report.smk).
 """
@@ -8,7 +9,7 @@ of `mltfr aggregate` from these meta.json files (report.smk).
 rule prepare_dataset:
     output:
         prepared="results/data/{dataset}/prepared.npz",
-        meta="results/data/{dataset}/meta.json",
+        meta=DATA_MARKER,
     log:
         "logs/data/{dataset}.log",
     benchmark:
@@ -18,8 +19,7 @@ rule prepare_dataset:
     threads: 1
     params:
         config=cli_config(),
-        out=out_folder,
         entry=dataset_entry,
     shell:
         "mltfr prepare --config {params.config} --dataset {wildcards.dataset}"
-        " --out {params.out} > {log} 2>&1"
+        " --out results/data/{wildcards.dataset} > {log} 2>&1"

@@ -1,10 +1,17 @@
-"""LLM token tables: each extracted once into results/llm/<llm>, shared by every run using it."""
+"""LLM token tables: each extracted once into results/llm/<llm>, shared by every run using it.
+
+Downstream jobs depend on meta.json only (written last, it holds the table's checksum). A
+random control with `like: OTHER` copies OTHER's shape, mean and std, so OTHER is extracted
+first, by its own job (llm_inputs).
+"""
 
 
 rule extract_llm:
+    input:
+        llm_inputs,
     output:
         table="results/llm/{llm}/table.safetensors",
-        meta="results/llm/{llm}/meta.json",
+        meta=LLM_MARKER,
     log:
         "logs/llm/{llm}.log",
     benchmark:
@@ -14,8 +21,7 @@ rule extract_llm:
     threads: 1
     params:
         config=cli_config(),
-        out=out_folder,
         entry=llm_entry,
     shell:
         "mltfr extract-llm --config {params.config} --llm {wildcards.llm}"
-        " --out {params.out} > {log} 2>&1"
+        " --out results/llm/{wildcards.llm} > {log} 2>&1"

@@ -1,8 +1,10 @@
-"""Aggregation, statistics, figures and the HTML report (this slice: the run table only).
+"""Aggregation, statistics, figures and the HTML report (`snakemake --report report.html`).
 
-Later slices add the `tables`, `stats` and `figures` steps of `mltfr aggregate` as rules whose
-outputs are listed by mltfr.analysis.outputs (table_outputs, stats_outputs, figure_outputs),
-figures as `report(..., category=..., caption="../report/<name>.rst")` outputs.
+Every step runs `mltfr aggregate` on the run manifest (results/tables/runs.txt, one run folder
+per line). The manifest depends on every run's result.json, so a changed or added run reruns
+the manifest and the three steps below, and nothing upstream. Output names are fixed by
+mltfr.analysis.outputs. The efficiency table reads the training jobs' benchmark files
+(benchmarks/out), which exist once their result.json does.
 """
 
 
@@ -21,26 +23,58 @@ rule run_manifest:
     benchmark:
         "benchmarks/out/report/run_manifest.tsv"
     threads: 1
-    params:
-        folders=input_folders,
     run:
-        Path(output.manifest).write_text("".join(f"{d}\n" for d in params.folders))
+        folders = "".join(f"{Path(result).parent}\n" for result in input.results)
+        Path(output.manifest).write_text(folders)
 
 
-rule aggregate:
+rule tables:
     input:
         manifest=f"{TABLES}/runs.txt",
+        datasets=dataset_markers(),
     output:
-        runs=f"{TABLES}/runs.csv",
+        report_tables(aggregate_outputs.table_outputs(TABLES)),
     log:
-        "logs/report/aggregate.log",
+        "logs/report/tables.log",
     benchmark:
-        "benchmarks/out/report/aggregate.tsv"
+        "benchmarks/out/report/tables.tsv"
     conda:
         "../../envs/mltfr.yaml"
     threads: 1
-    params:
-        config=cli_config(),
     shell:
-        "mltfr aggregate --config {params.config} --runs {input.manifest}"
-        " --only runs --out {output.runs} > {log} 2>&1"
+        "mltfr aggregate --only tables --runs {input.manifest} --data results/data"
+        f" --tables {TABLES} --benchmarks {BENCHMARKS} > {{log}} 2>&1"
+
+
+rule stats:
+    input:
+        manifest=f"{TABLES}/runs.txt",
+    output:
+        report_tables(aggregate_outputs.stats_outputs(STATS)),
+    log:
+        "logs/report/stats.log",
+    benchmark:
+        "benchmarks/out/report/stats.tsv"
+    conda:
+        "../../envs/mltfr.yaml"
+    threads: 1
+    shell:
+        "mltfr aggregate --only stats --runs {input.manifest}"
+        f" --stats {STATS} > {{log}} 2>&1"
+
+
+rule figures:
+    input:
+        manifest=f"{TABLES}/runs.txt",
+    output:
+        figure_outputs(),
+    log:
+        "logs/report/figures.log",
+    benchmark:
+        "benchmarks/out/report/figures.tsv"
+    conda:
+        "../../envs/mltfr.yaml"
+    threads: 1
+    shell:
+        "mltfr aggregate --only figures --runs {input.manifest}"
+        f" --figures {FIGURES} > {{log}} 2>&1"

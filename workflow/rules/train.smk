@@ -1,4 +1,4 @@
-"""Training: one job per run; consensus variants as round 1 -> fisher -> round 2 (issue 4).
+"""Training: one job per run; consensus variants as round 1 -> fisher -> round 2.
 
 Single-round variants (base, direct-*, filter-*, mltfr-noconsensus) go straight to rule
 `train`. Consensus variants train round 1 into <run>/round1, merge the experts there
@@ -9,13 +9,13 @@ only) start from plain mltfr's round 1 (see common.smk).
 A run writes result.json, ranks.npz, epochs.csv and checkpoint.pt into its folder; only
 result.json, written last, is declared: it marks the run complete. Snakemake deletes the
 declared outputs of a failed job, so the checkpoint survives a preemption and a rerun resumes
-from it (the CLI must check that the checkpoint's settings equal the run's before resuming).
+from it (the CLI checks that the checkpoint's settings equal the run's before resuming).
 """
 
 
 rule train_round1:
     input:
-        unpack(train_inputs),
+        train_inputs,
     output:
         result=f"{ROUND1_DIR}/result.json",
     log:
@@ -27,7 +27,7 @@ rule train_round1:
     threads: 1
     params:
         config=cli_config(),
-        args=train_args,
+        args=round1_args,
         train=train_settings(),
     shell:
         "mltfr train --config {params.config} {params.args}"
@@ -37,7 +37,7 @@ rule train_round1:
 
 rule fisher:
     input:
-        unpack(fisher_inputs),
+        round1=f"{ROUND1_DIR}/result.json",
     output:
         consensus=f"{ROUND1_DIR}/consensus.safetensors",
     log:
@@ -47,16 +47,14 @@ rule fisher:
     conda:
         "../../envs/mltfr.yaml"
     threads: 1
-    params:
-        run=out_folder,
     shell:
-        "mltfr fisher --run {params.run} --out {output.consensus}"
+        "mltfr fisher --run $(dirname {input.round1}) --out {output.consensus}"
         " --threads {threads} --device auto > {log} 2>&1"
 
 
 rule train:
     input:
-        unpack(round2_inputs),
+        round2_inputs,
     output:
         result=f"{RUN_DIR}/result.json",
     log:
@@ -68,7 +66,7 @@ rule train:
     threads: 1
     params:
         config=cli_config(),
-        args=train_args,
+        args=round2_args,
         train=train_settings(),
     shell:
         "mltfr train --config {params.config} {params.args}"

@@ -82,11 +82,43 @@ def _identity(path: Path, result: dict) -> dict:
     ident["seed"] = int(ident["seed"])
     parts = path.parent.parts[-5:]
     if len(parts) == 5 and parts[-1].startswith("seed"):
+        if _is_sensitivity_run(path, parts[2], result):
+            ident["variant"] = parts[2]
         expected = tuple(str(ident[k]) for k in KEYS[:4]) + (f"seed{ident['seed']}",)
         if parts != expected:
             raise DataError(f"{path}: JSON says {'/'.join(expected)} but the file lies in "
                             f"{'/'.join(parts)}; move it or rerun the run")
     return ident
+
+
+def _setting(result: dict, key: str):
+    """The value a run recorded for a RunConfig key (`branch.tau`), or None; n_llms = #LLMs."""
+    if key == "n_llms":
+        return len((result.get("inputs") or {}).get("llm") or {}) or None
+    node = result.get("config") or {}
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _is_sensitivity_run(path: Path, folder_variant: str, result: dict) -> bool:
+    """Whether a run of `mltfr` lies in the folder of one of its sensitivity variants.
+
+    The trainer records the method (`variant: mltfr`) and the changed setting (`config`); the
+    workflow names the folder after the setting (`mltfr@branch.tau=1.0`, `mltfr@n_llms=2`).
+    The recorded setting must equal the folder's.
+    """
+    info = parse_variant(folder_variant)
+    if info.block != "sensitivity" or not folder_variant.startswith(f"{result.get('variant')}@"):
+        return False
+    value = folder_variant.partition("=")[2]
+    recorded = _setting(result, info.param)
+    same = str(recorded) == value if np.isnan(info.value) else (
+        isinstance(recorded, (int, float)) and float(recorded) == info.value)
+    if not same:
+        raise DataError(f"{path}: the folder says {info.param}={value} but the run recorded "
+                        f"{recorded!r}; rerun the run")
+    return True
 
 
 def _resources(result: dict) -> dict:

@@ -155,7 +155,7 @@ def top_tokens_frame(interp: list[tuple[dict, dict]], top: int = TOP_TOKENS) -> 
     """Selection counts per (dataset, llm, token) summed over full-MLTFR runs; top `top` each."""
     rows = [{"dataset": keys["dataset"], "llm": llm, "token": printable_token(tok), "count": int(n)}
             for keys, item in interp if keys["variant"] == FULL
-            for llm, pairs in (item.get("top_tokens") or {}).items() for tok, n in pairs]
+            for llm, pairs in (item.get("top_tokens") or {}).items() for tok, n, *_ in pairs]
     if not rows:
         return pd.DataFrame(columns=["dataset", "llm", "token", "count"])
     data = pd.DataFrame(rows).groupby(["dataset", "llm", "token"], as_index=False)["count"].sum()

@@ -1,0 +1,180 @@
+"""The whole workflow end to end on config/test.yaml: data, LLM tables, every study block,
+aggregation, statistics, figures and the HTML report, then its outputs checked.
+
+The run happens in a temporary working directory (results/ of the repository stays clean), with
+`.venv/bin` NOT on PATH: the jobs must find `mltfr` by themselves (workflow/rules/common.smk).
+About 3-5 minutes on 2 shared cores, hence `slow` (CI still runs it: plain `pytest`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from matplotlib.image import imread
+
+from mltfr.analysis import outputs
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DATASET = "pantry-u10"
+# The 14 final runs of config/test.yaml: variant -> protocols (backbone sasrec unless noted).
+EXPECTED_RUNS = sorted(
+    [("sasrec", "base", p) for p in ("faithful", "corrected")]
+    + [("sasrec-ce", "base", p) for p in ("faithful", "corrected")]
+    + [("sasrec", f"{m}-{llm}", "corrected") for m in ("direct", "filter") for llm in ("minilm", "paraphrase-minilm")]
+    + [("sasrec", "mltfr", p) for p in ("faithful", "corrected")]
+    + [("sasrec", v, "corrected") for v in ("mltfr-noconsensus", "mltfr-meanconsensus", "mltfr-random")]
+    + [("sasrec", "mltfr@branch.tau=1.0", "corrected")]
+)
+AGGREGATION = {"run_manifest": 1, "tables": 1, "stats": 1, "figures": 1, "all": 1}
+
+pytestmark = pytest.mark.slow
+
+
+def run_snakemake(workdir: Path, env: dict, *args: str, timeout: int = 1800) -> str:
+    cmd = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"),
+           "--configfile", "config/test.yaml", *args]
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
+    return proc.stdout + proc.stderr
+
+
+def dry_run_counts(workdir: Path, env: dict) -> dict[str, int]:
+    out = run_snakemake(workdir, env, "--dry-run", "--quiet", "rules")
+    if "Nothing to be done" in out:
+        return {}
+    table = out.split("Job stats:")[1].split("\n\n")[0]
+    counts = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+    counts.pop("total")
+    return counts
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict:
+    """PATH without the virtualenv (as for a user who runs .venv/bin/snakemake without activating
+    it), and a failing `scontrol` (the slurm plugin's import otherwise waits 10 s for a controller)."""
+    stub = tmp_path_factory.mktemp("stub")
+    (stub / "scontrol").write_text("#!/bin/sh\nexit 1\n")
+    (stub / "scontrol").chmod(0o755)
+    path = [p for p in os.environ["PATH"].split(os.pathsep) if p and Path(p).resolve() != BIN.resolve()]
+    return os.environ | {"PATH": os.pathsep.join([str(stub), *path])}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, env) -> Path:
+    """A working directory holding the test config and the repository's data, after a full run."""
+    work = tmp_path_factory.mktemp("e2e")
+    (work / "config").mkdir()
+    shutil.copy(REPO / "config" / "test.yaml", work / "config" / "test.yaml")
+    (work / "data").symlink_to(REPO / "data", target_is_directory=True)  # entries: data/... paths
+    start = time.perf_counter()
+    run_snakemake(work, env, "--cores", "2")
+    run_snakemake(work, env, "--report", "report.html")
+    print(f"\nconfig/test.yaml end to end on 2 cores: {time.perf_counter() - start:.0f} s")
+    return work
+
+
+def run_dirs(workdir: Path) -> list[Path]:
+    return sorted(p.parent for p in (workdir / "results/runs").glob("*/*/*/*/seed*/result.json"))
+
+
+def test_every_run_has_its_result_log_and_benchmark(workdir):
+    found = sorted((d.parts[-4], d.parts[-3], d.parts[-2]) for d in run_dirs(workdir))
+    assert found == EXPECTED_RUNS
+    for backbone, variant, protocol in EXPECTED_RUNS:
+        run = f"{DATASET}/{backbone}/{variant}/{protocol}/seed1"
+        assert (workdir / "logs/train" / f"{run}.log").is_file()
+        assert (workdir / "benchmarks/out/train" / f"{run}.tsv").is_file()
+        assert (workdir / "results/runs" / run / "ranks.npz").is_file()
+
+
+def test_runs_table_equals_the_result_files(workdir):
+    runs = pd.read_csv(workdir / "results/tables/runs.csv")
+    assert len(runs) == len(EXPECTED_RUNS)
+    for row in runs.to_dict("records"):
+        test = json.loads((workdir / row["run_dir"] / "result.json").read_text())["metrics"]["test"]
+        assert row["test_ndcg@10"] == pytest.approx(test["ndcg@10"], abs=1e-12)
+        assert row["test_hr@10"] == pytest.approx(test["hr@10"], abs=1e-12)
+        assert row["test_mrr"] == pytest.approx(test["mrr"], abs=1e-12)
+        assert (row["dataset"], row["seed"]) == (DATASET, 1)
+    manifest = (workdir / "results/tables/runs.txt").read_text().split()
+    assert sorted(manifest) == sorted(runs.run_dir)
+
+
+def test_main_table_holds_the_runs_means(workdir):
+    main = pd.read_csv(workdir / "results/tables/main.csv")
+    runs = pd.read_csv(workdir / "results/tables/runs.csv")
+    assert len(main) > 0
+    ndcg = main[main.metric == "ndcg@10"].set_index(["protocol", "backbone", "variant"])
+    for protocol in ("faithful", "corrected"):
+        for variant in ("base", "mltfr"):
+            one = runs[(runs.protocol == protocol) & (runs.backbone == "sasrec") & (runs.variant == variant)]
+            cell = ndcg.loc[(protocol, "sasrec", variant)]
+            assert cell["mean"] == pytest.approx(one["test_ndcg@10"].item()) and cell["n_seeds"] == 1
+    assert "**" in (workdir / "results/tables/main.md").read_text()  # best per column in bold
+    assert "\\textbf" in (workdir / "results/tables/main.tex").read_text()
+    for name in outputs.TABLES:
+        assert (workdir / f"results/tables/{name}.md").stat().st_size > 0
+
+
+def test_pvalue_table_compares_with_base_and_mltfr(workdir):
+    pvalues = pd.read_csv(workdir / "results/stats/pvalues.csv")
+    assert {"base", "mltfr"} <= set(pvalues.reference)
+    row = pvalues[(pvalues.reference == "base") & (pvalues.variant == "mltfr") & (pvalues.protocol == "corrected")]
+    assert row.n_users.item() == 543  # every user of pantry-u10 is evaluated
+    assert 0 <= row.p_wilcoxon_holm.item() <= 1 and row.p_wilcoxon.item() <= row.p_wilcoxon_holm.item()
+    assert row.ci_low.item() <= row.mean_diff.item() <= row.ci_high.item()
+    assert (workdir / "results/stats/pvalues.md").stat().st_size > 0
+
+
+@pytest.mark.parametrize("name", outputs.FIGURES)
+def test_figure_is_drawn_as_png_and_pdf(workdir, name):
+    image = imread(workdir / "figures" / f"{name}.png")  # (H, W, 3|4) floats
+    colours = np.unique(image.reshape(-1, image.shape[-1]), axis=0)
+    assert len(colours) > 1, f"{name}.png is blank"
+    assert (workdir / "figures" / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_html_report_holds_every_figure(workdir):
+    html = (workdir / "report.html").read_text(errors="replace")
+    assert len(html) > 100_000
+    for name in outputs.FIGURES:
+        assert f"{name}.png" in html
+
+
+def test_second_run_has_nothing_to_do(workdir, env):
+    assert dry_run_counts(workdir, env) == {}
+
+
+def test_a_changed_result_reruns_the_aggregation_only(workdir, env):
+    # as after a rerun of that run (a mere touch is not enough: Snakemake also compares checksums)
+    result = workdir / "results/runs" / DATASET / "sasrec/base/corrected/seed1/result.json"
+    result.write_text(json.dumps(json.loads(result.read_text()) | {"note": "rerun"}))
+    assert dry_run_counts(workdir, env) == AGGREGATION
+
+
+def test_adding_an_llm_adds_exactly_its_jobs(workdir, env):
+    config = workdir / "config" / "test.yaml"
+    original = config.read_text()
+    cfg = yaml.safe_load(original)
+    cfg["llms"]["minilm-b"] = dict(cfg["llms"]["minilm"])
+    cfg["study"]["llms"].append("minilm-b")
+    cfg["study"]["blocks"]["mltfr"]["llms"] = ["minilm", "paraphrase-minilm"]  # mltfr unchanged
+    try:
+        config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        counts = dry_run_counts(workdir, env)
+    finally:
+        config.write_text(original)
+    # its table, direct-/filter-minilm-b (1 dataset x sasrec x corrected x 1 seed), the aggregation
+    assert counts == {"extract_llm": 1, "train": 2, **AGGREGATION}
