@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from mltfr.cli.evaluate import recorded_inputs
+    from mltfr.cli.train import set_threads
     from mltfr.data import load_prepared, make_split
     from mltfr.models.fisher import merge_round1, save_consensus
     from mltfr.train import batching
@@ -33,8 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from mltfr.train.config import RunConfig, apply_overrides
     from mltfr.train.run import build_model, resolve_device
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     ckpt = args.run / "checkpoint.pt"
     inputs = recorded_inputs(args.run)
     if not ckpt.exists() or not inputs:

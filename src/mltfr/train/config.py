@@ -161,15 +161,10 @@ def _yaml11_float(value: Any) -> Any:
 
 def load_train_section(path: str | Path) -> dict[str, Any]:
     """The `train:` section of a study config file ({} when the file has none)."""
+    from mltfr.registry import load_config
+
     path = Path(path)
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}; check the --config path") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
-    if not isinstance(doc, Mapping):
-        raise ConfigError(f"config {path}: expected a mapping of sections at the top level")
+    doc = load_config(path)
     section = doc.get("train") or {}
     if not isinstance(section, Mapping):
         raise ConfigError(f"config {path}: the 'train:' section must be a mapping of RunConfig keys")
