@@ -113,6 +113,29 @@ def test_full_ce_loss_hand_computed():
     torch.testing.assert_close(full_ce_loss(h, targets, items), F.cross_entropy(naive, targets))
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 128])
+def test_full_ce_loss_gradients_equal_autograd_of_the_plain_loss(chunk):
+    """The fused loss computes its gradients in forward; they must equal autograd's."""
+    gen = torch.Generator().manual_seed(0)
+    items = torch.randn(6, 4, generator=gen, requires_grad=True)
+    h = torch.randn(5, 4, generator=gen, requires_grad=True)
+    targets = torch.tensor([1, 5, 2, 2, 4])
+    (3.0 * full_ce_loss(h, targets, items, chunk=chunk)).backward()
+    fused = h.grad.clone(), items.grad.clone()
+    h.grad, items.grad = None, None
+    (3.0 * F.cross_entropy(h @ items[1:].T, targets - 1)).backward()
+    torch.testing.assert_close(fused, (h.grad, items.grad))
+    assert fused[1][0].abs().sum() == 0  # padding row receives no gradient
+
+
+def test_full_ce_loss_without_grad_matches():
+    items, h = torch.randn(9, 3), torch.randn(4, 3)
+    targets = torch.tensor([1, 8, 3, 3])
+    with torch.no_grad():
+        torch.testing.assert_close(full_ce_loss(h, targets, items, chunk=2),
+                                   F.cross_entropy(h @ items[1:].T, targets - 1))
+
+
 def test_bce_loss_hand_computed_and_skips_padding():
     items = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
     h = torch.tensor([[[9.0, 9.0], [1.0, 0.0]]])  # position 0 is padding (pos 0)

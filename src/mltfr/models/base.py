@@ -261,15 +261,55 @@ def bce_loss(h: Tensor, pos: Tensor, neg: Tensor, items: Tensor) -> Tensor:
             + F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit)))
 
 
-def full_ce_loss(h: Tensor, targets: Tensor, items: Tensor) -> Tensor:
+def full_ce_loss(h: Tensor, targets: Tensor, items: Tensor, chunk: int = 128) -> Tensor:
     """Softmax cross-entropy over all items 1..n (padding column 0 excluded), mean over rows.
 
     h (n, d) hidden states of the real positions only, targets (n,) in 1..n_items,
-    items (n_items+1, d). Logits (n, n_items) = one matmul; column 0 is dropped rather than
-    masked to -inf, which is the same softmax.
+    items (n_items+1, d). Column 0 is dropped rather than masked to -inf (the same softmax).
+    Computed by `FusedLinearCrossEntropy` in row chunks: the (n, n_items) logits are never
+    materialised, which saves memory and most of the memory traffic of a plain log-softmax.
     """
-    logits = h @ items[1:].T  # (n, n_items)
-    return F.cross_entropy(logits, targets - 1)
+    return FusedLinearCrossEntropy.apply(h, items[1:], targets - 1, chunk)
+
+
+class FusedLinearCrossEntropy(torch.autograd.Function):
+    """mean_i CE(h_i @ W.T, t_i), gradients computed in the forward pass, chunk by chunk.
+
+    The loss is a scalar, so backward only rescales the gradients found in forward: three
+    matmuls per chunk (logits, dL/dh, dL/dW) and a peak extra memory of chunk x n_items,
+    instead of the (n, n_items) logits, their log-softmax and its gradient. The same idea
+    as Liger-Kernel's fused linear cross-entropy.
+    """
+
+    @staticmethod
+    def forward(ctx, h: Tensor, weight: Tensor, targets: Tensor, chunk: int) -> Tensor:
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_h = torch.zeros_like(h) if need_h else None
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
+        total = h.new_zeros((), dtype=torch.float32)
+        for start in range(0, h.shape[0], chunk):
+            h_c, t_c = h[start:start + chunk], targets[start:start + chunk]
+            rows = torch.arange(len(t_c), device=h.device)
+            logits = (h_c @ weight.T).float()  # (c, n_items)
+            lse = torch.logsumexp(logits, dim=1)  # (c,)
+            total += (lse - logits[rows, t_c]).sum()
+            if need_h or need_w:
+                grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place
+                grad[rows, t_c] -= 1.0
+                grad = grad.to(h.dtype)
+                if need_h:
+                    grad_h[start:start + chunk] = grad @ weight
+                if need_w:
+                    grad_w.addmm_(grad.T.float(), h_c.float())
+        n = max(h.shape[0], 1)
+        ctx.save_for_backward(*(g / n if g is not None else None for g in (grad_h, grad_w)))
+        return total / n
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor):
+        grad_h, grad_w = ctx.saved_tensors
+        scale = lambda g, like: None if g is None else (g * grad_loss).to(like)
+        return scale(grad_h, grad_loss.dtype), scale(grad_w, grad_loss.dtype), None, None
 
 
 def init_weights(module: nn.Module, std: float | None = None) -> None:
