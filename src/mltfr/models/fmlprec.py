@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mltfr.models.base import (PAD, BackboneConfig, SequenceEmbedding, SequentialRecommender,
+from mltfr.models.base import (PAD, BackboneConfig, Dropout, SequenceEmbedding, SequentialRecommender,
                                bce_loss, init_weights, sample_negatives)
 
 
@@ -22,9 +22,9 @@ class FilterBlock(nn.Module):
         super().__init__()
         self.filter = nn.Parameter(torch.randn(max_len // 2 + 1, d, 2) * 0.02)  # real, imag
         self.filter_norm = nn.LayerNorm(d, eps=1e-12)
-        self.ffn = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d), nn.Dropout(dropout))
+        self.ffn = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d), Dropout(dropout))
         self.ffn_norm = nn.LayerNorm(d, eps=1e-12)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, L, d), L = max_len
         spectrum = torch.fft.rfft(x, dim=1, norm="ortho")  # (B, L//2+1, d) complex

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from mltfr.models.base import (PAD, BackboneConfig, SequenceEmbedding, SequentialRecommender,
+from mltfr.models.base import (PAD, BackboneConfig, Dropout, SequenceEmbedding, SequentialRecommender,
                                full_ce_loss, init_weights)
 
 
@@ -27,7 +27,7 @@ class GRU4Rec(SequentialRecommender):
         self.embed = SequenceEmbedding(n_items + 1, cfg.d, cfg.max_len, cfg.dropout,
                                        scale=False, positions=False)
         self.first = nn.GRU(cfg.d, cfg.d, batch_first=True)
-        self.between = nn.Dropout(cfg.dropout)  # what nn.GRU(dropout=...) puts between layers
+        self.between = Dropout(cfg.dropout)  # what nn.GRU(dropout=...) puts between layers
         self.rest = (nn.GRU(cfg.d, cfg.d, num_layers=cfg.n_blocks - 1, batch_first=True,
                             dropout=cfg.dropout if cfg.n_blocks > 2 else 0.0)
                      if cfg.n_blocks > 1 else None)

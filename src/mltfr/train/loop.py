@@ -28,6 +28,7 @@ from mltfr.errors import MltfrError
 from mltfr.evaluate import metric_names, metrics_from_ranks, rank, rank_sampled
 from mltfr.io import atomic_write_text
 from mltfr.train import batching
+from mltfr.train.allocator import keep_freed_memory
 from mltfr.train.checkpoint import (TrainState, check_same_config, load_checkpoint,
                                    reporting_write_errors, save_checkpoint)
 from mltfr.train.config import RunConfig
@@ -48,6 +49,7 @@ class Trainer:
                  device: torch.device):
         self.model, self.split, self.cfg, self.gens, self.device = model, split, cfg, gens, device
         self.run_dir = Path(run_dir)
+        keep_freed_memory()  # no page faults for per-step gradient buffers (CPU)
         self.optimizer = make_optimizer(model, cfg)
         windows = batching.train_windows(split.train_offsets, split.train_items, cfg.model.max_len)
         if len(windows) == 0:
