@@ -2,16 +2,18 @@
 
     python benchmarks/bench_mltfr_step.py [--steps 5] [--threads 1] [--device cpu]
 
-A training step is forward + backward + Adam on one batch (B=128, L=50, d=64, Pantry-sized item
-set). Token tables are random tensors of the real shapes: the offline LLMs of the study (two
+A training step is forward + backward + Adam on one batch of 128 real training windows of the
+embedded Pantry data (L=50, d=64; most positions are padding, as in real training). Token tables are random tensors of the real shapes: the offline LLMs of the study (two
 MiniLM-L6 tables 30522x384, SmolLM2 49152x576, Gemma-3 262144x640) and paper-sized ones
 (LLaMA-7B 32000x4096, Qwen3-0.6B 151936x1024); values do not change the cost. Each case runs in
 its own subprocess, so the peak memory (max RSS on CPU, max allocated on CUDA) is its own.
 
 Where the time goes: filtering projects every vocabulary row at every step, |V| x D x d
 multiply-adds forward and as much again for the projection's gradient and, with trainable
-tables, for the table's gradient: one `F.linear` per LLM, so it is bound by matmul throughput.
-At evaluation the projected table is cached, so `eval` is close to `base`.
+tables, for the table's gradient (three matmuls per LLM in `FusedTokenFilter`), then the
+(B, |V|) scores, Gumbel noise and top-K; it is bound by matmul throughput and the noise's random
+draws. At evaluation the projected table is cached, so `eval` is close to `base`. On CPU,
+THP_MEM_ALLOC_ENABLE=1 saves the page faults of each step's fresh (|V|, D) table gradients.
 """
 from __future__ import annotations
 
@@ -21,31 +23,55 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 
+from mltfr.data import make_split, prepare_dataset
 from mltfr.models import build_backbone
 from mltfr.models.mltfr import BranchConfig, attach, build_branch
 from mltfr.models.variants import variant_config, variant_names
+from mltfr.train.allocator import keep_freed_memory
+from mltfr.train.batching import train_windows
 
 OFFLINE = {"minilm": (30522, 384), "paraphrase-minilm": (30522, 384),
            "smollm2": (49152, 576), "gemma3": (262144, 640)}
+PAIR = {n: OFFLINE[n] for n in ("minilm", "paraphrase-minilm")}    # the default study's mltfr
+THREE = {n: OFFLINE[n] for n in ("minilm", "paraphrase-minilm", "smollm2")}
 PAPER = {"llama-7b": (32000, 4096), "qwen3-0.6b": (151936, 1024)}
-N_ITEMS, BATCH, MAX_LEN = 4884, 128, 50      # Pantry items; method.md batch and length
+BATCH, MAX_LEN = 128, 50                     # method.md batch and length
+PANTRY_ITEMS = 4884                          # items of the embedded Pantry data
+REPO = Path(__file__).resolve().parents[1]
+PANTRY = {"source": [{"path": str(REPO / "data/amazon-pantry/train.txt.gz")},
+                     {"path": str(REPO / "data/amazon-pantry/test.txt.gz")}],
+          "format": "mltfr-pair", "description": "", "columns": None,
+          "preprocess": {"min_rating": None, "k_core": {"user": 0, "item": 0}}}
 CASES = {  # name -> (variant, table set)
     "base": ("base", {}),
-    "mltfr offline": ("mltfr-noconsensus", OFFLINE),
-    "mltfr-frozen offline": ("mltfr-frozen", OFFLINE),
-    "filter-gemma3": ("filter-gemma3", OFFLINE),
     "filter-minilm": ("filter-minilm", OFFLINE),
+    "filter-smollm2": ("filter-smollm2", OFFLINE),
+    "filter-gemma3": ("filter-gemma3", OFFLINE),
+    "mltfr minilm pair": ("mltfr-noconsensus", PAIR),
+    "mltfr +smollm2": ("mltfr-noconsensus", THREE),
+    "mltfr all offline": ("mltfr-noconsensus", OFFLINE),
+    "mltfr-frozen offline": ("mltfr-frozen", OFFLINE),
     "mltfr paper-sized": ("mltfr-noconsensus", PAPER),
 }
 
 
-def build_model(variant: str, shapes: dict, device: str, meta: bool = False) -> torch.nn.Module:
+def pantry_batch(device: str) -> tuple[torch.Tensor, int]:
+    """128 training windows (B, L+1) of the embedded Pantry data, drawn with a fixed seed; n_items."""
+    split = make_split(prepare_dataset(PANTRY, "pantry"), "corrected", MAX_LEN)
+    windows = train_windows(split.train_offsets, split.train_items, MAX_LEN)
+    rows = np.random.default_rng(0).choice(len(windows), BATCH, replace=False)
+    return torch.from_numpy(windows[rows]).to(device), split.n_items
+
+
+def build_model(variant: str, shapes: dict, device: str, n_items: int, meta: bool = False) -> torch.nn.Module:
     """SASRec with the variant's branch over random tables of `shapes` (meta: no memory)."""
     torch.manual_seed(0)
-    model = build_backbone("sasrec", N_ITEMS, {"d": 64, "max_len": MAX_LEN})
+    model = build_backbone("sasrec", n_items, {"d": 64, "max_len": MAX_LEN})
     names = list(shapes)
     cfg, used = variant_config(variant, names, BranchConfig.for_protocol("corrected"))
     if cfg is not None:
@@ -57,10 +83,11 @@ def build_model(variant: str, shapes: dict, device: str, meta: bool = False) -> 
 
 def time_case(variant: str, shapes: dict, steps: int, device: str) -> dict:
     """Mean train-step and eval-batch time (ms) and peak memory (MiB) of one case."""
-    model = build_model(variant, shapes, device)
+    keep_freed_memory()                               # as the trainer does
+    windows, n_items = pantry_batch(device)
+    model = build_model(variant, shapes, device, n_items)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3, fused=True)
     gen = torch.Generator(device=device).manual_seed(0)
-    windows = torch.randint(1, N_ITEMS + 1, (BATCH, MAX_LEN + 1), device=device, generator=gen)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     train_ms = []
     for step in range(steps + 1):                     # step 0 warms up
@@ -88,7 +115,7 @@ def trainable_counts(shapes: dict) -> dict[str, int]:
     """Trainable parameters per variant (tables on the meta device: nothing is allocated)."""
     counts = {}
     for variant in variant_names(list(shapes)):
-        model = build_model(variant, shapes, "cpu", meta=True)
+        model = build_model(variant, shapes, "cpu", PANTRY_ITEMS, meta=True)
         counts[variant] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return counts
 

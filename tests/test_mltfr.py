@@ -3,11 +3,12 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mltfr.errors import ConfigError
 from mltfr.models import build_backbone
-from mltfr.models.mltfr import (BranchConfig, PrototypeMap, TokenFilter, attach, build_branch,
-                                masked_mean, straight_through_topk)
+from mltfr.models.mltfr import (BranchConfig, PrototypeMap, TokenFilter, add_gumbel_noise_, attach,
+                                build_branch, cosine_scores, masked_mean, straight_through_topk)
 from mltfr.models.variants import (backbone_defaults, default_consensus_group, needs_round2,
                                    variant_config, variant_names)
 
@@ -84,6 +85,115 @@ def test_filter_picks_the_token_closest_to_the_user():
     x, idx = filt(torch.tensor([[0.1, 0.9], [2.0, -0.1]]), table, K=1, tau=0.5, noise=False)
     assert idx.tolist() == [[1], [0]]
     assert torch.allclose(x, torch.tensor([[[0.0, 3.0]], [[1.0, 0.0]]]))  # w = 1: raw LLM rows
+
+
+def reference_filter(self, u, table, K, tau, noise):
+    """TokenFilter.forward as the module docstring writes it, in plain autograd ops (full softmax).
+    Same noise as the module for the same RNG state: one rand_like over the (B, |V|) scores."""
+    scores = F.normalize(u, dim=-1) @ F.normalize(self.proj(table), dim=-1).T      # (B, |V|)
+    if noise:
+        scores = scores + -torch.log(-torch.log(torch.rand_like(scores)))
+    idx = scores.topk(K, dim=-1).indices                                         # (B, K)
+    y_k = torch.softmax(scores / tau, dim=-1).gather(-1, idx)
+    w = (y_k - y_k.detach() + 1.0) / K
+    return w.unsqueeze(-1) * table[idx], idx                                     # (B, K, D)
+
+
+def filter_outputs_and_grads(forward, filt, u, table, K, noise, seed=7):
+    """(x, idx, grad u, grad weight, grad bias, grad table) of one call with a fixed random loss."""
+    u, table = u.clone().requires_grad_(True), table.detach().clone().requires_grad_(table.requires_grad)
+    filt.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    x, idx = forward(filt, u, table, K, 0.7, noise)
+    weights = torch.randn(x.shape, dtype=x.dtype, generator=torch.Generator().manual_seed(1))
+    (x * weights).sum().backward()
+    return x, idx, u.grad, filt.proj.weight.grad, filt.proj.bias.grad, table.grad
+
+
+NO_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+DEVICES = ["cpu", pytest.param("cuda", marks=NO_GPU)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("K", [1, 3])
+@pytest.mark.parametrize("noise", [False, True])
+@pytest.mark.parametrize("learned", ["all", "frozen-table", "frozen-projection", "nothing"])
+def test_fused_filter_matches_plain_autograd(K, noise, learned, device):
+    """Forward values and the gradients for u, the projection and the table equal autograd's."""
+    gen = torch.Generator().manual_seed(0)
+    filt = TokenFilter(dim=12, d=6).double().to(device)
+    filt.proj.requires_grad_(learned in ("all", "frozen-table"))
+    table = torch.randn(300, 12, generator=gen, dtype=torch.float64)
+    table[5] = 0.0                                          # a zero row: its norm is clamped to eps
+    table = table.to(device).requires_grad_(learned in ("all", "frozen-projection"))
+    u = torch.randn(9, 6, generator=gen, dtype=torch.float64).to(device)
+    fused = filter_outputs_and_grads(TokenFilter.forward, filt, u, table, K, noise)
+    plain = filter_outputs_and_grads(reference_filter, filt, u, table, K, noise)
+    if learned != "nothing":                                 # else the cached projection (autograd) is used
+        assert type(fused[0].grad_fn).__name__ == "FusedTokenFilterBackward"
+    assert torch.equal(fused[1], plain[1])
+    for mine, ref in zip(fused[:1] + fused[2:], plain[:1] + plain[2:]):
+        assert (mine is None) == (ref is None)
+        if ref is not None:
+            torch.testing.assert_close(mine, ref, rtol=1e-9, atol=1e-12)
+    if not noise:                                            # evaluation (no_grad, cache) picks the same
+        with torch.no_grad():
+            x, idx = filt(u, table, K, 0.7, False)
+        assert torch.equal(idx, fused[1]) and torch.allclose(x, fused[0])
+
+
+def test_autocast_keeps_the_autograd_path():
+    """Under autocast the filter runs autograd's ops in autocast's dtype, as before the fused path."""
+    filt, table = TokenFilter(dim=12, d=6), torch.randn(50, 12)
+    u = torch.randn(4, 6, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        x, idx = filt(u, table, 2, 0.5, True)
+    assert type(x.grad_fn).__name__ != "FusedTokenFilterBackward" and idx.shape == (4, 2)
+    x.float().sum().backward()
+    assert filt.proj.weight.grad is not None and u.grad is not None
+
+
+@pytest.mark.parametrize("pooling", ["user", "batch"])
+@pytest.mark.parametrize("K", [1, 3])
+@pytest.mark.parametrize("trainable", [True, False])
+def test_branch_trains_as_with_plain_autograd_filter(pooling, K, trainable, monkeypatch):
+    """A float32 training forward/backward of the whole model: same output and every gradient."""
+    cfg = base_cfg(names=["a", "c"], pooling=pooling, K=K, trainable_tables=trainable)
+    seqs = random_seqs(6)
+
+    def run():
+        model = tiny_model(cfg, tables_for(["a", "c"]))
+        torch.manual_seed(3)                                  # same dropout and Gumbel noise
+        out = model(seqs)
+        (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(1))).sum().backward()
+        return out, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    fused_out, fused_grads = run()
+    monkeypatch.setattr(TokenFilter, "forward", reference_filter)
+    plain_out, plain_grads = run()
+    torch.testing.assert_close(fused_out, plain_out, rtol=1e-5, atol=1e-6)
+    assert fused_grads.keys() == plain_grads.keys() and ("branch.table0" in fused_grads) == trainable
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(fused_grads[name], grad, rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_gumbel_noise_has_the_gumbel_distribution():
+    """scores - log(-log U) adds the same values as -log(-log U) did, so Gumbel(0, 1) noise."""
+    torch.manual_seed(0)
+    noise = add_gumbel_noise_(torch.zeros(400_000))
+    torch.manual_seed(0)
+    assert torch.equal(noise, torch.zeros(400_000) + -torch.log(-torch.log(torch.rand(400_000))))
+    x = noise.double().sort().values
+    gumbel_cdf = torch.exp(-torch.exp(-x))
+    empirical = torch.arange(1, x.numel() + 1, dtype=torch.float64) / x.numel()
+    assert (gumbel_cdf - empirical).abs().max() < 0.005                   # Kolmogorov-Smirnov
+    assert abs(x.mean() - 0.5772) < 0.01 and abs(x.var() - math.pi ** 2 / 6) < 0.02
+
+
+def test_blocked_cosine_scores_equal_one_matmul():
+    gen = torch.Generator().manual_seed(0)
+    u_n, proj_n = torch.randn(5, 8, generator=gen), torch.randn(23, 8, generator=gen)
+    torch.testing.assert_close(cosine_scores(u_n, proj_n, block=7), u_n @ proj_n.T)
 
 
 def test_prototypes_are_a_linear_map_over_the_vocabulary():

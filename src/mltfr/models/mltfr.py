@@ -22,11 +22,18 @@ single key, so the attention weight is 1 and the expert's query/key weights get 
 
 Cost: filtering projects the whole vocabulary (|V| x D x d multiply-adds) at every training
 step, plus as much again for the projection's gradient and, with trainable tables, for the
-table's gradient. It is one `F.linear` per LLM. The projected (and normalised) table is cached
-only when no gradient can flow into it (evaluation under `torch.no_grad`, or projection and
-table both frozen), keyed on the tensors' version counters, which optimizer steps and
-`load_state_dict` bump, so a stale cache is never used. Caching during training would be wrong:
-the projection is learnable even when the table is frozen.
+table's gradient; add the (B, |V|) work: cosine scores, Gumbel noise (a uniform draw and two
+logs), top-K, one exp, two backward matmuls. A training step runs it as `FusedTokenFilter`, whose
+hand-written backward gives the table one (|V|, D) gradient buffer (autograd zero-fills a second
+one for the gather E[idx] and adds the two) and makes no elementwise (B, |V|) pass. Measured on
+CPU, 1 thread, B = 128, d = 64, one 30522 x 384 table: forward + backward of the filter
+171 -> 123 ms; SASRec step of filter-minilm 300 -> 230 ms (base 70 ms), of the four offline
+tables (Gemma-3 262144 x 640 among them) 4.7 -> 2.8 s. Page faults on the fresh (|V|, D) gradient
+are a third of its matmul; THP_MEM_ALLOC_ENABLE=1 (huge pages) cut the filter-minilm step by 20 ms.
+The projected (and normalised) table is cached only when no gradient can flow into it (evaluation
+under `torch.no_grad`, or projection and table both frozen), keyed on the tensors' version
+counters, which optimizer steps and `load_state_dict` bump, so a stale cache is never used.
+Caching during training would be wrong: the projection is learnable even when the table is frozen.
 """
 from __future__ import annotations
 
@@ -41,6 +48,7 @@ from mltfr.errors import ConfigError
 POOLINGS = ("user", "batch")
 ROUTERS = ("softmax", "mean")
 CONSENSUS = ("none", "fisher", "mean")
+NORM_EPS = 1e-12   # F.normalize's eps: a row with a smaller norm is divided by eps instead
 
 
 @dataclass
@@ -107,6 +115,91 @@ def straight_through_topk(scores: Tensor, K: int, tau: float = 1.0) -> tuple[Ten
     return idx, (y_k - y_k.detach() + 1.0) / K
 
 
+def cosine_scores(u_n: Tensor, proj_n: Tensor, block: int = 1024) -> Tensor:
+    """u_n (B, d) @ proj_n.T (d, |V|) -> (B, |V|). On CPU without autograd, in blocks of `block`
+    tokens whose output (B x block) stays in cache: 1.7x faster than one MKL call at B = 128, d = 64."""
+    if u_n.device.type != "cpu" or (torch.is_grad_enabled() and (u_n.requires_grad or proj_n.requires_grad)):
+        return u_n @ proj_n.T                                     # (out= does not support autograd)
+    scores = u_n.new_empty(u_n.shape[0], proj_n.shape[0])
+    for rows, out in zip(proj_n.split(block), scores.split(block, dim=1)):
+        torch.mm(u_n, rows.T, out=out)
+    return scores
+
+
+def add_gumbel_noise_(scores: Tensor) -> Tensor:
+    """scores + Gumbel(0, 1) in place, written scores - log(-log U) (one pass fewer than adding
+    -log(-log U), same values). U = 0 gives -inf: never picked."""
+    return scores.sub_(torch.rand_like(scores).log_().neg_().log_())
+
+
+class FusedTokenFilter(torch.autograd.Function):
+    """TokenFilter's training step with a hand-written backward (same values and gradients as
+    autograd on `normalize(Linear(E))`, cosine scores, Gumbel noise, straight-through top-K, E[idx]).
+
+    Why: autograd builds a zero-filled (|V|, D) gradient for the gather E[idx] and adds it to the
+    projection's table gradient, and keeps several (B, |V|) temporaries for softmax/logsumexp.
+    Here the table gradient is one matmul plus an index_add_, and the softmax enters the backward
+    only through the two matmuls with the unnormalised probabilities p = exp((s - max) / tau)
+    (row scalings are folded into the small (B, d) factors), so the backward makes no (B, |V|)
+    elementwise pass. Inputs: u_n = normalize(u) (B, d), table (|V|, D), weight (d, D), bias (d,).
+    """
+
+    @staticmethod
+    def forward(ctx, u_n, table, weight, bias, K: int, tau: float, noise: bool):
+        norms, proj_n = normalised_linear(table, weight, bias)          # (|V|, 1), (|V|, d)
+        scores = cosine_scores(u_n, proj_n)                              # (B, |V|)
+        if noise:
+            add_gumbel_noise_(scores)
+        top, idx = scores.topk(K, dim=-1)                                # (B, K)
+        # p = exp((s - max) / tau) in place, one pass for the shift and scale: y = p / p.sum()
+        probs = torch.add(top[:, :1] / -tau, scores, alpha=1.0 / tau, out=scores).exp_()
+        total = probs.sum(-1, keepdim=True)                              # (B, 1)
+        ctx.save_for_backward(u_n, table, weight, proj_n, norms, probs, total, idx)
+        ctx.K, ctx.tau = K, tau
+        ctx.mark_non_differentiable(idx)
+        return table[idx].mul_(1.0 / K), idx                             # (B, K, D): w = 1/K
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_x, _grad_idx):
+        u_n, table, weight, proj_n, norms, probs, total, idx = ctx.saved_tensors
+        need_u, need_table, need_weight, need_bias = ctx.needs_input_grad[:4]
+        # gradient of the scores: grad_s = coef * p + a at the chosen ids (never materialised)
+        y_k = probs.gather(-1, idx) / total                              # (B, K)
+        a = (grad_x * table[idx]).sum(-1) * y_k / (ctx.K * ctx.tau)      # (B, K)
+        coef = -a.sum(-1, keepdim=True) / total                          # (B, 1)
+        grad_u = grad_proj = None
+        if need_u:
+            grad_u = (probs @ proj_n).mul_(coef) + (a.unsqueeze(-1) * proj_n[idx]).sum(1)  # (B, d)
+        if need_table or need_weight or need_bias:
+            grad_proj_n = (probs.T @ (coef * u_n)).index_add_(             # (|V|, d)
+                0, idx.flatten(), (a.unsqueeze(-1) * u_n.unsqueeze(1)).flatten(0, 1))
+            grad_proj = normalize_backward(grad_proj_n, proj_n, norms)
+        grad_table = grad_weight = grad_bias = None
+        if need_table:   # one (|V|, D) buffer: the projection's gradient, then the gathered rows
+            grad_table = (grad_proj @ weight).index_add_(
+                0, idx.flatten(), grad_x.flatten(0, 1), alpha=1.0 / ctx.K)
+        if need_weight:
+            grad_weight = grad_proj.T @ table                            # (d, D)
+        if need_bias:
+            grad_bias = grad_proj.sum(0)
+        return grad_u, grad_table, grad_weight, grad_bias, None, None, None
+
+
+def normalised_linear(table: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+    """Row norms (|V|, 1) of P = table @ weight^T + bias, and P / max(norm, eps) (|V|, d), in place."""
+    proj = torch.addmm(bias, table, weight.T)                            # (|V|, d)
+    norms = torch.linalg.vector_norm(proj, dim=-1, keepdim=True)
+    return norms, proj.div_(norms.clamp_min(NORM_EPS))
+
+
+def normalize_backward(grad_n: Tensor, proj_n: Tensor, norms: Tensor) -> Tensor:
+    """Gradient through P_n = P / max(|P|, eps): (g - P_n <g, P_n>) / max(|P|, eps), in place on g
+    (the radial part is absent where the norm was clamped, as in autograd)."""
+    radial = torch.linalg.vecdot(grad_n, proj_n, dim=-1).unsqueeze(-1).masked_fill_(norms < NORM_EPS, 0.0)
+    return grad_n.addcmul_(proj_n, radial, value=-1.0).div_(norms.clamp_min(NORM_EPS))
+
+
 class TokenFilter(nn.Module):
     """User-guided filtering for one LLM: picks K tokens per user from its table."""
 
@@ -115,11 +208,14 @@ class TokenFilter(nn.Module):
         self.proj = nn.Linear(dim, d)                              # D_m -> d
         self._cache: tuple | None = None
 
+    def _learns_projection(self, table: Tensor) -> bool:
+        """A gradient can reach the projection or the table in this call."""
+        return torch.is_grad_enabled() and (
+            table.requires_grad or any(p.requires_grad for p in self.proj.parameters()))
+
     def normalised_projection(self, table: Tensor) -> Tensor:
         """F.normalize(Linear(E)) (|V|, d): one matmul; cached while no gradient can use it."""
-        needs_grad = torch.is_grad_enabled() and (
-            table.requires_grad or any(p.requires_grad for p in self.proj.parameters()))
-        if needs_grad:
+        if self._learns_projection(table):
             self._cache = None
             return F.normalize(self.proj(table), dim=-1)
         key = (table.data_ptr(), table._version, table.device, self.proj.weight._version,
@@ -131,9 +227,14 @@ class TokenFilter(nn.Module):
 
     def forward(self, u: Tensor, table: Tensor, K: int, tau: float, noise: bool) -> tuple[Tensor, Tensor]:
         """u (B, d), table (|V|, D) -> tokens X (B, K, D), ids (B, K)."""
-        scores = F.normalize(u, dim=-1) @ self.normalised_projection(table).T  # (B, |V|)
-        if noise:   # Gumbel(0, 1) = -log(-log U), in place: (B, |V|) is the big tensor (U = 0 gives -inf: never picked)
-            scores = scores + torch.rand_like(scores).log_().neg_().log_().neg_()
+        u_n = F.normalize(u, dim=-1)                                         # (B, d)
+        if self._learns_projection(table) and not torch.is_autocast_enabled(table.device.type):
+            self._cache = None
+            return FusedTokenFilter.apply(u_n, table, self.proj.weight, self.proj.bias, K, tau, noise)
+        # autograd path: evaluation (cached projection), frozen projection and table, autocast
+        scores = cosine_scores(u_n, self.normalised_projection(table))      # (B, |V|)
+        if noise:
+            add_gumbel_noise_(scores)
         idx, w = straight_through_topk(scores, K, tau)
         return w.unsqueeze(-1) * table[idx], idx                  # (B, K, D)
 
