@@ -54,20 +54,24 @@ def _block_pairs(rows, cols, a, b, starts, device):
 
 
 def ranks_from_representations(users: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
-                               pairs: list | None, item_block: int) -> torch.Tensor:
+                               pairs: list | None, item_block: int,
+                               items_t: torch.Tensor | None = None) -> torch.Tensor:
     """Ranks (b,) int64 of `targets` for one user block.
 
     users (b, d); items (n_items+1, d) with row 0 = padding (never a candidate);
-    targets (b,) item ids; pairs: per item block the (row, col) scores to exclude."""
+    targets (b,) item ids; pairs: per item block the (row, col) scores to exclude;
+    items_t: items.T made contiguous (d, n_items+1), the faster matmul layout, if the caller
+    has it. Counts are int32 (3x faster to sum than int64; a tile is far below 2**31)."""
     t = (users @ items[targets].T).diagonal()[:, None]            # (b, 1) target scores
-    count = torch.zeros(users.shape[0], dtype=torch.int64, device=users.device)
+    items_t = items.T.contiguous() if items_t is None else items_t
+    count = torch.zeros(users.shape[0], dtype=torch.int32, device=users.device)
     for j, start in enumerate(range(1, items.shape[0], item_block)):
-        scores = users @ items[start:start + item_block].T          # (b, width)
+        scores = users @ items_t[:, start:start + item_block]       # (b, width)
         if pairs is not None and pairs[j] is not None:
             scores[pairs[j]] = float("-inf")
-        count += scores.shape[1] - (scores < t).sum(1)              # not below the target: >= or NaN
+        count += scores.shape[1] - (scores < t).sum(1, dtype=torch.int32)  # not below: >= or NaN
     worst = torch.full_like(count, items.shape[0] - 1)              # NaN target score: rank n_items
-    return torch.where(torch.isnan(t[:, 0]), worst, count + 1)
+    return torch.where(torch.isnan(t[:, 0]), worst, count + 1).long()
 
 
 def _check_evalset(evalset, n_items: int) -> None:
@@ -115,12 +119,13 @@ def rank(model, evalset, mask_history: bool, *, user_block: int = 1024, item_blo
     model.eval()
     with torch.inference_mode():
         items = model.item_representation().float()                 # (n_items+1, d)
+        items_t = items.T.contiguous()                               # (d, n_items+1)
         users = user_representations(model, evalset.inputs, user_block, device)  # (n, d)
         for a in range(0, n, user_block):
             b = min(a + user_block, n)
             targets = torch.from_numpy(np.asarray(evalset.targets[a:b])).to(device)
             pairs = _block_pairs(rows, cols, a, b, starts, device)
-            out[a:b] = ranks_from_representations(users[a:b], items, targets, pairs, item_block)
+            out[a:b] = ranks_from_representations(users[a:b], items, targets, pairs, item_block, items_t)
     model.train(was_training)
     return out.cpu().numpy()
 
@@ -158,6 +163,7 @@ def rank_sampled(model, evalset, n_neg: int = 100, seed: int = 0, *, user_block:
     model.eval()
     with torch.inference_mode():
         items = model.item_representation().float()                 # (n_items+1, d)
+        items_t = items.T.contiguous()                               # (d, n_items+1)
         users = user_representations(model, evalset.inputs, user_block, device)  # (n, d)
         for a in range(0, len(cand), user_block):
             c = torch.from_numpy(cand[a:a + user_block]).to(device)  # (b, 1 + n_neg)
