@@ -128,6 +128,17 @@ def test_full_ce_loss_gradients_equal_autograd_of_the_plain_loss(chunk):
     assert fused[1][0].abs().sum() == 0  # padding row receives no gradient
 
 
+def test_full_ce_loss_gradients_keep_input_dtypes_under_autocast():
+    """A bf16 hidden state (e.g. a GRU under autocast) gets a bf16 gradient, the table fp32."""
+    h = torch.randn(5, 4).bfloat16().requires_grad_()
+    items = torch.randn(7, 4, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = full_ce_loss(h, torch.tensor([1, 2, 3, 4, 6]), items)
+    loss.backward()
+    assert (h.grad.dtype, items.grad.dtype) == (torch.bfloat16, torch.float32)
+    assert torch.isfinite(h.grad.float()).all() and items.grad[1:].abs().sum() > 0
+
+
 def test_full_ce_loss_without_grad_matches():
     items, h = torch.randn(9, 3), torch.randn(4, 3)
     targets = torch.tensor([1, 8, 3, 3])

@@ -355,13 +355,14 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
                     grad_w.addmm_(grad.T.float(), h_c.float())
         n = max(h.shape[0], 1)
         ctx.save_for_backward(*(g / n if g is not None else None for g in (grad_h, grad_w)))
+        ctx.dtypes = h.dtype, weight.dtype  # under autocast h may be bf16 while grads accumulate in fp32
         return total / n
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor):
-        grad_h, grad_w = ctx.saved_tensors
-        scale = lambda g, like: None if g is None else (g * grad_loss).to(like)
-        return scale(grad_h, grad_loss.dtype), scale(grad_w, grad_loss.dtype), None, None
+        grads = [None if g is None else (g * grad_loss).to(dtype)
+                 for g, dtype in zip(ctx.saved_tensors, ctx.dtypes)]
+        return grads[0], grads[1], None, None
 
 
 def init_weights(module: nn.Module, std: float | None = None) -> None:
