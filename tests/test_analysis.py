@@ -318,3 +318,14 @@ def test_trainer_layout_and_manifest(tmp_path):
     assert load_epochs(runs)["loss"].tolist() == [0.9, 0.5, 0.9, 0.5]
     assert cli_main(["aggregate", "--runs", str(manifest), "--out", str(tmp_path / "t" / "runs.csv")]) == 0
     assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["runs.csv", "runs.parquet"]
+
+
+def test_missing_cells_render_blank_not_nan():
+    """A variant run on one dataset only leaves the other dataset's cells empty in Markdown/LaTeX."""
+    from mltfr.analysis.tables import Table
+    display = pd.DataFrame({"variant": ["base", "filter-x"], "pantry": ["0.0120", "0.0119"],
+                            "ml-1m": ["0.0196", np.nan]})
+    table = Table("main", display, display)
+    md, tex = render_markdown(table), render_latex(table)
+    assert "nan" not in md.lower() and "nan" not in tex.lower()
+    assert "| filter-x  | 0.0119   |         |" in md

@@ -240,7 +240,7 @@ def tex_escape(text: str) -> str:
 
 def _styled(table: Table, style) -> pd.DataFrame:
     """Display strings with `style(text, bold)` applied to every cell."""
-    display = table.display.astype(str).replace({"nan": ""})
+    display = table.display.astype(object).fillna("").astype(str)  # pandas 3 keeps NaN through astype(str)
     bold = table.bold if table.bold is not None else pd.DataFrame(False, display.index, display.columns)
     out = display.copy()
     for col in display.columns:
