@@ -163,7 +163,6 @@ def rank_sampled(model, evalset, n_neg: int = 100, seed: int = 0, *, user_block:
     model.eval()
     with torch.inference_mode():
         items = model.item_representation().float()                 # (n_items+1, d)
-        items_t = items.T.contiguous()                               # (d, n_items+1)
         users = user_representations(model, evalset.inputs, user_block, device)  # (n, d)
         for a in range(0, len(cand), user_block):
             c = torch.from_numpy(cand[a:a + user_block]).to(device)  # (b, 1 + n_neg)
