@@ -195,3 +195,13 @@ def test_damaged_checkpoint_is_a_data_error(tmp_path):
     (tmp_path / "d" / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(DataError, match="checkpoint .* is unreadable.*delete it"):
         run(tmp_path, "d", tiny_cfg())
+
+
+def test_allocator_keeps_freed_blocks_on_glibc():
+    """The trainer's allocator setting takes effect on Linux/glibc and is idempotent."""
+    import platform
+    import sys
+    from mltfr.train.allocator import keep_freed_memory
+    if not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"):
+        pytest.skip("glibc only")
+    assert keep_freed_memory() is True and keep_freed_memory() is True
