@@ -1,11 +1,12 @@
 """Step time of SASRec `base` vs the MLTFR branch, peak memory, and trainable parameters per variant.
 
-    python benchmarks/bench_mltfr_step.py [--steps 5] [--threads 1] [--device cpu]
+    python benchmarks/bench_mltfr_step.py [--steps 5] [--threads 1] [--device cpu]   (from the repo root)
 
 A training step is forward + backward + Adam on one batch of 128 real training windows of the
-embedded Pantry data (L=50, d=64; most positions are padding, as in real training). Token tables are random tensors of the real shapes: the offline LLMs of the study (two
-MiniLM-L6 tables 30522x384, SmolLM2 49152x576, Gemma-3 262144x640) and paper-sized ones
-(LLaMA-7B 32000x4096, Qwen3-0.6B 151936x1024); values do not change the cost. Each case runs in
+embedded Pantry data, its entry read from config/config.yaml (L=50, d=64; most positions are
+padding, as in real training). Token tables are random tensors of the real shapes: the offline
+LLMs of the study (two MiniLM-L6 tables 30522x384, SmolLM2 49152x576, Gemma-3 262144x640) and
+paper-sized ones (LLaMA-7B 32000x4096, Qwen3-0.6B 151936x1024); values do not change the cost. Each case runs in
 its own subprocess, so the peak memory (max RSS on CPU, max allocated on CUDA) is its own.
 
 Where the time goes: filtering projects every vocabulary row at every step, |V| x D x d
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mltfr.data import make_split, prepare_dataset
+from mltfr.data import get_entry, load_config, make_split, prepare_dataset
 from mltfr.models import build_backbone
 from mltfr.models.mltfr import BranchConfig, attach, build_branch
 from mltfr.models.variants import variant_config, variant_names
@@ -41,12 +42,7 @@ PAIR = {n: OFFLINE[n] for n in ("minilm", "paraphrase-minilm")}    # the default
 THREE = {n: OFFLINE[n] for n in ("minilm", "paraphrase-minilm", "smollm2")}
 PAPER = {"llama-7b": (32000, 4096), "qwen3-0.6b": (151936, 1024)}
 BATCH, MAX_LEN = 128, 50                     # method.md batch and length
-PANTRY_ITEMS = 4884                          # items of the embedded Pantry data
-REPO = Path(__file__).resolve().parents[1]
-PANTRY = {"source": [{"path": str(REPO / "data/amazon-pantry/train.txt.gz")},
-                     {"path": str(REPO / "data/amazon-pantry/test.txt.gz")}],
-          "format": "mltfr-pair", "description": "", "columns": None,
-          "preprocess": {"min_rating": None, "k_core": {"user": 0, "item": 0}}}
+STUDY_CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
 CASES = {  # name -> (variant, table set)
     "base": ("base", {}),
     "filter-minilm": ("filter-minilm", OFFLINE),
@@ -62,7 +58,8 @@ CASES = {  # name -> (variant, table set)
 
 def pantry_batch(device: str) -> tuple[torch.Tensor, int]:
     """128 training windows (B, L+1) of the embedded Pantry data, drawn with a fixed seed; n_items."""
-    split = make_split(prepare_dataset(PANTRY, "pantry"), "corrected", MAX_LEN)
+    entry = get_entry(load_config(STUDY_CONFIG), "pantry", where=str(STUDY_CONFIG))
+    split = make_split(prepare_dataset(entry, "pantry"), "corrected", MAX_LEN)
     windows = train_windows(split.train_offsets, split.train_items, MAX_LEN)
     rows = np.random.default_rng(0).choice(len(windows), BATCH, replace=False)
     return torch.from_numpy(windows[rows]).to(device), split.n_items
@@ -111,11 +108,11 @@ def time_case(variant: str, shapes: dict, steps: int, device: str) -> dict:
     return {"train_ms": sum(train_ms[1:]) / steps, "eval_ms": sum(eval_ms[1:]) / steps, "peak_mib": peak}
 
 
-def trainable_counts(shapes: dict) -> dict[str, int]:
+def trainable_counts(shapes: dict, n_items: int) -> dict[str, int]:
     """Trainable parameters per variant (tables on the meta device: nothing is allocated)."""
     counts = {}
     for variant in variant_names(list(shapes)):
-        model = build_model(variant, shapes, "cpu", PANTRY_ITEMS, meta=True)
+        model = build_model(variant, shapes, "cpu", n_items, meta=True)
         counts[variant] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return counts
 
@@ -137,7 +134,7 @@ def run_all(args) -> None:
         print(f"{name:<24}{r['train_ms']:>10.1f}{r['train_ms'] / base['train_ms']:>8.1f}"
               f"{r['eval_ms']:>10.1f}{r['eval_ms'] / base['eval_ms']:>8.1f}{r['peak_mib']:>10.0f}")
     print("\ntrainable parameters per variant (offline LLM shapes; round 2 adds a frozen expert)")
-    for variant, n in trainable_counts(OFFLINE).items():
+    for variant, n in trainable_counts(OFFLINE, pantry_batch("cpu")[1]).items():
         print(f"{variant:<28}{n:>14,}")
 
 

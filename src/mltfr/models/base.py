@@ -142,11 +142,12 @@ class SequenceEmbedding(nn.Module):
         self.dropout = Dropout(dropout)
         self.max_len = max_len
 
-    def forward(self, seqs: Tensor) -> Tensor:  # (B, L) -> (B, L, d)
+    def forward(self, seqs: Tensor, index: Tensor | None = None) -> Tensor:  # (B, L) -> (B, L, d)
+        """index: `real_positions(seqs)` when the caller has it (it costs a host sync on GPU)."""
         length = seqs.shape[1]
         if length > self.max_len:
             raise ValueError(f"sequence length {length} exceeds max_len={self.max_len}")
-        index = real_positions(seqs)  # (n,)
+        index = real_positions(seqs) if index is None else index  # (n,)
         h = self.item_emb(seqs.flatten()[index]) * self.scale  # (n, d)
         if self.pos_emb is not None:
             h = h + self.pos_emb(index % length + (self.max_len - length))
@@ -198,8 +199,8 @@ def transformer_forward(model: "SequentialRecommender", seqs: Tensor, causal: bo
     """Embedding -> blocks (the LLM branch enters after the first) -> final LayerNorm.
 
     Shared by SASRec (causal) and BERT4Rec (bidirectional); (B, L) -> (B, L, d)."""
-    h0 = model.embed(seqs)  # (B, L, d), padding zeroed
-    index = real_positions(seqs)
+    index = real_positions(seqs)  # (n,), shared by the embedding and every block
+    h0 = model.embed(seqs, index)  # (B, L, d), padding zeroed
     mask = attention_mask(seqs, causal=causal)
     h = h0
     for i, block in enumerate(model.blocks):
