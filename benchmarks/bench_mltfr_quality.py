@@ -2,11 +2,11 @@
 
     python benchmarks/bench_mltfr_quality.py [--datasets pantry beauty] [--seeds 1 2 3]
         [--llms minilm paraphrase-minilm smollm2] [--epochs 200] [--patience 10] [--threads 2]
-        [--out results/bench/mltfr-quality]
+        [--variants base filter-minilm mltfr] [--out results/bench/mltfr-quality]
 
 Corrected protocol (early stopping on valid NDCG@10, test once), SASRec (BCE, as the authors),
-full ranking. Variants: base, filter-<each LLM>, mltfr (round 1 -> Fisher merge -> round 2), run
-through the same `mltfr` commands the workflow uses. Datasets: the embedded Pantry and
+full ranking. Variants: base, filter-<each LLM>, mltfr (round 1 -> Fisher merge -> round 2), or the
+subset named by --variants (to split the work between processes sharing --out), run through the same `mltfr` commands the workflow uses. Datasets: the embedded Pantry and
 ../shared/data/amazon-beauty/beauty.txt. Run folders live under --out, so an interrupted
 benchmark resumes where it stopped; finished runs are not retrained.
 """
@@ -65,6 +65,10 @@ def run_variant(root: Path, data: Path, variant: str, seed: int, llms: dict[str,
     return train(run, data, variant, seed, llm_args, args, "--consensus", str(merged))
 
 
+def default_variants(llms: list[str]) -> list[str]:
+    return ["base", *[f"filter-{n}" for n in llms], "mltfr"]
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", nargs="+", default=["pantry", "beauty"], choices=list(DATASETS))
@@ -74,8 +78,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--patience", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--variants", nargs="+", help="a subset of base, filter-<llm>, mltfr (default: all)")
     p.add_argument("--out", type=Path, default=Path("results/bench/mltfr-quality"))
-    return p.parse_args()
+    args = p.parse_args()
+    unknown = set(args.variants or []) - set(default_variants(args.llms))
+    if unknown:
+        p.error(f"unknown variant(s) {', '.join(sorted(unknown))}; choose from {', '.join(default_variants(args.llms))}")
+    return args
 
 
 def main_bench() -> None:
@@ -89,7 +98,7 @@ def main_bench() -> None:
         data = args.out / "data" / dataset
         if not (data / "meta.json").exists():
             call("prepare", "--config", config, "--dataset", dataset, "--out", data)
-        for variant in ["base", *[f"filter-{n}" for n in args.llms], "mltfr"]:
+        for variant in args.variants or default_variants(args.llms):
             for seed in args.seeds:
                 r = run_variant(args.out / "runs" / dataset, data, variant, seed, llms, args)
                 rows.append({"dataset": dataset, "variant": variant, "seed": seed,

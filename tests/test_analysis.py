@@ -51,7 +51,8 @@ def write_run(root, dataset, variant, protocol, seed):
             "ndcg@20": 1.5 * n, "mrr": n / 3}
     result = {"dataset": dataset, "backbone": "sasrec", "variant": variant, "protocol": protocol,
               "seed": seed, "metrics": {"test": test, "valid": None if protocol == "faithful" else test},
-              "best_epoch": seed, "selection": "x", "config": {}, "code_version": "abc",
+              "best_epoch": seed, "selection": "x", "config": {"K": 3} if variant == "mltfr" else {},
+              "code_version": "abc",
               "dataset_sha256": "f00", "peak_mem_mb": 100.0 + seed, "n_params": 1000 + len(variant),
               "n_trainable": 900, "timings": {"train_s": 10.0 * seed, "eval_s": 1.0, "epoch_s": 2.0 * seed,
                                               "seqs_per_s": 50.0, "users_per_s": 70.0}}
@@ -150,9 +151,10 @@ def test_tables_have_the_expected_values(tree, tmp_path):
     assert f["gain"].item() == pytest.approx(0.01)
     expected_pct = statistics.mean(100 * 0.01 / (0.10 + 0.02 * k) for k in range(3))
     assert f["gain_pct"].item() == pytest.approx(expected_pct)
-    # 0.125 / 0.128 + beta 0.05 + faithful 0.01 + mean seed offset 0.02
+    # 0.125 / 0.128 + beta 0.05 + faithful 0.01 + mean seed offset 0.02; the default K = 3 is mltfr's 0.13
     sens = pd.read_csv(tmp_path / "sensitivity.csv").query("dataset == 'beta' and protocol == 'faithful'")
-    assert sens.set_index("value")["mean"].to_dict() == pytest.approx({1.0: 0.205, 5.0: 0.208})
+    assert sens.set_index("value")["mean"].to_dict() == pytest.approx({1.0: 0.205, 3.0: 0.21, 5.0: 0.208})
+    assert (sens["n_seeds"] == 3).all()
     prot = pd.read_csv(tmp_path / "protocols.csv").query("metric == 'ndcg@10'")
     assert prot["diff"].to_numpy() == pytest.approx(np.full(len(prot), -0.01))
     abl = pd.read_csv(tmp_path / "ablations.csv").query("variant == 'mltfr-nofilter'")
@@ -329,3 +331,22 @@ def test_missing_cells_render_blank_not_nan():
     md, tex = render_markdown(table), render_latex(table)
     assert "nan" not in md.lower() and "nan" not in tex.lower()
     assert "| filter-x  | 0.0119   |         |" in md
+
+
+def test_sensitivity_curve_gets_the_default_point_only_where_swept():
+    from mltfr.analysis.collect import sensitivity_runs
+    row = {"backbone": "sasrec", "protocol": "corrected", "seed": 1, "test_ndcg@10": 0.1}
+    runs = pd.DataFrame([
+        {**row, "dataset": "a", "variant": "mltfr@tau=1.0", "block": "sensitivity", "param": "tau", "value": 1.0},
+        {**row, "dataset": "a", "variant": "mltfr@tau=0.5", "block": "sensitivity", "param": "tau", "value": 0.5},
+        {**row, "dataset": "a", "variant": "mltfr", "block": "mltfr", "test_ndcg@10": 0.2},
+        {**row, "dataset": "b", "variant": "mltfr", "block": "mltfr"},          # b has no sweep
+        {**row, "dataset": "a", "variant": "base", "block": "base"}])
+    runs["setting:tau"] = [1.0, 0.5, 0.5, 0.5, np.nan]
+    points = sensitivity_runs(runs)
+    # a's default tau = 0.5 was also run explicitly: the sweep's own run is kept, no extra point
+    assert sorted(points["value"]) == [0.5, 1.0] and set(points["dataset"]) == {"a"}
+    assert points.set_index("value").loc[0.5, "test_ndcg@10"] == 0.1
+    runs.loc[2, "setting:tau"] = 0.25                                        # default not in the sweep
+    points = sensitivity_runs(runs)
+    assert points.set_index("value").loc[0.25, ["variant", "block", "param"]].tolist() == ["mltfr", "sensitivity", "tau"]

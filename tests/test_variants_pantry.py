@@ -60,8 +60,12 @@ def test_variant_trains_one_epoch(inputs, tmp_path, variant):
     assert result["variant"] == variant and result["epochs_run"] == 1
     assert 0 < test["ndcg@10"] <= test["hr@10"] <= test["hr@20"] <= 1
     if variant == "base":
-        assert "interp" not in result
+        assert "interp" not in result and result["branch"] is None
         return
+    branch = result["branch"]   # every setting the branch ran with, defaults resolved
+    assert (branch["pooling"], branch["eval_noise"], branch["tau"], branch["K"]) == ("user", False, 0.5, 1)
+    assert branch["filtering"] == (not (variant.startswith("direct-") or variant == "mltfr-nofilter"))
+    assert branch["trainable_tables"] == (variant != "mltfr-frozen")
     weights = result["interp"]["router_weights"]
     assert np.isclose(sum(weights.values()), 1.0, atol=1e-4)
     if variant == "mltfr-norouter":

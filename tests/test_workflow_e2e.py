@@ -128,6 +128,16 @@ def test_main_table_holds_the_runs_means(workdir):
         assert (workdir / f"results/tables/{name}.md").stat().st_size > 0
 
 
+def test_sensitivity_table_holds_the_sweep_and_the_default(workdir):
+    # the sweep ran tau = 1.0; mltfr ran the corrected default tau = 0.5, read from its result
+    sens = pd.read_csv(workdir / "results/tables/sensitivity.csv").set_index("value")
+    runs = pd.read_csv(workdir / "results/tables/runs.csv").query("protocol == 'corrected'")
+    assert sorted(sens.index) == [0.5, 1.0] and set(sens["param"]) == {"branch.tau"}
+    for value, variant in ((0.5, "mltfr"), (1.0, "mltfr@branch.tau=1.0")):
+        run = runs[(runs.variant == variant) & (runs.backbone == "sasrec")]
+        assert sens.loc[value, "mean"] == pytest.approx(run["test_ndcg@10"].item())
+
+
 def test_pvalue_table_compares_with_base_and_mltfr(workdir):
     pvalues = pd.read_csv(workdir / "results/stats/pvalues.csv")
     assert {"base", "mltfr"} <= set(pvalues.reference)

@@ -92,13 +92,27 @@ def _identity(path: Path, result: dict) -> dict:
 
 
 def _setting(result: dict, key: str):
-    """The value a run recorded for a RunConfig key (`branch.tau`), or None; n_llms = #LLMs."""
+    """The value a run recorded for a RunConfig key (`branch.tau`), or None; n_llms = #LLMs.
+
+    `config` holds the overrides; a branch key not overridden is read from the effective branch
+    settings the trainer records (`branch`), i.e. the default the run used.
+    """
     if key == "n_llms":
         return len((result.get("inputs") or {}).get("llm") or {}) or None
-    node = result.get("config") or {}
-    for part in key.split("."):
+    node = _lookup(result.get("config"), key)
+    section, _, name = key.partition(".")
+    return _lookup(result.get("branch"), name) if node is None and section == "branch" else node
+
+
+def _lookup(node, dotted: str):
+    for part in dotted.split("."):
         node = node.get(part) if isinstance(node, dict) else None
     return node
+
+
+def _number(value) -> float:
+    """A recorded setting as a float; NaN where it is not a number (a list, a string, absent)."""
+    return float(value) if isinstance(value, (int, float)) else np.nan
 
 
 def _is_sensitivity_run(path: Path, folder_variant: str, result: dict) -> bool:
@@ -168,7 +182,10 @@ def collect_runs(source: str | Path | Iterable[str | Path],
     Benchmark columns (bench_s, bench_max_rss_mb) are added when `benchmarks` exists.
     """
     files = find_result_files(source)
-    runs = pd.DataFrame([run_row(f, read_json(f)) for f in files])
+    results = [read_json(f) for f in files]
+    runs = pd.DataFrame([run_row(f, r) for f, r in zip(files, results)])
+    for param in runs.loc[runs["block"] == "sensitivity", "param"].dropna().unique():
+        runs[f"setting:{param}"] = [_number(_setting(r, param)) for r in results]  # the default's point
     dup = runs.duplicated(list(KEYS), keep=False)
     if dup.any():
         raise DataError(f"two result files describe the same run: "
@@ -179,6 +196,24 @@ def collect_runs(source: str | Path | Iterable[str | Path],
     if benchmarks is not None and Path(benchmarks).is_dir():
         runs = runs.merge(read_benchmarks(benchmarks), on=list(KEYS), how="left")
     return runs
+
+
+def sensitivity_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The sensitivity block's runs plus, per parameter, the full `mltfr` runs at the value they
+    used (the default), so each curve passes through the study's main setting.
+
+    Only cells (dataset, backbone, protocol) that the sweep covers get the point; a sweep that
+    also ran the default value explicitly keeps its own runs.
+    """
+    sweep = runs[runs["block"] == "sensitivity"]
+    parts = [sweep]
+    for param in sweep["param"].dropna().unique():
+        value = runs[f"setting:{param}"]
+        full = runs[(runs["block"] == "mltfr") & value.notna()].assign(param=param, value=value)
+        cells = sweep.loc[sweep["param"] == param, ["dataset", "backbone", "protocol"]].drop_duplicates()
+        parts.append(full.merge(cells, on=list(cells.columns)).assign(block="sensitivity"))
+    return pd.concat(parts, ignore_index=True).drop_duplicates(
+        ["dataset", "backbone", "protocol", "param", "value", "seed"], keep="first")
 
 
 def _benchmark_key(rel: Path) -> tuple | None:

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from mltfr.analysis.collect import sensitivity_runs  # noqa: E402
 from mltfr.analysis.tables import NO_RUNS, paired_gain, protocol_table  # noqa: E402
 from mltfr.analysis.variants import ABLATIONS, BASE, FULL, parse_variant  # noqa: E402
 from mltfr.io import atomic_path  # noqa: E402
@@ -116,7 +117,7 @@ def ablations_figure(runs: pd.DataFrame) -> plt.Figure:
 
 def sensitivity_figure(runs: pd.DataFrame) -> plt.Figure:
     """NDCG@10 against each sensitivity parameter's value (one panel per parameter), 95% CI."""
-    data = runs[runs["block"] == "sensitivity"]
+    data = sensitivity_runs(runs)
     if data.empty:
         return empty_figure("Sensitivity")
     grid = sns.relplot(data, x="value", y="test_ndcg@10", hue="dataset", style="protocol",

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mltfr.analysis.collect import sensitivity_runs
 from mltfr.analysis.variants import ABLATIONS, BASE, FULL
 from mltfr.io import atomic_path, atomic_write_text
 
@@ -141,8 +142,8 @@ def ablation_table(runs: pd.DataFrame) -> Table:
 
 
 def sensitivity_table(runs: pd.DataFrame) -> Table:
-    """NDCG@10 per sensitivity parameter value; best value per parameter in bold."""
-    block = runs[runs["block"] == "sensitivity"]
+    """NDCG@10 per sensitivity parameter value (the default's from `mltfr`); best value in bold."""
+    block = sensitivity_runs(runs)
     group = ["protocol", "backbone", "param", "value", "dataset"]
     tidy = seed_summary(block, group)
     if tidy.empty:

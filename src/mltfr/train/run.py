@@ -6,6 +6,7 @@ seed, protocol, code version, dataset checksums, timings, peak memory, parameter
 """
 from __future__ import annotations
 
+import dataclasses
 import resource
 import time
 from pathlib import Path
@@ -138,6 +139,7 @@ def build_result(trainer: Trainer, ranks: dict[str, np.ndarray], test_seconds: f
         "early_stopped": cfg.protocol == "corrected" and s.epoch < cfg.epochs,
         "backbone": cfg.backbone, "variant": cfg.variant, "protocol": cfg.protocol, "seed": cfg.seed,
         "config": cfg.to_dict(),
+        "branch": branch_settings(trainer.model),
         "code_version": code_version(),
         "dataset": dataset_provenance(dataset_meta),
         "timings": timings(trainer, ranks, test_seconds),
@@ -146,6 +148,13 @@ def build_result(trainer: Trainer, ranks: dict[str, np.ndarray], test_seconds: f
         "device": str(trainer.device), "torch_version": torch.__version__,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def branch_settings(model) -> dict | None:
+    """Every setting the LLM branch ran with (variant and defaults resolved; config.branch holds
+    only the overrides), so a run's K, tau or lambda_s can be read without the code; None = base."""
+    branch = getattr(model, "branch", None)
+    return dataclasses.asdict(branch.cfg) if branch is not None else None
 
 
 def dataset_provenance(meta: dict) -> dict:
