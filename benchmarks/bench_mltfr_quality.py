@@ -2,12 +2,13 @@
 
     python benchmarks/bench_mltfr_quality.py [--datasets pantry beauty] [--seeds 1 2 3]
         [--llms minilm paraphrase-minilm smollm2] [--epochs 200] [--patience 10] [--threads 2]
-        [--variants base filter-minilm mltfr] [--out results/bench/mltfr-quality]
+        [--variants base filter-minilm mltfr] [--out results/bench/mltfr-quality] [--summary]
 
 Corrected protocol (early stopping on valid NDCG@10, test once), SASRec (BCE, as the authors),
-full ranking. Variants: base, filter-<each LLM>, mltfr (round 1 -> Fisher merge -> round 2), or the
-subset named by --variants (to split the work between processes sharing --out), run through the same `mltfr` commands the workflow uses. Datasets: the embedded Pantry and
-../shared/data/amazon-beauty/beauty.txt. Run folders live under --out, so an interrupted
+full ranking. Variants: base, filter-<each LLM>, mltfr (round 1 -> Fisher merge -> round 2), or
+the subset named by --variants (to split the work between processes sharing --out; --summary
+then tabulates every finished run), run through the same `mltfr` commands the workflow uses.
+Datasets: the embedded Pantry and ../shared/data/amazon-beauty/beauty.txt. Run folders live under --out, so an interrupted
 benchmark resumes where it stopped; finished runs are not retrained.
 """
 from __future__ import annotations
@@ -79,6 +80,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--patience", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--variants", nargs="+", help="a subset of base, filter-<llm>, mltfr (default: all)")
+    p.add_argument("--summary", action="store_true",
+                   help="train nothing: print the table of every finished run under --out")
     p.add_argument("--out", type=Path, default=Path("results/bench/mltfr-quality"))
     args = p.parse_args()
     unknown = set(args.variants or []) - set(default_variants(args.llms))
@@ -87,8 +90,31 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def result_row(dataset: str, variant: str, seed: int, r: dict) -> dict:
+    return {"dataset": dataset, "variant": variant, "seed": seed, "epochs": r["epochs_run"],
+            "train_s": r["timings"]["train_s"], **{k: r["metrics"]["test"][k] for k in ("ndcg@10", "hr@10")}}
+
+
+def finished_rows(out: Path) -> list[dict]:
+    """Every finished run under out/runs/{dataset}/{variant}/seed{S} (also those of other processes)."""
+    return [result_row(path.parts[-4], path.parts[-3], int(path.parts[-2][4:]), json.loads(path.read_text()))
+            for path in sorted((out / "runs").glob("*/*/seed*/result.json"))]
+
+
+def print_table(rows: list[dict]) -> None:
+    table = pd.DataFrame(rows).groupby(["dataset", "variant"], sort=False).agg(
+        ndcg10_mean=("ndcg@10", "mean"), ndcg10_std=("ndcg@10", "std"), hr10_mean=("hr@10", "mean"),
+        hr10_std=("hr@10", "std"), seeds=("seed", "count"), epochs=("epochs", "mean"), train_s=("train_s", "mean"))
+    print(table.to_markdown(floatfmt=".4f"))
+
+
 def main_bench() -> None:
     args = parse_args()
+    if args.summary:
+        rows = finished_rows(args.out)
+        if not rows:
+            raise SystemExit(f"no finished runs under {args.out}/runs; run the benchmark first")
+        return print_table(rows)
     config = write_config(args.out, args.llms)
     llms = {n: args.out / "llm" / n for n in args.llms}
     for name, folder in llms.items():
@@ -101,13 +127,8 @@ def main_bench() -> None:
         for variant in args.variants or default_variants(args.llms):
             for seed in args.seeds:
                 r = run_variant(args.out / "runs" / dataset, data, variant, seed, llms, args)
-                rows.append({"dataset": dataset, "variant": variant, "seed": seed,
-                             "epochs": r["epochs_run"], "train_s": r["timings"]["train_s"],
-                             **{k: r["metrics"]["test"][k] for k in ("ndcg@10", "hr@10")}})
-    table = pd.DataFrame(rows).groupby(["dataset", "variant"], sort=False).agg(
-        ndcg10_mean=("ndcg@10", "mean"), ndcg10_std=("ndcg@10", "std"), hr10_mean=("hr@10", "mean"),
-        hr10_std=("hr@10", "std"), seeds=("seed", "count"), epochs=("epochs", "mean"), train_s=("train_s", "mean"))
-    print(table.to_markdown(floatfmt=".4f"))
+                rows.append(result_row(dataset, variant, seed, r))
+    print_table(rows)
 
 
 if __name__ == "__main__":
