@@ -101,6 +101,7 @@ def _setting(result: dict, key: str):
         return len((result.get("inputs") or {}).get("llm") or {}) or None
     node = _lookup(result.get("config"), key)
     section, _, name = key.partition(".")
+    name = "K" if name == "k" else name                     # the trainer accepts `branch.k` for K
     return _lookup(result.get("branch"), name) if node is None and section == "branch" else node
 
 
