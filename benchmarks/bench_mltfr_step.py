@@ -6,8 +6,9 @@ A training step is forward + backward + Adam on one batch of 128 real training w
 embedded Pantry data, its entry read from config/config.yaml (L=50, d=64; most positions are
 padding, as in real training). Token tables are random tensors of the real shapes: the offline
 LLMs of the study (two MiniLM-L6 tables 30522x384, SmolLM2 49152x576, Gemma-3 262144x640) and
-paper-sized ones (LLaMA-7B 32000x4096, Qwen3-0.6B 151936x1024); values do not change the cost. Each case runs in
-its own subprocess, so the peak memory (max RSS on CPU, max allocated on CUDA) is its own.
+paper-sized ones (LLaMA-7B 32000x4096, Qwen3-0.6B 151936x1024); values do not change the cost.
+Each case runs in its own subprocess, so the peak memory (max RSS on CPU, max allocated on
+CUDA) is its own.
 
 Where the time goes: filtering projects every vocabulary row at every step, |V| x D x d
 multiply-adds forward and as much again for the projection's gradient and, with trainable

@@ -28,8 +28,8 @@ hand-written backward gives the table one (|V|, D) gradient buffer (autograd zer
 one for the gather E[idx] and adds the two) and makes no elementwise (B, |V|) pass. Measured on
 CPU, 1 thread, B = 128, d = 64, full-length windows (no padding), one 30522 x 384 table: forward
 + backward of the filter 171 -> 123 ms; SASRec step of filter-minilm 300 -> 230 ms (base 70 ms),
-of the four offline tables (Gemma-3 262144 x 640 among them) 4.7 -> 2.8 s. Page faults on the fresh (|V|, D) gradient
-are a third of its matmul; THP_MEM_ALLOC_ENABLE=1 (huge pages) cut the filter-minilm step by 20 ms.
+of the four offline tables (Gemma-3 262144 x 640 among them) 4.7 -> 2.8 s. Page faults on the
+fresh (|V|, D) gradient are a third of its matmul; THP_MEM_ALLOC_ENABLE=1 (huge pages) cut the filter-minilm step by 20 ms.
 The projected (and normalised) table is cached only when no gradient can flow into it (evaluation
 under `torch.no_grad`, or projection and table both frozen), keyed on the tensors' version
 counters, which optimizer steps and `load_state_dict` bump, so a stale cache is never used.
