@@ -2,53 +2,66 @@
 
 MLTFR (Multi-LLM Token Filtering and Routing, arXiv 2604.18200) adds one vector per position
 to an ID-based backbone after its first block, computed from the *token embedding tables* of
-several LLMs (no text, no LLM forward pass). See ../shared/docs/method.md for the method and
-the faithful/corrected protocols; every study variant is a `BranchConfig` of this one module.
+several LLMs (no text, no LLM forward pass). See docs/method.md for the method and the
+faithful/corrected protocols; every study variant is a `BranchConfig` of this one module.
 
     u      = masked mean of h0                                     (B, d)
     s      = cosine(u, Linear_m(E_m))                              (B, |V_m|)
-    y      = softmax((s + Gumbel) / tau);  idx = top-K(y)
-    X_m    = w * E_m[idx], w straight-through (forward 1/K)        (B, K, D_m)
+    y      = softmax((s + Gumbel) / tau);  idx = top-K(y);  y_st = sg(onehot(idx) - y) + y
+    w      = y_st[idx] / (sum_k y_st[idx_k] + 1e-8)                (B, K)
+    X_m    = w * E_m[idx]                                          (B, K, D_m)
     y_m    = CrossAttention_m(h0 -> X_m)                           (B, L, d)
     o      = sum_m router_m(h0) * y_m  (+ lambda_s * shared(h0 -> mean_G X_m))
 
-Deviations from the authors' code, each deliberate:
-- the branch output is zeroed at padding positions (so padding never leaks into later blocks);
-- the straight-through weight is `(y_k - sg(y_k) + 1) / K`: forward value 1/K, gradient 1/K
-  into y at the selected tokens (renormalising by the sum would cancel the gradient at K = 1).
+Filter weights (`BranchConfig.filter_grad`):
+- "authors" (the default under both protocols): the renormalised weights above, as in the
+  authors' code. Forward value 1/(K + 1e-8), exactly 1 at K = 1 in fp32. At K = 1 the weight's
+  gradient is zero, so the projection Linear_m, the scores and u get no gradient and the table
+  gets gradient only at the selected rows (through X). At K > 1 the gradient into y at pick j is
+  (g_j - sum_k g_k / c) / c, c = K + 1e-8, g_k = <dL/dX_k, E[idx_k]>: it sums to ~0 over the picks.
+- "learn" (a variant, not the authors' method): w = (y_k - sg(y_k) + 1) / K, forward 1/K,
+  gradient 1/K into y at the picks, no renormalisation, so the projection learns.
+Controls: `selection="random"` draws K tokens uniformly per user (no user signal);
+`user_vector="causal"` uses at position t the mean of h0 over the real positions <= t, so each
+position picks its own K tokens and attends only to them (needs user pooling).
+
+Deviation from the authors' code, deliberate: the branch output is zeroed at padding positions
+(so padding never leaks into later blocks).
 Consequence of the method, not a choice: with user pooling and K = 1 each position attends to a
 single key, so the attention weight is 1 and the expert's query/key weights get no gradient
 (their Fisher is zero and the Fisher merge sets them to 0, which changes nothing there).
 
-Cost: filtering projects the whole vocabulary (|V| x D x d multiply-adds) at every training
-step, plus as much again for the projection's gradient and, with trainable tables, for the
-table's gradient; add the (B, |V|) work: cosine scores, Gumbel noise (a uniform draw and two
-logs), top-K, one exp, two backward matmuls. A training step runs it as `FusedTokenFilter`, whose
-hand-written backward gives the table one (|V|, D) gradient buffer (autograd zero-fills a second
-one for the gather E[idx] and adds the two) and makes no elementwise (B, |V|) pass. Measured on
-CPU, 1 thread, B = 128, d = 64, full-length windows (no padding), one 30522 x 384 table: forward
-+ backward of the filter 171 -> 123 ms; SASRec step of filter-minilm 300 -> 230 ms (base 70 ms),
-of the four offline tables (Gemma-3 262144 x 640 among them) 4.7 -> 2.8 s. Page faults on the
-fresh (|V|, D) gradient are a third of its matmul; THP_MEM_ALLOC_ENABLE=1 (huge pages) cut the filter-minilm step by 20 ms.
-The projected (and normalised) table is cached only when no gradient can flow into it (evaluation
-under `torch.no_grad`, or projection and table both frozen), keyed on the tensors' version
-counters, which optimizer steps and `load_state_dict` bump, so a stale cache is never used.
-Caching during training would be wrong: the projection is learnable even when the table is frozen.
+Cost: when a gradient reaches the scores ("learn", or "authors" at K > 1) filtering projects the
+whole vocabulary (|V| x D x d multiply-adds) at every training step, plus as much again for the
+projection's gradient and, with trainable tables, for the table's gradient; add the (B, |V|)
+work: cosine scores, Gumbel noise, top-K, one exp, two backward matmuls. That step runs as
+`FusedTokenFilter`, whose hand-written backward gives the table one (|V|, D) gradient buffer and
+makes no elementwise (B, |V|) pass. When no gradient can reach the projection ("authors" at
+K = 1, frozen projection and table, evaluation) the picks need no backward at all and the
+normalised projection is kept across steps by `ProjectionCache`, which recomputes only the table
+rows that changed since it was built. Measured step times: docs/benchmarks.md.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from mltfr.errors import ConfigError
 
 POOLINGS = ("user", "batch")
 ROUTERS = ("softmax", "mean")
 CONSENSUS = ("none", "fisher", "mean")
+FILTER_GRADS = ("authors", "learn")
+SELECTIONS = ("guided", "random")
+USER_VECTORS = ("window", "causal")
 NORM_EPS = 1e-12   # F.normalize's eps: a row with a smaller norm is divided by eps instead
+AUTHORS_EPS = 1e-8  # the authors' renormalisation: w = y_st / (sum y_st + 1e-8)
+SCORE_ELEMENTS = 1 << 24   # causal user vector: positions scored at once x |V| (64 MiB of fp32)
 
 
 @dataclass
@@ -60,6 +73,9 @@ class BranchConfig:
     tau: float = 0.5             # (float) Gumbel-softmax temperature
     pooling: str = "user"        # "user" (corrected: each user attends to its own K) | "batch" (faithful: all B*K pooled)
     eval_noise: bool = False     # (bool) Gumbel noise also at evaluation (faithful True, corrected False)
+    filter_grad: str = "authors"  # "authors" (renormalised straight-through weights) | "learn" (gradient 1/K into y)
+    selection: str = "guided"    # "guided" (user-guided top-K) | "random" (control: K tokens uniform per user)
+    user_vector: str = "window"  # "window" (mean over the whole window, authors) | "causal" (prefix mean per position)
     filtering: bool = True       # (bool) user-guided filtering; False = P learned prototype tokens (direct injection)
     n_prototypes: int = 50       # (int) P, prototype tokens per LLM when filtering is off (Time-LLM style)
     router: str = "softmax"      # "softmax" (dense per-position router) | "mean" (uniform 1/M, ablation)
@@ -73,10 +89,17 @@ class BranchConfig:
     names: list[str] = field(default_factory=list)  # LLM names, for messages and interpretability
 
     def __post_init__(self):
-        for key, value, valid in (("pooling", self.pooling, POOLINGS), ("router", self.router, ROUTERS),
-                                  ("consensus", self.consensus, CONSENSUS)):
-            if value not in valid:
-                raise ConfigError(f"branch setting {key}={value!r} is not valid; use one of {', '.join(valid)}")
+        for key, valid in (("pooling", POOLINGS), ("router", ROUTERS), ("consensus", CONSENSUS),
+                           ("filter_grad", FILTER_GRADS), ("selection", SELECTIONS),
+                           ("user_vector", USER_VECTORS)):
+            if getattr(self, key) not in valid:
+                raise ConfigError(f"branch setting {key}={getattr(self, key)!r} is not valid; "
+                                  f"use one of {', '.join(valid)}")
+        if self.user_vector == "causal" and self.pooling == "batch":
+            raise ConfigError("branch setting user_vector='causal' needs pooling='user': batch pooling "
+                              "lets every position attend to the tokens picked for all positions of the "
+                              "batch, later (future) positions included; set pooling=user (the corrected "
+                              "protocol) or user_vector=window")
         if self.K < 1 or self.n_prototypes < 1:
             raise ConfigError(f"branch settings K={self.K} and n_prototypes={self.n_prototypes} must be >= 1")
         if self.tau <= 0:
@@ -101,18 +124,61 @@ def masked_mean(h0: Tensor, seqs: Tensor) -> Tensor:
     return (h0 * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
-def straight_through_topk(scores: Tensor, K: int, tau: float = 1.0) -> tuple[Tensor, Tensor]:
-    """Top-K of y = softmax(scores / tau): ids (B, K) and weights (B, K), forward 1/K, gradient via y.
+def prefix_means(h0: Tensor, seqs: Tensor) -> Tensor:
+    """Causal user vectors: at each position the mean of h0 over the real positions up to and
+    including it: (B, L, d), (B, L) -> (B, L, d)."""
+    mask = (seqs > 0).unsqueeze(-1).to(h0.dtype)                  # (B, L, 1)
+    return (h0 * mask).cumsum(1) / mask.cumsum(1).clamp(min=1.0)
 
-    y_k = exp(logit_k - logsumexp(logits)) is y at the chosen ids without materialising y (same
-    gradient as softmax + gather); under no_grad only the ids are computed (top-K(y) = top-K(scores)).
+
+def selected_weight(K: int, filter_grad: str) -> float:
+    """Forward value of each straight-through weight (y_st = 1 at the picks): authors
+    1/(K + 1e-8), which is exactly 1 at K = 1 in fp32; learn 1/K."""
+    return 1.0 / (K + AUTHORS_EPS) if filter_grad == "authors" else 1.0 / K
+
+
+def weight_gradient(grad_w: Tensor, K: int, filter_grad: str) -> Tensor:
+    """dL/dy at the picks (B, K) from dL/dw (B, K). learn: w = y_st / K. authors: w_k = y_st_k / c
+    with c = sum_j y_st_j + 1e-8 = K + 1e-8 (y_st = 1 forward), so dw_k/dy_j = [k = j]/c - 1/c^2."""
+    if filter_grad == "learn":
+        return grad_w / K
+    c = K + AUTHORS_EPS
+    return (grad_w - grad_w.sum(-1, keepdim=True) / c) / c
+
+
+def straight_through_topk(scores: Tensor, K: int, tau: float = 1.0,
+                          filter_grad: str = "authors") -> tuple[Tensor, Tensor]:
+    """Top-K of y = softmax(scores / tau): ids (B, K) and straight-through weights (B, K).
+
+    y_st = y_k - sg(y_k) + 1 is the authors' sg(onehot - y) + y at the picks (value 1, gradient
+    via y); authors renormalise it, learn divides by K (see `selected_weight`). y_k =
+    exp(logit_k - logsumexp(logits)) is y at the chosen ids without materialising y (same gradient
+    as softmax + gather); under no_grad only the ids are computed (top-K(y) = top-K(scores)).
     """
     idx = scores.detach().topk(K, dim=-1).indices                         # (B, K)
     if not (torch.is_grad_enabled() and scores.requires_grad):
-        return idx, scores.new_full(idx.shape, 1.0 / K)
+        return idx, scores.new_full(idx.shape, selected_weight(K, filter_grad))
     logits = scores / tau                                                 # (B, |V|)
     y_k = (logits.gather(-1, idx) - logits.logsumexp(-1, keepdim=True)).exp()  # (B, K)
-    return idx, (y_k - y_k.detach() + 1.0) / K
+    y_st = y_k - y_k.detach() + 1.0
+    if filter_grad == "learn":
+        return idx, y_st / K
+    return idx, y_st / (y_st.sum(-1, keepdim=True) + AUTHORS_EPS)
+
+
+def random_token_ids(rows: int, vocab: int, K: int, device: torch.device) -> Tensor:
+    """K distinct token ids per row, uniform over the vocabulary, from torch's global RNG: (rows, K).
+    A row that drew a repeat is drawn again (rejection: uniform over the K-sets)."""
+    if K > vocab:
+        raise ConfigError(f"random selection of K={K} distinct tokens from a vocabulary of {vocab}; "
+                          "lower K below the vocabulary size")
+    idx = torch.randint(vocab, (rows, K), device=device)
+    while True:
+        ordered = idx.sort(-1).values
+        repeat = (ordered[:, 1:] == ordered[:, :-1]).any(-1)              # (rows,)
+        if not repeat.any():
+            return idx
+        idx[repeat] = torch.randint(vocab, (int(repeat.sum()), K), device=device)
 
 
 def cosine_scores(u_n: Tensor, proj_n: Tensor, block: int = 1024) -> Tensor:
@@ -145,7 +211,7 @@ class FusedTokenFilter(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, u_n, table, weight, bias, K: int, tau: float, noise: bool):
+    def forward(ctx, u_n, table, weight, bias, K: int, tau: float, noise: bool, filter_grad: str):
         norms, proj_n = normalised_linear(table, weight, bias)          # (|V|, 1), (|V|, d)
         scores = cosine_scores(u_n, proj_n)                              # (B, |V|)
         if noise:
@@ -155,9 +221,9 @@ class FusedTokenFilter(torch.autograd.Function):
         probs = torch.add(top[:, :1] / -tau, scores, alpha=1.0 / tau, out=scores).exp_()
         total = probs.sum(-1, keepdim=True)                              # (B, 1)
         ctx.save_for_backward(u_n, table, weight, proj_n, norms, probs, total, idx)
-        ctx.K, ctx.tau = K, tau
+        ctx.K, ctx.tau, ctx.filter_grad = K, tau, filter_grad
         ctx.mark_non_differentiable(idx)
-        return table[idx].mul_(1.0 / K), idx                             # (B, K, D): w = 1/K
+        return table[idx].mul_(selected_weight(K, filter_grad)), idx    # (B, K, D)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -166,7 +232,8 @@ class FusedTokenFilter(torch.autograd.Function):
         need_u, need_table, need_weight, need_bias = ctx.needs_input_grad[:4]
         # gradient of the scores: grad_s = coef * p + a at the chosen ids (never materialised)
         y_k = probs.gather(-1, idx) / total                              # (B, K)
-        a = (grad_x * table[idx]).sum(-1) * y_k / (ctx.K * ctx.tau)      # (B, K)
+        grad_w = (grad_x * table[idx]).sum(-1)                           # (B, K)
+        a = weight_gradient(grad_w, ctx.K, ctx.filter_grad) * y_k / ctx.tau  # (B, K)
         coef = -a.sum(-1, keepdim=True) / total                          # (B, 1)
         grad_u = grad_proj = None
         if need_u:
@@ -178,12 +245,12 @@ class FusedTokenFilter(torch.autograd.Function):
         grad_table = grad_weight = grad_bias = None
         if need_table:   # one (|V|, D) buffer: the projection's gradient, then the gathered rows
             grad_table = (grad_proj @ weight).index_add_(
-                0, idx.flatten(), grad_x.flatten(0, 1), alpha=1.0 / ctx.K)
+                0, idx.flatten(), grad_x.flatten(0, 1), alpha=selected_weight(ctx.K, ctx.filter_grad))
         if need_weight:
             grad_weight = grad_proj.T @ table                            # (d, D)
         if need_bias:
             grad_bias = grad_proj.sum(0)
-        return grad_u, grad_table, grad_weight, grad_bias, None, None, None
+        return grad_u, grad_table, grad_weight, grad_bias, None, None, None, None
 
 
 def normalised_linear(table: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
@@ -200,43 +267,111 @@ def normalize_backward(grad_n: Tensor, proj_n: Tensor, norms: Tensor) -> Tensor:
     return grad_n.addcmul_(proj_n, radial, value=-1.0).div_(norms.clamp_min(NORM_EPS))
 
 
+def changed_rows(table: Tensor, snapshot: Tensor, block: int = 8192) -> Tensor:
+    """Indices (n,) of the rows where table (|V|, D) differs from snapshot, `block` rows at a time
+    (bounds the boolean temporary)."""
+    parts = [torch.ne(rows, old).any(-1).nonzero().squeeze(-1) + start
+             for start, rows, old in zip(range(0, table.shape[0], block), table.split(block), snapshot.split(block))]
+    return torch.cat(parts) if parts else table.new_zeros(0, dtype=torch.long)
+
+
+class ProjectionCache:
+    """normalize(Linear(E)) (|V|, d) kept across calls while no gradient can reach it.
+
+    Before each use the table is compared with a snapshot of the one the cache was built from and
+    only the rows that differ are recomputed (Adam keeps moving every row whose moments are
+    non-zero, so changes are detected, not predicted); a changed weight, bias or table layout
+    recomputes everything. Version counters are not used: fused Adam does not bump them.
+    """
+
+    def __init__(self):
+        self.proj_n = self.table = self.weight = self.bias = None
+        self.full_recomputes = 0       # counters, for tests and benchmarks
+        self.rows_recomputed = 0
+
+    def clear(self) -> None:
+        """Free the cache (a learning step will change the projection anyway)."""
+        self.proj_n = self.table = self.weight = self.bias = None
+
+    @torch.no_grad()
+    def get(self, table: Tensor, linear: nn.Linear) -> Tensor:
+        """The normalised projection of `table` (|V|, D) by `linear`, up to date; always computed in
+        the table's dtype (autocast off), so evaluation and training share one cache."""
+        with torch.autocast(table.device.type, enabled=False):
+            if self._projection_changed(table, linear):
+                self._rebuild(table, linear)
+            else:
+                self._refresh_rows(table, linear)
+        return self.proj_n
+
+    def _projection_changed(self, table: Tensor, linear: nn.Linear) -> bool:
+        if self.proj_n is None:
+            return True
+        pairs = ((self.table, table), (self.weight, linear.weight), (self.bias, linear.bias))
+        same_layout = all(a.shape == b.shape and a.dtype == b.dtype and a.device == b.device for a, b in pairs)
+        return not (same_layout and torch.equal(self.weight, linear.weight) and torch.equal(self.bias, linear.bias))
+
+    def _rebuild(self, table: Tensor, linear: nn.Linear) -> None:
+        self.proj_n = F.normalize(linear(table), dim=-1)                       # (|V|, d)
+        self.table, self.weight, self.bias = table.clone(), linear.weight.clone(), linear.bias.clone()
+        self.full_recomputes += 1
+
+    def _refresh_rows(self, table: Tensor, linear: nn.Linear) -> None:
+        rows = changed_rows(table, self.table)                                 # (n,)
+        if rows.numel():
+            fresh = table[rows]                                                # (n, D)
+            self.proj_n[rows] = F.normalize(linear(fresh), dim=-1)
+            self.table[rows] = fresh
+            self.rows_recomputed += rows.numel()
+
+
 class TokenFilter(nn.Module):
     """User-guided filtering for one LLM: picks K tokens per user from its table."""
 
     def __init__(self, dim: int, d: int):
         super().__init__()
         self.proj = nn.Linear(dim, d)                              # D_m -> d
-        self._cache: tuple | None = None
+        self.cache = ProjectionCache()
 
-    def _learns_projection(self, table: Tensor) -> bool:
-        """A gradient can reach the projection or the table in this call."""
-        return torch.is_grad_enabled() and (
-            table.requires_grad or any(p.requires_grad for p in self.proj.parameters()))
+    def _projection_learns(self, table: Tensor) -> bool:
+        """The projection or the table is trainable (a gradient could reach normalize(Linear(E)))."""
+        return table.requires_grad or any(p.requires_grad for p in self.proj.parameters())
 
-    def normalised_projection(self, table: Tensor) -> Tensor:
-        """F.normalize(Linear(E)) (|V|, d): one matmul; cached while no gradient can use it."""
-        if self._learns_projection(table):
-            self._cache = None
-            return F.normalize(self.proj(table), dim=-1)
-        key = (table.data_ptr(), table._version, table.device, self.proj.weight._version,
-               self.proj.bias._version, self.proj.weight.data_ptr())
-        if self._cache is None or self._cache[0] != key:
-            with torch.no_grad():
-                self._cache = (key, F.normalize(self.proj(table), dim=-1))
-        return self._cache[1]
+    def scores_get_gradient(self, u: Tensor, table: Tensor, K: int, filter_grad: str) -> bool:
+        """A gradient reaches the scores in this call. Not under no_grad, not with the authors'
+        weights at K = 1 (w is constant), not when nothing upstream of the scores learns."""
+        if not torch.is_grad_enabled() or (filter_grad == "authors" and K == 1):
+            return False
+        return u.requires_grad or self._projection_learns(table)
 
-    def forward(self, u: Tensor, table: Tensor, K: int, tau: float, noise: bool) -> tuple[Tensor, Tensor]:
+    def forward(self, u: Tensor, table: Tensor, K: int, tau: float, noise: bool,
+                filter_grad: str = "authors") -> tuple[Tensor, Tensor]:
         """u (B, d), table (|V|, D) -> tokens X (B, K, D), ids (B, K)."""
         u_n = F.normalize(u, dim=-1)                                         # (B, d)
-        if self._learns_projection(table) and not torch.is_autocast_enabled(table.device.type):
-            self._cache = None
-            return FusedTokenFilter.apply(u_n, table, self.proj.weight, self.proj.bias, K, tau, noise)
-        # autograd path: evaluation (cached projection), frozen projection and table, autocast
-        scores = cosine_scores(u_n, self.normalised_projection(table))      # (B, |V|)
+        if not self.scores_get_gradient(u, table, K, filter_grad):
+            return self._pick_without_gradient(u_n, table, K, noise, filter_grad)
+        learns = self._projection_learns(table)
+        if learns and not torch.is_autocast_enabled(table.device.type):
+            self.cache.clear()
+            return FusedTokenFilter.apply(u_n, table, self.proj.weight, self.proj.bias, K, tau, noise, filter_grad)
+        # autograd path: autocast, or only u learns (projection and table frozen: cached)
+        proj_n = F.normalize(self.proj(table), dim=-1) if learns else self.cache.get(table, self.proj)
+        scores = cosine_scores(u_n, proj_n)                                  # (B, |V|)
         if noise:
             add_gumbel_noise_(scores)
-        idx, w = straight_through_topk(scores, K, tau)
-        return w.unsqueeze(-1) * table[idx], idx                  # (B, K, D)
+        idx, w = straight_through_topk(scores, K, tau, filter_grad)
+        return w.unsqueeze(-1) * table[idx], idx                             # (B, K, D)
+
+    def _pick_without_gradient(self, u_n: Tensor, table: Tensor, K: int, noise: bool,
+                               filter_grad: str) -> tuple[Tensor, Tensor]:
+        """Ids from the cached projection; X = w E[idx] with w constant (the table still gets the
+        gradient of its gathered rows)."""
+        with torch.no_grad():
+            scores = cosine_scores(u_n.detach(), self.cache.get(table, self.proj))  # (B, |V|)
+            if noise:
+                add_gumbel_noise_(scores)
+            idx = scores.topk(K, dim=-1).indices                             # (B, K)
+        return table[idx] * selected_weight(K, filter_grad), idx
 
 
 class PrototypeMap(nn.Module):
@@ -354,19 +489,51 @@ class MltfrBranch(nn.Module):
         return getattr(self, f"table{m}")
 
     def token_sets(self, h0: Tensor, seqs: Tensor) -> tuple[list[Tensor], list[Tensor | None]]:
-        """Per LLM the tokens every sequence attends to, (B or 1, T, D_m), and the chosen ids."""
-        c, u = self.cfg, masked_mean(h0, seqs)                      # (B, d)
-        noise = self.training or c.eval_noise
-        tokens, ids = [], []
+        """Per LLM the tokens each query attends to and the chosen ids: window (B or 1, T, D_m);
+        causal (N, K, D_m), one set per real position (row-major), prototypes (1, P, D_m)."""
+        c = self.cfg
+        u = masked_mean(h0, seqs) if c.user_vector == "window" else prefix_means(h0, seqs)[seqs > 0]
+        tokens, ids = [], []                                         # u: (B, d) or (N, d)
         for m, selector in enumerate(self.selectors):
             if not c.filtering:
                 tokens.append(selector(self.table(m)))              # (1, P, D)
                 ids.append(None)
                 continue
-            x, idx = selector(u, self.table(m), c.K, c.tau, noise)  # (B, K, D)
+            x, idx = self.select(m, u)                              # (B or N, K, D)
             tokens.append(x.reshape(1, -1, x.shape[-1]) if c.pooling == "batch" else x)
             ids.append(idx)
         return tokens, ids
+
+    def select(self, m: int, u: Tensor) -> tuple[Tensor, Tensor]:
+        """K tokens (R, K, D_m) and their ids (R, K) of LLM m for each user vector u (R, d)."""
+        c, table = self.cfg, self.table(m)
+        if c.selection == "random":
+            idx = random_token_ids(u.shape[0], table.shape[0], c.K, table.device)
+            return table[idx] * (1.0 / c.K), idx
+        selector = self.selectors[m]
+        pick = partial(selector, table=table, K=c.K, tau=c.tau, noise=self.training or c.eval_noise,
+                       filter_grad=c.filter_grad)
+        rows = max(1, SCORE_ELEMENTS // table.shape[0])
+        if c.user_vector == "window" or u.shape[0] <= rows:
+            return pick(u)
+        # causal: B*L user vectors, scored `rows` at a time; where the scores get a gradient each chunk
+        # is recomputed in the backward (same RNG state) rather than keeping its (rows, |V|) softmax
+        recompute = selector.scores_get_gradient(u, table, c.K, c.filter_grad)
+        parts = [checkpoint(pick, part, use_reentrant=False) if recompute else pick(part) for part in u.split(rows)]
+        return torch.cat([x for x, _ in parts]), torch.cat([idx for _, idx in parts])
+
+    def queries(self, h0: Tensor, seqs: Tensor):
+        """The experts' queries and the map of their outputs back to (B, L, d). window: h0 itself.
+        causal: one query per real position (N, 1, d), which attends to that position's own tokens;
+        outputs are scattered back, zeros at padding."""
+        if self.cfg.user_vector == "window":
+            return h0, lambda y: y
+        B, L, d = h0.shape
+        real = (seqs > 0).flatten().nonzero().squeeze(-1)               # (N,), row-major as u
+
+        def place(y: Tensor) -> Tensor:                                  # (N, 1, d) -> (B, L, d)
+            return y.new_zeros(B * L, d).index_copy(0, real, y[:, 0]).view(B, L, d)
+        return h0.flatten(0, 1)[real].unsqueeze(1), place
 
     def gates(self, h0: Tensor) -> Tensor:
         """Router weights (B, L, M): softmax per position, or uniform 1/M."""
@@ -377,11 +544,13 @@ class MltfrBranch(nn.Module):
 
     def forward(self, h0: Tensor, seqs: Tensor) -> Tensor:
         tokens, ids = self.token_sets(h0, seqs)
+        queries, place = self.queries(h0, seqs)
         gates = self.gates(h0)                                          # (B, L, M)
-        o = sum(gates[..., m:m + 1] * expert(h0, x) for m, (expert, x) in enumerate(zip(self.experts, tokens)))
+        o = sum(gates[..., m:m + 1] * place(expert(queries, x))
+                for m, (expert, x) in enumerate(zip(self.experts, tokens)))
         if self.shared is not None:
-            consensus = torch.stack([tokens[m] for m in self.group]).mean(0)  # (B or 1, T, D)
-            o = o + self.cfg.lambda_s * self.shared(h0, consensus)
+            consensus = torch.stack([tokens[m] for m in self.group]).mean(0)  # (B, 1 or N, T, D)
+            o = o + self.cfg.lambda_s * place(self.shared(queries, consensus))
         if not self.training and self.record_interp:
             self._record(gates, ids, seqs)
         return o * (seqs > 0).unsqueeze(-1).to(o.dtype)
