@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 
 from mltfr.models import build_backbone
@@ -69,3 +70,36 @@ def test_minilm_branch_trains_on_pantry(minilm_table, pantry_windows):
     fisher = fisher_diagonal(model, [windows[:32], windows[32:]])
     merged = consensus_state(model, [0, 1], fisher)
     assert merged["value.weight"].shape == (64, 384)
+
+
+def test_cached_projection_follows_fused_adam_on_pantry(minilm_table, pantry_windows):
+    """Authors' weights at K = 1: the projection gets no gradient, so the training steps reuse the
+    cached normalize(Linear(E)) and recompute only the table rows fused Adam moved (counted here
+    independently); its scores and picks stay within fp32 round-off of the uncached projection."""
+    windows, n_items = pantry_windows
+    torch.manual_seed(0)
+    model = build_backbone("sasrec", n_items, {"d": 64, "max_len": MAX_LEN})
+    attach(model, build_branch(BranchConfig.for_protocol("corrected", names=["minilm"], K=1), [minilm_table]))
+    filt, table = model.branch.selectors[0], model.branch.table0
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    gen, users = torch.Generator().manual_seed(0), F.normalize(torch.randn(64, 64), dim=-1)
+    moved = []
+    for step in range(4):
+        recomputed = filt.cache.rows_recomputed
+        opt.zero_grad()
+        model.loss(windows, gen).backward()                          # refreshes the cache first
+        if step:
+            assert filt.cache.rows_recomputed - recomputed == moved[-1]
+        before = table.detach().clone()
+        opt.step()
+        moved.append(int((table.detach() != before).any(1).sum()))
+    assert filt.proj.weight.grad is None and filt.cache.full_recomputes == 1
+    assert 0 < moved[0] <= moved[-1] < 1000                           # rows Adam moves: picked so far
+    model.eval()
+    with torch.no_grad():
+        model.user_representation(windows[:, 1:])
+        fresh = F.normalize(filt.proj(table), dim=-1)                 # (|V|, d) uncached
+    torch.testing.assert_close(filt.cache.proj_n, fresh, rtol=1e-5, atol=1e-6)
+    cached_scores, fresh_scores = users @ filt.cache.proj_n.T, users @ fresh.T
+    torch.testing.assert_close(cached_scores, fresh_scores, rtol=1e-5, atol=1e-6)
+    assert torch.equal(cached_scores.topk(3).indices, fresh_scores.topk(3).indices)
