@@ -1,6 +1,7 @@
 """Step time of SASRec `base` vs the MLTFR branch, peak memory, and trainable parameters per variant.
 
-    python benchmarks/bench_mltfr_step.py [--steps 5] [--threads 1] [--device cpu]   (from the repo root)
+    python benchmarks/bench_mltfr_step.py [--steps 5] [--threads 1] [--device cpu] [--cases NAME ...]
+                                          [--authors-peer PATH]             (from the repo root)
 
 A training step is forward + backward + Adam on one batch of 128 real training windows of the
 embedded Pantry data, its entry read from config/config.yaml (L=50, d=64; most positions are
@@ -10,20 +11,30 @@ paper-sized ones (LLaMA-7B 32000x4096, Qwen3-0.6B 151936x1024); values do not ch
 Each case runs in its own subprocess, so the peak memory (max RSS on CPU, max allocated on
 CUDA) is its own.
 
-Where the time goes: filtering projects every vocabulary row at every step, |V| x D x d
-multiply-adds forward and as much again for the projection's gradient and, with trainable
-tables, for the table's gradient (three matmuls per LLM in `FusedTokenFilter`), then the
-(B, |V|) scores, Gumbel noise and top-K; it is bound by matmul throughput and the noise's random
-draws. At evaluation the projected table is cached, so `eval` is close to `base`. On CPU,
-THP_MEM_ALLOC_ENABLE=1 saves the page faults of each step's fresh (|V|, D) table gradients.
+Where the time goes: with the authors' weights at K = 1 (the default) no gradient reaches the
+projection, so the projected table is cached across steps and only the rows Adam moved are
+projected again; a step pays the (B, |V|) scores, Gumbel noise and top-K, a comparison of each
+table with its snapshot, and Adam over every table row. With a filter that learns ("learn", or
+K > 1) filtering projects every vocabulary row at every step, |V| x D x d multiply-adds forward
+and as much again for the projection's gradient and, with trainable tables, for the table's
+gradient (three matmuls per LLM in `FusedTokenFilter`). On CPU, THP_MEM_ALLOC_ENABLE=1 saves the
+page faults of each step's fresh (|V|, D) table gradients.
+
+--authors-peer PATH runs a developer's re-typed copy of the authors' training step (a separate
+script, not part of the project; it takes --tables VxD ... --shared-group ... --threads --steps
+--json FILE) on the MiniLM pair with the shared expert, in a subprocess of the same run, and adds
+the ratio of our step to theirs for the matching cases (`base` vs their ID-only SASRec,
+`mltfr minilm pair +consensus` vs their SASRec+MoE) and their peak RSS.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,7 +43,7 @@ import torch
 
 from mltfr.data import get_entry, load_config, make_split, prepare_dataset
 from mltfr.models import build_backbone
-from mltfr.models.mltfr import BranchConfig, attach, build_branch
+from mltfr.models.mltfr import BranchConfig, attach, build_branch, resolve_consensus_group
 from mltfr.models.variants import variant_config, variant_names
 from mltfr.train.allocator import keep_freed_memory
 from mltfr.train.batching import train_windows
@@ -44,12 +55,15 @@ THREE = {n: OFFLINE[n] for n in ("minilm", "paraphrase-minilm", "smollm2")}
 PAPER = {"llama-7b": (32000, 4096), "qwen3-0.6b": (151936, 1024)}
 BATCH, MAX_LEN = 128, 50                     # method.md batch and length
 STUDY_CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
+PEER_ARGS = ["--tables", "30522x384", "30522x384", "--shared-group", "0", "1"]   # the MiniLM pair
+PEER_CASES = {"base": "id", "mltfr minilm pair +consensus": "moe"}   # our case -> the peer's variant
 CASES = {  # name -> (variant, table set)
     "base": ("base", {}),
     "filter-minilm": ("filter-minilm", OFFLINE),
     "filter-smollm2": ("filter-smollm2", OFFLINE),
     "filter-gemma3": ("filter-gemma3", OFFLINE),
     "mltfr minilm pair": ("mltfr-noconsensus", PAIR),
+    "mltfr minilm pair +consensus": ("mltfr", PAIR),      # + the frozen shared expert (round 2)
     "mltfr +smollm2": ("mltfr-noconsensus", THREE),
     "mltfr all offline": ("mltfr-noconsensus", OFFLINE),
     "mltfr-frozen offline": ("mltfr-frozen", OFFLINE),
@@ -79,11 +93,21 @@ def build_model(variant: str, shapes: dict, device: str, n_items: int, meta: boo
     return model.to(device) if not meta else model
 
 
+def add_consensus_expert(model: torch.nn.Module) -> None:
+    """A frozen shared expert over the consensus group (round 2's shape; its values do not change
+    the cost), when the variant has one."""
+    branch = model.branch
+    if branch is not None and branch.cfg.consensus != "none":
+        group = resolve_consensus_group(branch.cfg, branch.dims)
+        branch.set_shared(branch.experts[group[0]].state_dict(), group)
+
+
 def time_case(variant: str, shapes: dict, steps: int, device: str) -> dict:
     """Mean train-step and eval-batch time (ms) and peak memory (MiB) of one case."""
     keep_freed_memory()                               # as the trainer does
     windows, n_items = pantry_batch(device)
     model = build_model(variant, shapes, device, n_items)
+    add_consensus_expert(model)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3, fused=True)
     gen = torch.Generator(device=device).manual_seed(0)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
@@ -106,7 +130,8 @@ def time_case(variant: str, shapes: dict, steps: int, device: str) -> dict:
             eval_ms.append(1000 * (time.perf_counter() - start))
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda")
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return {"train_ms": sum(train_ms[1:]) / steps, "eval_ms": sum(eval_ms[1:]) / steps, "peak_mib": peak}
+    return {"train_ms": statistics.median(train_ms[1:]), "eval_ms": statistics.median(eval_ms[1:]),
+            "peak_mib": peak}
 
 
 def trainable_counts(shapes: dict, n_items: int) -> dict[str, int]:
@@ -118,32 +143,64 @@ def trainable_counts(shapes: dict, n_items: int) -> dict[str, int]:
     return counts
 
 
-def run_all(args) -> None:
-    rows = []
-    for name in CASES:
-        cmd = [sys.executable, __file__, "--one", name, "--steps", str(args.steps),
-               "--threads", str(args.threads), "--device", args.device]
+def run_peer(path: str, args) -> dict[str, dict]:
+    """The authors' step timings per peer variant ("id", "moe"), from its --json output."""
+    with tempfile.TemporaryDirectory() as folder:
+        out_json = Path(folder) / "peer.json"
+        cmd = [sys.executable, path, *PEER_ARGS, "--threads", str(args.threads), "--steps", str(args.steps),
+               "--json", str(out_json)]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode:
-            sys.exit(f"case {name!r} failed:\n{out.stderr[-2000:]}")
-        rows.append((name, json.loads(out.stdout.strip().splitlines()[-1])))
+            sys.exit(f"the authors' peer {path} failed:\n{out.stderr[-2000:]}")
+        print(out.stdout)
+        return {r["variant"]: r for r in json.loads(out_json.read_text())}
+
+
+def run_case(name: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--one", name, "--steps", str(args.steps),
+           "--threads", str(args.threads), "--device", args.device]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(f"case {name!r} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def ratio(ours: float, theirs: float | None) -> str:
+    return f"{ours / theirs:.2f}" if theirs else "-"
+
+
+def run_all(args) -> None:
+    names = ["base", *[n for n in args.cases if n != "base"]]     # base: the reference of every ratio
+    rows = [(name, run_case(name, args)) for name in names]
+    peer = run_peer(args.authors_peer, args) if args.authors_peer else {}
     base = rows[0][1]
     print(f"SASRec step (forward+backward+Adam), B={BATCH}, L={MAX_LEN}, d=64, {args.device}, "
-          f"{args.threads} thread(s), mean of {args.steps} steps")
-    print(f"{'case':<24}{'train ms':>10}{'x base':>8}{'eval ms':>10}{'x base':>8}{'peak MiB':>10}")
+          f"{args.threads} thread(s), median of {args.steps} steps after 1 warm-up")
+    print(f"{'case':<30}{'train ms':>10}{'x base':>8}{'x authors':>10}{'eval ms':>10}{'x base':>8}"
+          f"{'peak MiB':>10}{'authors MiB':>12}")
     for name, r in rows:
-        print(f"{name:<24}{r['train_ms']:>10.1f}{r['train_ms'] / base['train_ms']:>8.1f}"
-              f"{r['eval_ms']:>10.1f}{r['eval_ms'] / base['eval_ms']:>8.1f}{r['peak_mib']:>10.0f}")
-    print("\ntrainable parameters per variant (offline LLM shapes; round 2 adds a frozen expert)")
-    for variant, n in trainable_counts(OFFLINE, pantry_batch("cpu")[1]).items():
-        print(f"{variant:<28}{n:>14,}")
+        theirs = peer.get(PEER_CASES.get(name), {})
+        print(f"{name:<30}{r['train_ms']:>10.1f}{r['train_ms'] / base['train_ms']:>8.1f}"
+              f"{ratio(r['train_ms'], theirs.get('step_ms_median')):>10}{r['eval_ms']:>10.1f}"
+              f"{r['eval_ms'] / base['eval_ms']:>8.1f}{r['peak_mib']:>10.0f}"
+              f"{theirs.get('peak_rss_mib', float('nan')):>12.0f}")
+    if args.trainable_counts:
+        print("\ntrainable parameters per variant (offline LLM shapes; round 2 adds a frozen expert)")
+        for variant, n in trainable_counts(OFFLINE, pantry_batch("cpu")[1]).items():
+            print(f"{variant:<28}{n:>14,}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per case (after 1 warm-up)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per case (after 1 warm-up); their median is reported")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES),
+                        help="cases to time (base always runs: the ratios' reference)")
+    parser.add_argument("--authors-peer", metavar="PATH",
+                        help="script timing the authors' step (bench_authors_step.py), run for comparison")
+    parser.add_argument("--no-trainable-counts", dest="trainable_counts", action="store_false",
+                        help="skip the table of trainable parameters per variant")
     parser.add_argument("--one", choices=list(CASES), help=argparse.SUPPRESS)   # child process
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from mltfr.errors import ConfigError
 from mltfr.models import build_backbone
 from mltfr.models.mltfr import (BranchConfig, PrototypeMap, TokenFilter, add_gumbel_noise_, attach,
-                                build_branch, cosine_scores, masked_mean, straight_through_topk)
+                                build_branch, cosine_scores, masked_mean, sample_softmax_ids,
+                                straight_through_topk)
 from mltfr.models.variants import (backbone_defaults, default_consensus_group, needs_round2,
                                    variant_config, variant_names)
 
@@ -109,12 +110,17 @@ def test_filter_picks_the_token_closest_to_the_user():
 def reference_filter(self, u, table, K, tau, noise, filter_grad="authors"):
     """TokenFilter.forward as the module docstring writes it, in plain autograd ops (full softmax,
     and for "authors" the one-hot straight-through and renormalisation of the authors' code).
-    Same noise as the module for the same RNG state: one rand_like over the (B, |V|) scores."""
+    Same noise as the module for the same RNG state: one rand_like over the (B, |V|) scores, or
+    at K = 1 with the authors' weights the module's sampler."""
     scores = F.normalize(u, dim=-1) @ F.normalize(self.proj(table), dim=-1).T      # (B, |V|)
-    if noise:
-        scores = scores + -torch.log(-torch.log(torch.rand_like(scores)))
-    y = torch.softmax(scores / tau, dim=-1)
-    idx = y.topk(K, dim=-1).indices                                               # (B, K)
+    if noise and (filter_grad, K) == ("authors", 1):   # no gradient: the module's draw from softmax(s)
+        idx = sample_softmax_ids(F.normalize(u, dim=-1).detach(), table.detach(), self.proj, K)
+        y = torch.softmax(scores / tau, dim=-1)        # (whose law is tested against Gumbel-max)
+    else:
+        if noise:
+            scores = scores + -torch.log(-torch.log(torch.rand_like(scores)))
+        y = torch.softmax(scores / tau, dim=-1)
+        idx = y.topk(K, dim=-1).indices                                           # (B, K)
     if filter_grad == "learn":
         y_k = y.gather(-1, idx)
         w = (y_k - y_k.detach() + 1.0) / K
@@ -226,6 +232,28 @@ def test_branch_trains_as_with_plain_autograd_filter(filter_grad, pooling, K, tr
     for name, grad in plain_grads.items():
         torch.testing.assert_close(fused_grads.get(name, torch.zeros_like(grad)), grad, rtol=1e-4, atol=1e-7,
                                    msg=name)
+
+
+@pytest.mark.parametrize("K", [1, 2])
+def test_softmax_sampler_has_the_law_of_gumbel_top_k(K):
+    """sample_softmax_ids draws without replacement from softmax(s): the pick frequencies (first
+    and second pick) equal those of top-K(s + Gumbel) within Monte-Carlo error."""
+    torch.manual_seed(0)
+    n, proj = 100_000, torch.nn.Linear(3, 3)
+    with torch.no_grad():
+        proj.weight.copy_(torch.eye(3))
+        proj.bias.zero_()
+    table = torch.randn(12, 3)
+    u_n = F.normalize(torch.tensor([[1.0, 0.5, -0.2]]), dim=-1).expand(n, 3)
+    mine = sample_softmax_ids(u_n, table, proj, K)                            # (n, K)
+    scores = (u_n @ F.normalize(table, dim=-1).T).clone()                     # (n, 12)
+    gumbel = add_gumbel_noise_(scores).topk(K, dim=-1).indices
+    assert all(len(set(row)) == K for row in mine[:1000].tolist())
+    for k in range(K):
+        f_mine, f_gumbel = (torch.bincount(x[:, k], minlength=12) / n for x in (mine, gumbel))
+        assert (f_mine - f_gumbel).abs().max() < 0.006                        # ~ 4 standard errors
+    probs = torch.softmax(u_n[0] @ F.normalize(table, dim=-1).T, 0)
+    assert (torch.bincount(mine[:, 0], minlength=12) / n - probs).abs().max() < 0.005
 
 
 def test_gumbel_noise_has_the_gumbel_distribution():

@@ -87,14 +87,14 @@ def test_causal_last_position_equals_the_whole_window():
     torch.testing.assert_close(causal(h0, seqs)[:, -1], window(h0, seqs)[:, -1])
 
 
-@pytest.mark.parametrize("filter_grad, K", [("authors", 1), ("learn", 2)])
-def test_causal_scores_in_chunks_give_the_same_output_and_gradients(filter_grad, K, monkeypatch):
+@pytest.mark.parametrize("filter_grad, K, training", [("authors", 1, False), ("learn", 2, True)])
+def test_causal_scores_in_chunks_give_the_same_output_and_gradients(filter_grad, K, training, monkeypatch):
     """Few positions per chunk (the learning path recomputes each chunk in the backward): same
-    output and gradients as one chunk, Gumbel noise included."""
+    output and gradients as one chunk, Gumbel noise included (training)."""
     seqs = random_seqs(6)
 
     def run():
-        branch = branch_for(user_vector="causal", K=K, filter_grad=filter_grad).train()
+        branch = branch_for(user_vector="causal", K=K, filter_grad=filter_grad).train(training)
         h0 = torch.randn(6, MAX_LEN, D_MODEL, generator=torch.Generator().manual_seed(0), requires_grad=True)
         torch.manual_seed(2)
         out = branch(h0, seqs)

@@ -267,6 +267,33 @@ def normalize_backward(grad_n: Tensor, proj_n: Tensor, norms: Tensor) -> Tensor:
     return grad_n.addcmul_(proj_n, radial, value=-1.0).div_(norms.clamp_min(NORM_EPS))
 
 
+def sample_softmax_ids(u_n: Tensor, table: Tensor, linear: nn.Linear, K: int, proposals: int = 16) -> Tensor:
+    """K distinct ids per row (B, K) with the law of top-K(s + Gumbel), s = cosine(u_n, normalize(
+    linear(E))) (B, |V|): draws from softmax(s) without replacement (Gumbel-max, Plackett-Luce),
+    without scoring the vocabulary.
+
+    Rejection sampling: propose a uniform token j, accept it with probability exp(s_j - 1) (s <= 1,
+    so <= 1), reject it if already chosen; the first accepted of i.i.d. proposals is a draw from
+    softmax(s) over the remaining tokens. Acceptance is >= e^-2, so a row needs <= 7.4 proposals on
+    average; each costs one projected row. Random numbers: torch's global RNG.
+    """
+    B, V = u_n.shape[0], table.shape[0]
+    ids = torch.full((B, K), -1, dtype=torch.long, device=table.device)
+    for k in range(K):
+        todo = torch.arange(B, device=table.device)                  # rows still without pick k
+        while todo.numel():
+            j = torch.randint(V, (todo.numel(), proposals), device=table.device)          # (n, T)
+            rows = F.normalize(linear(table[j.flatten()]), dim=-1).view(*j.shape, -1)    # (n, T, d)
+            s = (rows * u_n[todo].unsqueeze(1)).sum(-1)                                   # (n, T)
+            accept = torch.rand_like(s) < (s - 1.0).exp()
+            accept &= ~(j.unsqueeze(-1) == ids[todo, :k].unsqueeze(1)).any(-1)         # without replacement
+            hit = accept.any(-1)
+            first = accept.to(torch.int8).argmax(-1)                 # the first accepted proposal
+            ids[todo[hit], k] = j[hit, first[hit]]
+            todo = todo[~hit]
+    return ids
+
+
 def changed_rows(table: Tensor, snapshot: Tensor, block: int = 8192) -> Tensor:
     """Indices (n,) of the rows where table (|V|, D) differs from snapshot, `block` rows at a time
     (bounds the boolean temporary)."""
@@ -364,13 +391,14 @@ class TokenFilter(nn.Module):
 
     def _pick_without_gradient(self, u_n: Tensor, table: Tensor, K: int, noise: bool,
                                filter_grad: str) -> tuple[Tensor, Tensor]:
-        """Ids from the cached projection; X = w E[idx] with w constant (the table still gets the
-        gradient of its gathered rows)."""
-        with torch.no_grad():
-            scores = cosine_scores(u_n.detach(), self.cache.get(table, self.proj))  # (B, |V|)
+        """Ids drawn from softmax(s) (noise) or top-K of s from the cached projection (no noise);
+        X = w E[idx] with w constant (the table still gets the gradient of its gathered rows)."""
+        with torch.no_grad(), torch.autocast(table.device.type, enabled=False):
+            u_n = u_n.detach().to(table.dtype)
             if noise:
-                add_gumbel_noise_(scores)
-            idx = scores.topk(K, dim=-1).indices                             # (B, K)
+                idx = sample_softmax_ids(u_n, table, self.proj, K)                     # (B, K)
+            else:
+                idx = cosine_scores(u_n, self.cache.get(table, self.proj)).topk(K, dim=-1).indices
         return table[idx] * selected_weight(K, filter_grad), idx
 
 
@@ -510,16 +538,15 @@ class MltfrBranch(nn.Module):
         if c.selection == "random":
             idx = random_token_ids(u.shape[0], table.shape[0], c.K, table.device)
             return table[idx] * (1.0 / c.K), idx
-        selector = self.selectors[m]
-        pick = partial(selector, table=table, K=c.K, tau=c.tau, noise=self.training or c.eval_noise,
-                       filter_grad=c.filter_grad)
+        selector, noise = self.selectors[m], self.training or c.eval_noise
+        pick = partial(selector, table=table, K=c.K, tau=c.tau, noise=noise, filter_grad=c.filter_grad)
         rows = max(1, SCORE_ELEMENTS // table.shape[0])
-        if c.user_vector == "window" or u.shape[0] <= rows:
-            return pick(u)
+        learns = selector.scores_get_gradient(u, table, c.K, c.filter_grad)
+        if c.user_vector == "window" or u.shape[0] <= rows or (noise and not learns):  # (the sampler
+            return pick(u)                                                # scores no vocabulary)
         # causal: B*L user vectors, scored `rows` at a time; where the scores get a gradient each chunk
         # is recomputed in the backward (same RNG state) rather than keeping its (rows, |V|) softmax
-        recompute = selector.scores_get_gradient(u, table, c.K, c.filter_grad)
-        parts = [checkpoint(pick, part, use_reentrant=False) if recompute else pick(part) for part in u.split(rows)]
+        parts = [checkpoint(pick, part, use_reentrant=False) if learns else pick(part) for part in u.split(rows)]
         return torch.cat([x for x, _ in parts]), torch.cat([idx for _, idx in parts])
 
     def queries(self, h0: Tensor, seqs: Tensor):
