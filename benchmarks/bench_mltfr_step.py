@@ -12,9 +12,10 @@ Each case runs in its own subprocess, so the peak memory (max RSS on CPU, max al
 CUDA) is its own.
 
 Where the time goes: with the authors' weights at K = 1 (the default) no gradient reaches the
-projection, so the projected table is cached across steps and only the rows Adam moved are
-projected again; a step pays the (B, |V|) scores, Gumbel noise and top-K, a comparison of each
-table with its snapshot, and Adam over every table row. With a filter that learns ("learn", or
+scores, so a training step draws its picks from softmax(s) by rejection sampling (a few projected
+rows per user, no vocabulary-wide work) and pays mostly the tables' zero-filled gradients and Adam
+over every table row; evaluation compares each table with the snapshot of its cached projection
+and projects the rows that changed. With a filter that learns ("learn", or
 K > 1) filtering projects every vocabulary row at every step, |V| x D x d multiply-adds forward
 and as much again for the projection's gradient and, with trainable tables, for the table's
 gradient (three matmuls per LLM in `FusedTokenFilter`). On CPU, THP_MEM_ALLOC_ENABLE=1 saves the
@@ -183,7 +184,7 @@ def run_all(args) -> None:
         print(f"{name:<30}{r['train_ms']:>10.1f}{r['train_ms'] / base['train_ms']:>8.1f}"
               f"{ratio(r['train_ms'], theirs.get('step_ms_median')):>10}{r['eval_ms']:>10.1f}"
               f"{r['eval_ms'] / base['eval_ms']:>8.1f}{r['peak_mib']:>10.0f}"
-              f"{theirs.get('peak_rss_mib', float('nan')):>12.0f}")
+              f"{theirs.get('peak_rss_mib', '-'):>12}")
     if args.trainable_counts:
         print("\ntrainable parameters per variant (offline LLM shapes; round 2 adds a frozen expert)")
         for variant, n in trainable_counts(OFFLINE, pantry_batch("cpu")[1]).items():

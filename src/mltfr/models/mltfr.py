@@ -36,10 +36,13 @@ whole vocabulary (|V| x D x d multiply-adds) at every training step, plus as muc
 projection's gradient and, with trainable tables, for the table's gradient; add the (B, |V|)
 work: cosine scores, Gumbel noise, top-K, one exp, two backward matmuls. That step runs as
 `FusedTokenFilter`, whose hand-written backward gives the table one (|V|, D) gradient buffer and
-makes no elementwise (B, |V|) pass. When no gradient can reach the projection ("authors" at
-K = 1, frozen projection and table, evaluation) the picks need no backward at all and the
-normalised projection is kept across steps by `ProjectionCache`, which recomputes only the table
-rows that changed since it was built. Measured step times: docs/benchmarks.md.
+makes no elementwise (B, |V|) pass. When no gradient can reach the scores ("authors" at K = 1,
+frozen projection and table, evaluation) the picks need no backward at all: with noise they are
+drawn from softmax(s) by rejection sampling (`sample_softmax_ids`: the law of top-K(s + Gumbel),
+a few projected rows per user instead of the whole vocabulary; not the same random stream as the
+Gumbel noise), without noise they are top-K of s over the normalised projection kept across steps
+by `ProjectionCache`, which recomputes only the table rows that changed since it was built.
+Measured step times: docs/benchmarks.md.
 """
 from __future__ import annotations
 
@@ -294,11 +297,12 @@ def sample_softmax_ids(u_n: Tensor, table: Tensor, linear: nn.Linear, K: int, pr
     return ids
 
 
-def changed_rows(table: Tensor, snapshot: Tensor, block: int = 8192) -> Tensor:
-    """Indices (n,) of the rows where table (|V|, D) differs from snapshot, `block` rows at a time
-    (bounds the boolean temporary)."""
+def changed_rows(table: Tensor, snapshot: Tensor, block: int = 1024) -> Tensor:
+    """Indices (n,) of the rows where table (|V|, D) differs from snapshot. Blocks of `block` rows:
+    torch.equal first (one pass, ~1.7x faster than ne + any), rows only in the blocks that differ."""
     parts = [torch.ne(rows, old).any(-1).nonzero().squeeze(-1) + start
-             for start, rows, old in zip(range(0, table.shape[0], block), table.split(block), snapshot.split(block))]
+             for start, rows, old in zip(range(0, table.shape[0], block), table.split(block), snapshot.split(block))
+             if not torch.equal(rows, old)]
     return torch.cat(parts) if parts else table.new_zeros(0, dtype=torch.long)
 
 
