@@ -255,11 +255,11 @@ def test_inject_adds_branch_after_first_block(name):
 # ---------------------------------------------------------------- real data
 
 
-def _pantry_batch(shared_data, n_users: int = 64, width: int = 51) -> tuple[torch.Tensor, int]:
+def _pantry_batch(real_data, n_users: int = 64, width: int = 51) -> tuple[torch.Tensor, int]:
     """Left-padded windows of the last `width` items of the first users of pantry's train.txt."""
     ids: dict[str, int] = {}
     rows = []
-    with open(shared_data / "amazon-pantry" / "train.txt") as fh:
+    with open(real_data / "amazon-pantry" / "train.txt") as fh:
         for line, _ in zip(fh, range(n_users)):
             uid, colon, *items = line.rstrip("\n").split("\t")
             assert colon == ":" and items, f"unexpected line: {line[:80]!r}"
@@ -269,8 +269,8 @@ def _pantry_batch(shared_data, n_users: int = 64, width: int = 51) -> tuple[torc
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_real_data_step(shared_data, name):
-    seqs, n_items = _pantry_batch(shared_data)
+def test_real_data_step(real_data, name):
+    seqs, n_items = _pantry_batch(real_data)
     assert seqs.shape == (64, 51) and n_items > 100
     torch.manual_seed(0)
     model = build_backbone(name, n_items, BackboneConfig())

@@ -46,10 +46,10 @@ def test_bad_settings_are_one_line_errors(tmp_path, capsys, pantry, extra, messa
 
 
 @pytest.fixture(scope="module")
-def pantry(shared_data, tmp_path_factory):
+def pantry(real_data, tmp_path_factory):
     """The MLTFR authors' Pantry files, prepared through `mltfr prepare`."""
     root = tmp_path_factory.mktemp("pantry")
-    folder = shared_data / "amazon-pantry"
+    folder = real_data / "amazon-pantry"
     config = {"datasets": {"pantry": {"source": [{"path": str(folder / "train.txt")},
                                                  {"path": str(folder / "test.txt")}],
                                       "format": "mltfr-pair"}},

@@ -2,7 +2,7 @@
 
 MLTFR (Multi-LLM Token Filtering and Routing, arXiv 2604.18200) adds one vector per position
 to an ID-based backbone after its first block, computed from the *token embedding tables* of
-several LLMs (no text, no LLM forward pass). See ../shared/docs/method.md for the method and
+several LLMs (no text, no LLM forward pass). See docs/method.md for the method and
 the faithful/corrected protocols; every study variant is a `BranchConfig` of this one module.
 
     u      = masked mean of h0                                     (B, d)
