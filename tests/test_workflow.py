@@ -140,7 +140,7 @@ def test_adding_an_llm_adds_exactly_its_jobs(env, tmp_path):
     [
         (lambda cfg: cfg["study"].update(sedes=[1]), "sedes"),  # unknown key
         (lambda cfg: cfg["study"].update(seeds="one"), "seeds"),  # wrong type
-        (lambda cfg: cfg["study"]["blocks"]["ablations"]["variants"].append("mltfr-nothing"), "mltfr-nothing"),
+        (lambda cfg: cfg["study"]["blocks"]["ablations"]["variants"].append("nothing"), "nothing"),
     ],
 )
 def test_schema_errors_name_the_key_before_any_job(env, tmp_path, edit, named):
@@ -149,6 +149,16 @@ def test_schema_errors_name_the_key_before_any_job(env, tmp_path, edit, named):
     assert proc.returncode != 0
     assert "Error validating config file" in out and named in out
     assert "Job stats" not in out
+
+
+def test_unknown_variant_names_the_registry(env, tmp_path):
+    """Variant names are checked against mltfr.study.variants, the one place they are defined."""
+    edit = lambda cfg: cfg["study"]["blocks"]["ablations"]["variants"].append("mltfr-nothing")  # noqa: E731
+    proc = snakemake(env, "-n", "--configfile", write_config(tmp_path, "config/test.yaml", edit), check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Job stats" not in out
+    assert "config key `study.blocks.ablations.variants`: names 'mltfr-nothing'" in out
+    assert "mltfr-randomselect" in out          # the fix lists the registry's names
 
 
 @pytest.mark.parametrize(

@@ -4,13 +4,10 @@ The grid is computed from `config["study"]` only, so adding a dataset or an LLM 
 registries and to `study` adds its jobs and nothing else. Rules carry no logic; every input,
 params and target list comes from a function here.
 
-Variant names (shared with `mltfr train --variant`):
-    base, direct-<llm>, filter-<llm>, mltfr, mltfr-nofilter, mltfr-norouter,
-    mltfr-noconsensus, mltfr-meanconsensus, mltfr-frozen, mltfr-random,
-    mltfr@<key>=<value>   sensitivity: mltfr with a RunConfig key set (`--set key=value`),
-    mltfr@n_llms=<n>      sensitivity: mltfr on the first n LLMs of the mltfr set.
-Variants with a Fisher consensus expert take three jobs: round 1 (`mltfr train`), the merge
-(`mltfr fisher`), round 2 (`mltfr train --consensus FILE`).
+Variant names, their LLMs and rounds come from the one registry, `mltfr.study.variants`
+(shared with `mltfr train --variant` and the analysis). Variants with a consensus expert take
+three jobs: round 1 (`mltfr train`), the merge (`mltfr fisher`), round 2 (`mltfr train
+--consensus FILE`).
 
 DAG speed (the paper grid has thousands of jobs): every job declares as few inputs as possible
 (one marker file per dataset and per LLM: its meta.json, written last), each rule has at most
@@ -34,6 +31,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.io import report as report_item  # `report` alone is a directive keyword
 
 from mltfr.analysis import outputs as aggregate_outputs
+from mltfr.study import variants as registry
 
 # ---------------------------------------------------------------- layout (docs/architecture.md)
 DATA_DIR = "results/data/{dataset}"
@@ -58,15 +56,10 @@ if os.environ.get("PATH", "").split(os.pathsep)[0] != SCRIPTS:
 
 Run = namedtuple("Run", "dataset backbone variant protocol seed")
 
-# Variants trained in a single round (no consensus expert, so no Fisher step).
-SINGLE_ROUND_PREFIXES = ("base", "direct-", "filter-", "mltfr-noconsensus")
 # Settings that only act in round 2 (the consensus expert's weight): such variants reuse the
 # round 1 and merged expert of plain `mltfr` instead of retraining an identical round 1.
 # (mltfr-meanconsensus cannot: `mltfr fisher` merges by the round-1 run's variant.)
 ROUND2_ONLY = ("mltfr@branch.lambda_s=",)
-SENSITIVITY_RE = re.compile(
-    r"^(?P<method>mltfr)@(?P<key>[A-Za-z_][A-Za-z0-9_.]*)=(?P<value>[^/@=]+)$"
-)
 
 
 def config_error(key, problem, fix):
@@ -220,7 +213,10 @@ def block_variants(name):
     if name == "mltfr":
         return ["mltfr"]
     if name == "ablations":
-        return list(study_block(name)["variants"])
+        chosen = study_block(name)["variants"]
+        return list(
+            registry.ABLATIONS + registry.CONTROLS if chosen is None else chosen
+        )
     return sensitivity_variants()
 
 
@@ -254,14 +250,28 @@ def run_path(run, template=RUN_DIR):
 
 
 # ---------------------------------------------------------------- variants
+@functools.cache
+def parsed_variant(variant):
+    """The registry entry of a variant name (the config checks reject unknown names first)."""
+    parsed = registry.parse(variant)
+    if parsed is None:
+        raise config_error(
+            "study.blocks",
+            f"runs variant '{variant}', which is not in mltfr.study.variants",
+            f"use one of {', '.join(registry.names(['<llm>']))} or mltfr@<key>=<value>",
+        )
+    return parsed
+
+
 def parse_sensitivity(variant):
     """`mltfr@key=value` -> (key, value); other variants -> (None, None)."""
-    match = SENSITIVITY_RE.match(variant)
-    return (match["key"], match["value"]) if match else (None, None)
+    parsed = parsed_variant(variant)
+    return parsed.key, parsed.value
 
 
 def uses_consensus(variant):
-    return variant.startswith("mltfr") and not variant.startswith(SINGLE_ROUND_PREFIXES)
+    """Sensitivity runs are mltfr with a setting changed: two rounds, like mltfr."""
+    return parsed_variant(variant).variant.rounds == 2
 
 
 def round1_variant(variant):
@@ -277,14 +287,15 @@ def cli_variant(variant):
 @functools.cache
 def variant_llms(variant):
     """LLM names a variant's model uses (its `--llm` arguments), in order."""
-    if variant == "base":
+    parsed = parsed_variant(variant)
+    kind = parsed.variant.llms
+    if kind == "none":
         return ()
-    if variant.startswith(("direct-", "filter-")):
-        return (variant.split("-", 1)[1],)
-    key, value = parse_sensitivity(variant)
-    if key == "n_llms":
-        return tuple(mltfr_llms()[: int(value)])
-    if variant == "mltfr-random":
+    if kind == "one":
+        return (parsed.llm,)
+    if parsed.key == "n_llms":
+        return tuple(mltfr_llms()[: int(parsed.value)])
+    if kind == "random":
         controls = study_block("ablations")["random_controls"]
         return tuple(controls[llm] for llm in mltfr_llms())
     return tuple(mltfr_llms())
@@ -381,7 +392,7 @@ def check_consensus(llms, key):
 
 def consensus_key(variant):
     """The config key that decides a consensus variant's LLM set (named in its error)."""
-    if variant == "mltfr-random":
+    if parsed_variant(variant).variant.llms == "random":
         return "study.blocks.ablations.random_controls"
     if variant.startswith("mltfr@n_llms="):
         return "study.blocks.sensitivity.n_llms"
@@ -399,10 +410,22 @@ def check_n_llms():
             )
 
 
+def check_ablation_names():
+    known = registry.ABLATIONS + registry.CONTROLS
+    for name in study_block("ablations")["variants"] or []:
+        if name not in known:
+            raise config_error(
+                "study.blocks.ablations.variants",
+                f"names '{name}', which is not an ablation or control variant",
+                f"use names from {', '.join(known)} (mltfr.study.variants)",
+            )
+
+
 def check_variants():
+    check_ablation_names()
     variants = {run.variant for run in study_runs()}
     check_n_llms()
-    if "mltfr-random" in variants:
+    if any(parsed_variant(v).variant.llms == "random" for v in variants):
         check_random_controls()
     for variant in sorted(v for v in variants if uses_consensus(v)):
         check_consensus(variant_llms(variant), consensus_key(variant))
