@@ -275,3 +275,20 @@ def test_popularity_ties_rank_pessimistically():
 def test_llm_branch_on_popularity_is_a_config_error(variant, extra):
     with pytest.raises(ConfigError, match=r"backbone 'pop' is a popularity ranking .* run it with --variant base"):
         tiny_cfg(backbone="pop", variant=variant, **extra)
+
+
+def test_popularity_run_is_a_baseline_row_of_the_main_table(tmp_path):
+    from mltfr.analysis.collect import collect_runs
+    from mltfr.analysis.tables import main_table
+
+    prepared = skewed_prepared()
+    for backbone in ("pop", "sasrec"):
+        cfg = tiny_cfg(backbone=backbone, protocol="faithful", epochs=1, seed=1)
+        split = make_split(prepared, "faithful", cfg.model.max_len)
+        train_and_evaluate(split, cfg, tmp_path / "skewed" / backbone / "base" / "faithful" / "seed1", prepared.meta)
+    runs = collect_runs(tmp_path)
+    pop = runs.query("backbone == 'pop'").iloc[0]
+    assert (pop["block"], pop["best_epoch"], pop["n_params"]) == ("base", 0, 0)
+    table = main_table(runs).tidy.query("metric == 'ndcg@10'").set_index(["backbone", "variant"])
+    assert table.loc[("pop", "base"), "mean"] == pytest.approx(pop["test_ndcg@10"])
+    assert list(table.index) == [("pop", "base"), ("sasrec", "base")]
