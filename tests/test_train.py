@@ -205,3 +205,90 @@ def test_allocator_keeps_freed_blocks_on_glibc():
     if not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"):
         pytest.skip("glibc only")
     assert keep_freed_memory() is True and keep_freed_memory() is True
+
+
+# ------------------------------------------------------------------ popularity (no trainable parameters)
+def skewed_prepared(n_users=60, n_items=25, seed=3) -> Prepared:
+    """Items drawn with probability ~ 1/id: skewed counts with many exact ties in the tail."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(2, 12, n_users)
+    p = 1.0 / np.arange(1, n_items + 1)
+    items = rng.choice(np.arange(1, n_items + 1), size=lengths.sum(), p=p / p.sum())
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return Prepared(offsets=offsets, items=items.astype(np.int64), n_items=n_items,
+                    meta={"dataset": "skewed", "prepared_sha256": "0" * 64})
+
+
+def popularity_reference(prepared: Prepared, protocol: str) -> list[int]:
+    """Test rank of each user's last item, item by item: 1 + #(other candidates counted >= it)."""
+    held = 1 if protocol == "faithful" else 2
+    seqs = [prepared.items[a:b].tolist() for a, b in zip(prepared.offsets[:-1], prepared.offsets[1:])]
+    counts = [0] * (prepared.n_items + 1)
+    for seq in seqs:
+        for item in seq[:len(seq) - held]:
+            counts[item] += 1
+    ranks = []
+    for seq in seqs:
+        target, excluded = seq[-1], set(seq[:-1]) if protocol == "corrected" else set()
+        others = [j for j in range(1, prepared.n_items + 1) if j != target and j not in excluded]
+        ranks.append(1 + sum(counts[j] >= counts[target] for j in others))
+    return ranks
+
+
+@pytest.mark.parametrize("protocol", ["faithful", "corrected"])
+def test_popularity_is_counted_once_and_ranked_by_the_protocol(tmp_path, protocol):
+    prepared = skewed_prepared()
+    cfg = tiny_cfg(backbone="pop", protocol=protocol)
+    split = make_split(prepared, protocol, cfg.model.max_len)
+    trainer = build_trainer(split, cfg, tmp_path / "p")
+    assert trainer.optimizer is None and trainer.model.counts[0] == 0
+    assert trainer.model.counts.sum() == len(split.train_items)
+    res = train_and_evaluate(split, cfg, tmp_path / "p", prepared.meta)
+    with np.load(tmp_path / "p" / "ranks.npz") as z:
+        assert z["test_ranks"].tolist() == popularity_reference(prepared, protocol)
+        assert str(z["selection"]) == f"no-training-counts-evaluated-once ({protocol})"
+    assert (res["best_epoch"], res["epochs_run"], res["early_stopped"], res["n_parameters"]) == (0, 0, False, 0)
+    assert res["selection"] == f"no-training-counts-evaluated-once ({protocol})"
+    assert res["mask_history"] is (protocol == "corrected")
+    assert set(res["metrics"]) == ({"test"} if protocol == "faithful" else {"valid", "test"})
+    which = "test" if protocol == "faithful" else "valid"
+    log = (tmp_path / "p" / "epochs.csv").read_text().splitlines()
+    assert len(log) == 2 and log[1].startswith("0,,0.0,") and log[1].endswith(f",{res['selection']}")
+    assert log[0].split(",")[3] == f"{which}_hr@5"
+    # a rerun resumes the finished checkpoint: the same result
+    assert train_and_evaluate(split, cfg, tmp_path / "p", prepared.meta)["metrics"] == res["metrics"]
+
+
+def test_popularity_ties_rank_pessimistically():
+    from mltfr.evaluate import rank
+    from mltfr.models import build_backbone
+
+    model = build_backbone("pop", 5)
+    model.count(torch.tensor([1, 1, 2, 2, 3, 0]))          # counts 2, 2, 1, 0, 0 (0 = padding)
+    evalset = make_split(Prepared(offsets=np.array([0, 2, 4, 6]), items=np.array([3, 1, 3, 2, 3, 4]),
+                                  n_items=5, meta={}), "faithful", 4).test
+    # targets 1 (tied with 2), 2 (tied with 1), 4 (tied with 5, below 1, 2 and 3)
+    assert rank(model, evalset, mask_history=False, device="cpu").tolist() == [2, 2, 5]
+
+
+@pytest.mark.parametrize("variant, extra", [("filter-minilm", {}), ("base", {"consensus_file": "c.safetensors"})])
+def test_llm_branch_on_popularity_is_a_config_error(variant, extra):
+    with pytest.raises(ConfigError, match=r"backbone 'pop' is a popularity ranking .* run it with --variant base"):
+        tiny_cfg(backbone="pop", variant=variant, **extra)
+
+
+def test_popularity_run_is_a_baseline_row_of_the_main_table(tmp_path):
+    from mltfr.analysis.collect import collect_runs
+    from mltfr.analysis.tables import main_table
+
+    prepared = skewed_prepared()
+    for backbone in ("pop", "sasrec"):
+        cfg = tiny_cfg(backbone=backbone, protocol="faithful", epochs=1, seed=1)
+        split = make_split(prepared, "faithful", cfg.model.max_len)
+        train_and_evaluate(split, cfg, tmp_path / "skewed" / backbone / "base" / "faithful" / "seed1", prepared.meta)
+    runs = collect_runs(tmp_path)
+    pop = runs.query("backbone == 'pop'").iloc[0]
+    assert (pop["block"], pop["best_epoch"], pop["n_params"]) == ("base", 0, 0)
+    table = main_table(runs).tidy.query("metric == 'ndcg@10'").set_index(["backbone", "variant"])
+    assert table.loc[("pop", "base"), "mean"] == pytest.approx(pop["test_ndcg@10"])
+    assert list(table.index) == [("pop", "base"), ("sasrec", "base")]

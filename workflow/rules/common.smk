@@ -62,6 +62,13 @@ Run = namedtuple("Run", "dataset backbone variant protocol seed")
 ROUND2_ONLY = ("mltfr@branch.lambda_s=",)
 
 
+# Backbones counted from the training split, not trained (mirrors mltfr.models.UNTRAINED_BACKBONES;
+# kept literal so building the DAG does not import torch): they run variant `base` only.
+UNTRAINED_BACKBONES = ("pop",)
+# The CLI's name of an LLM's random control (mltfr.models.variants.RANDOM_PREFIX).
+RANDOM_PREFIX = "random-"
+
+
 def config_error(key, problem, fix):
     """A user-facing error raised while the DAG is built, naming the config key."""
     return WorkflowError(f"config key `{key}`: {problem}. Fix: {fix}.")
@@ -227,14 +234,20 @@ def block_runs(name):
     backbones = block_values(name, "backbones")
     if name == "baselines":
         backbones = list(dict.fromkeys(backbones + block["extra_backbones"]))
+    seeds = block_values(name, "seeds")
     grid = itertools.product(
         block_values(name, "datasets"),
         backbones,
         block_variants(name),
         block_values(name, "protocols"),
-        block_values(name, "seeds"),
+        seeds,
     )
-    return [Run(*cell) for cell in grid]
+    # a counted backbone (pop) gives the same ranks under every seed: run the first one only
+    return [
+        Run(*cell)
+        for cell in grid
+        if cell[1] not in UNTRAINED_BACKBONES or cell[4] == seeds[0]
+    ]
 
 
 @functools.cache
@@ -363,6 +376,58 @@ def check_random_controls():
             )
     key = "study.blocks.ablations.random_controls"
     check_names(key, controls.values(), config["llms"], "llms")
+    for llm, control in controls.items():
+        check_random_control(f"{key}.{llm}", llm, control)
+
+
+def check_random_control(key, llm, control):
+    """A control must be a `random` entry named random-<...> (the CLI's convention) copying `llm`."""
+    entry = config["llms"][control]
+    if entry["source"] != "random" or not control.startswith(RANDOM_PREFIX):
+        raise config_error(
+            key,
+            f"names '{control}', which is not a `source: random` entry named {RANDOM_PREFIX}<...>",
+            f"add an entry `{RANDOM_PREFIX}{llm}: {{source: random, like: {llm}, seed: <its own>}}` "
+            "under `llms` and name it here",
+        )
+    if entry.get("like") not in (None, llm):
+        raise config_error(
+            key,
+            f"names '{control}', which copies the shape of '{entry['like']}', not of '{llm}'",
+            f"name the random entry with `like: {llm}`",
+        )
+
+
+def check_random_seeds():
+    """Each random table must be its own Gaussian draw: no two random entries share a seed."""
+    owner = {}
+    for llm, entry in config["llms"].items():
+        if entry["source"] != "random":
+            continue
+        seed = entry["seed"]
+        if seed in owner:
+            raise config_error(
+                f"llms.{llm}.seed",
+                f"{seed} is also the seed of the random entry '{owner[seed]}'; two controls of one "
+                "seed would be the same Gaussian draw, rescaled",
+                "give every `source: random` entry its own seed",
+            )
+        owner[seed] = llm
+
+
+def check_untrained_backbones():
+    """pop is counted, not trained: it has no hidden states, so no LLM block may run it."""
+    for name in ("single_llm", "mltfr", "ablations", "sensitivity"):
+        block = study_block(name)
+        wrong = [b for b in block_values(name, "backbones") if b in UNTRAINED_BACKBONES]
+        if block["enabled"] and wrong:
+            own = block["backbones"] is not None
+            raise config_error(
+                f"study.blocks.{name}.backbones" if own else "study.backbones",
+                f"lists {wrong}, a popularity ranking that takes no LLM branch, so block `{name}` "
+                "cannot run its LLM variants on it",
+                "list it under `study.blocks.baselines.extra_backbones` (variant base) instead",
+            )
 
 
 def check_like_entries():
@@ -439,7 +504,9 @@ def check_config():
     check_names("study.llms", study["llms"], config["llms"], "llms")
     check_names(mltfr_llms_key(), mltfr_llms(), config["llms"], "llms")
     check_like_entries()
+    check_random_seeds()
     check_block_subsets()
+    check_untrained_backbones()
     check_variants()
     cli_config()
 

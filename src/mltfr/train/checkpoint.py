@@ -47,7 +47,8 @@ class TrainState:
 def save_checkpoint(path: Path, cfg_dict: dict, model, optimizer, rng: dict, state: TrainState) -> None:
     """Write the checkpoint atomically: a kill during the write leaves the previous one intact."""
     payload = {"format": FORMAT, "config": cfg_dict, "model": model.state_dict(),
-               "optimizer": optimizer.state_dict(), "rng": rng, "state": dataclasses.asdict(state)}
+               "optimizer": optimizer.state_dict() if optimizer is not None else None,  # None: pop
+               "rng": rng, "state": dataclasses.asdict(state)}
     # torch.save reports a full disk as a RuntimeError of its zip writer
     with reporting_write_errors(path, RuntimeError), atomic_path(path) as tmp:
         torch.save(payload, tmp)

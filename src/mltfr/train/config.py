@@ -18,6 +18,7 @@ import yaml
 
 from mltfr.errors import ConfigError
 from mltfr.evaluate.metrics import metric_names
+from mltfr.models import UNTRAINED_BACKBONES
 from mltfr.models.base import BackboneConfig
 
 PROTOCOLS = ("faithful", "corrected")  # method.md: the authors' protocol and the clean one
@@ -66,6 +67,21 @@ class RunConfig:
         _require(self.lr > 0, "lr", self.lr, "a positive number")
         _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
         _require(self.sampled_negatives >= 0, "sampled_negatives", self.sampled_negatives, "0 or more")
+        self._check_untrained_is_base()
+
+    def _check_untrained_is_base(self) -> None:
+        """A counted backbone (pop) has no hidden states an LLM branch could be added to."""
+        if self.trains or (self.variant == "base" and not self.consensus_file):
+            return
+        given = f"variant {self.variant!r}" if self.variant != "base" else "a consensus file"
+        raise ConfigError(f"backbone {self.backbone!r} is a popularity ranking without hidden states, "
+                          f"so it takes no LLM branch ({given} was asked for); run it with --variant base "
+                          f"only, or choose a trained backbone for LLM variants")
+
+    @property
+    def trains(self) -> bool:
+        """False for a backbone without trainable parameters (pop): counted, evaluated once."""
+        return self.backbone not in UNTRAINED_BACKBONES
 
     @property
     def masks_history(self) -> bool:
@@ -75,6 +91,8 @@ class RunConfig:
     @property
     def selection(self) -> str:
         """How the reported epoch is chosen, written into every output."""
+        if not self.trains:
+            return f"no-training-counts-evaluated-once ({self.protocol})"
         if self.protocol == "faithful":
             return "best-epoch-on-test (faithful)"
         return f"early-stopping-on-valid-{self.metric_for_selection} (corrected)"

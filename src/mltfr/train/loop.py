@@ -50,7 +50,7 @@ class Trainer:
         self.model, self.split, self.cfg, self.gens, self.device = model, split, cfg, gens, device
         self.run_dir = Path(run_dir)
         keep_freed_memory()  # no page faults for per-step gradient buffers (CPU)
-        self.optimizer = make_optimizer(model, cfg)
+        self.optimizer = make_optimizer(model, cfg) if cfg.trains else None  # pop: nothing to optimise
         windows = batching.train_windows(split.train_offsets, split.train_items, cfg.model.max_len)
         if len(windows) == 0:
             raise MltfrError("no user has 2 or more training items: nothing to train on "
@@ -71,7 +71,8 @@ class Trainer:
         payload = load_checkpoint(self.checkpoint_path)
         check_same_config(self.checkpoint_path, payload["config"], self.cfg.to_dict())
         self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(payload["optimizer"])
         set_rng_state(payload["rng"], self.gens)
         self.state = payload["state"]
         return True
@@ -84,6 +85,10 @@ class Trainer:
     def fit(self, stop_after_epoch: int | None = None) -> TrainState:
         """Train until the budget is spent or early stopping; `stop_after_epoch` is a test hook
         that returns after that epoch as if the process had been killed."""
+        if not self.cfg.trains:
+            if not self.state.finished:
+                self.evaluate_untrained()
+            return self.state
         with self._sigterm_saves_checkpoint():
             while not self.state.finished:
                 self.run_epoch()
@@ -105,6 +110,20 @@ class Trainer:
         self.write_epoch_log()
         self.save()
         self.log_epoch(row)
+
+    def evaluate_untrained(self) -> None:
+        """A model without trainable parameters (pop): no epochs, one evaluation as "epoch 0".
+
+        The selection set is evaluated once (valid: corrected, test: faithful), so the result,
+        the ranks and epochs.csv are written like any run's; corrected adds the test pass."""
+        s = self.state
+        row = {"epoch": 0, "train_loss": None, "seconds": 0.0, **self.evaluate_and_select()}
+        s.finished = True
+        s.history.append(row)
+        self.write_epoch_log()
+        self.save()
+        print(f"{self.cfg.backbone}: no trainable parameters, evaluated once ({self.cfg.selection})",
+              file=sys.stderr, flush=True)
 
     def log_epoch(self, row: dict) -> None:
         """One line per epoch on stderr (the job log; the tqdm bar only shows on a terminal)."""

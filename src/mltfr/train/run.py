@@ -41,7 +41,10 @@ def build_trainer(split, cfg: RunConfig, run_dir: Path, llm_tables: dict | None 
     """Seed everything, then build the model (its init draws from the seeded RNG) and trainer."""
     device = resolve_device(cfg.device)
     gens = seed_everything(cfg.seed, device)
-    return Trainer(build_model(cfg, split.n_items, device, llm_tables), split, cfg, run_dir, gens, device)
+    model = build_model(cfg, split.n_items, device, llm_tables)
+    if not cfg.trains:  # pop: counted from this run's training split instead of trained
+        model.count(torch.from_numpy(split.train_items).to(device))
+    return Trainer(model, split, cfg, run_dir, gens, device)
 
 
 def build_model(cfg: RunConfig, n_items: int, device: torch.device, llm_tables: dict | None = None):
@@ -136,7 +139,7 @@ def build_result(trainer: Trainer, ranks: dict[str, np.ndarray], test_seconds: f
         "best_selection_score": {f"{'valid' if cfg.protocol == 'corrected' else 'test'}_"
                                  f"{cfg.metric_for_selection}": s.best_score},
         "epochs_run": s.epoch,
-        "early_stopped": cfg.protocol == "corrected" and s.epoch < cfg.epochs,
+        "early_stopped": cfg.trains and cfg.protocol == "corrected" and s.epoch < cfg.epochs,
         "backbone": cfg.backbone, "variant": cfg.variant, "protocol": cfg.protocol, "seed": cfg.seed,
         "config": cfg.to_dict(),
         "branch": branch_settings(trainer.model),
