@@ -48,7 +48,8 @@ class ConstantBranch(nn.Module):
 
 def test_config_defaults_and_errors():
     cfg = BackboneConfig()
-    assert (cfg.d, cfg.max_len, cfg.n_blocks, cfg.n_heads, cfg.dropout, cfg.mask_prob) == (64, 50, None, None, 0.2, 0.5)
+    assert (cfg.d, cfg.max_len, cfg.dropout, cfg.mask_prob) == (64, 50, 0.2, 0.5)
+    assert cfg.n_blocks is None and cfg.n_heads is None   # each backbone's own default
     with pytest.raises(ConfigError, match="unknown key 'hidden'"):
         BackboneConfig.from_dict({"hidden": 3})
     with pytest.raises(ConfigError, match="'d' must be an integer"):

@@ -125,6 +125,7 @@ def test_result_fields_and_ranks(tmp_path):
     assert best["test_hr@20"] == best["test_recall@20"] == pytest.approx(20 * best["test_precision@20"])
     assert (saved["model"]["n_blocks"], saved["model"]["n_heads"], saved["model"]["d"]) == (2, 8, 8)
     assert saved["config"]["model"]["n_heads"] is None       # config keeps the overrides as given
+    assert saved["epoch_budget"] == 2 and saved["epochs_run"] == 2
     for key in ("config", "seed", "protocol", "code_version", "dataset", "timings", "peak_memory_mb",
                 "n_parameters"):
         assert key in saved

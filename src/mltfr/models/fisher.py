@@ -2,8 +2,8 @@
 
 Round 1 trains the model (its consensus expert is the authors' frozen random copy of the first
 group expert). `fisher_diagonal` then makes one seeded pass over the training batches with
-dropout off and records, for every expert parameter, the mean of its
-squared batch gradient (a diagonal empirical Fisher F_m). `merge_experts` merges the experts of
+dropout off and records, for every expert parameter, the mean of its squared batch gradient (a
+diagonal empirical Fisher F_m). `merge_experts` merges the experts of
 the same-D group element-wise, theta = sum F_m theta_m / (sum F_m + 1e-12) (plain mean for the
 ablation), and `save_consensus` writes it to safetensors; round 2 (a fresh model) loads it with
 `load_consensus` and passes it to `build_branch(..., shared_state=...)`, where it stays frozen.

@@ -136,6 +136,7 @@ def build_result(trainer: Trainer, ranks: dict[str, np.ndarray], test_seconds: f
         "best_selection_score": {f"{'valid' if cfg.protocol == 'corrected' else 'test'}_{key}": value
                                  for key, value in s.best_scores.items()},
         "epochs_run": s.epoch,
+        "epoch_budget": cfg.max_epochs,   # train.epochs, or the protocol's default when unset
         "early_stopped": cfg.protocol == "corrected" and s.epoch < cfg.max_epochs,
         "backbone": cfg.backbone, "variant": cfg.variant, "protocol": cfg.protocol, "seed": cfg.seed,
         "config": cfg.to_dict(),
