@@ -1,4 +1,5 @@
 """Trainer: config checks, windows, seeding, resume == uninterrupted, NaN, SIGTERM, results."""
+import csv
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import torch
 from mltfr.data import make_split
 from mltfr.data.prepared import Prepared
 from mltfr.errors import ConfigError, DataError, MltfrError
+from mltfr.evaluate import wins_majority
 from mltfr.train.batching import train_windows
 from mltfr.train.config import RunConfig, apply_overrides, load_train_section
 from mltfr.train.loop import Preempted, Trainer
@@ -54,7 +56,7 @@ def loss_columns(path):
 def test_config_unknown_key_and_wrong_type():
     with pytest.raises(ConfigError, match="unknown key 'learning_rate'"):
         RunConfig.from_dict({"learning_rate": 0.1})
-    with pytest.raises(ConfigError, match=r"train\.epochs: expected int, got '3'"):
+    with pytest.raises(ConfigError, match=r"train\.epochs: expected int or null, got '3'"):
         RunConfig.from_dict({"epochs": "3"})
     with pytest.raises(ConfigError, match="protocol='both' is invalid"):
         RunConfig.from_dict({"protocol": "both"})
@@ -70,10 +72,19 @@ def test_overrides_parse_values_and_nested_keys():
         apply_overrides(RunConfig(), ["epochs"])
 
 
-def test_protocol_defaults_for_history_mask_and_selection():
+FAITHFUL_SELECTION = "best-epoch-on-test-not-worse-on-3-of-hr@20/precision@20/recall@20/ndcg@20 (faithful)"
+
+
+def test_protocol_defaults_for_history_mask_selection_and_budget():
     faithful, corrected = RunConfig(protocol="faithful"), RunConfig(protocol="corrected")
     assert (faithful.masks_history, corrected.masks_history) == (False, True)
-    assert faithful.selection == "best-epoch-on-test (faithful)"
+    assert faithful.selection == FAITHFUL_SELECTION
+    assert corrected.selection == "early-stopping-on-valid-ndcg@10 (corrected)"
+    assert (faithful.epochs, faithful.max_epochs, corrected.max_epochs) == (None, 100, 200)
+    assert RunConfig(protocol="faithful", epochs=7).max_epochs == 7      # an explicit budget wins
+    assert apply_overrides(corrected, ["protocol=faithful"]).max_epochs == 100   # resolved late
+    with pytest.raises(ConfigError, match="train.epochs=0 is invalid"):
+        RunConfig(epochs=0)
 
 
 def test_train_section_of_study_config(tmp_path):
@@ -107,8 +118,14 @@ def test_result_fields_and_ranks(tmp_path):
     res = run(tmp_path, "r", tiny_cfg(protocol="faithful", epochs=2))
     saved = json.loads((tmp_path / "r" / "result.json").read_text())
     assert saved["metrics"] == res["metrics"] and set(saved["metrics"]) == {"test"}
-    assert saved["selection"] == "best-epoch-on-test (faithful)" and saved["eval_protocol"] == "full-ranking"
+    assert saved["selection"] == FAITHFUL_SELECTION and saved["eval_protocol"] == "full-ranking"
     assert saved["mask_history"] is False and saved["best_epoch"] in (1, 2)
+    best = saved["best_selection_score"]
+    assert set(best) == {"test_hr@20", "test_precision@20", "test_recall@20", "test_ndcg@20"}
+    assert best["test_hr@20"] == best["test_recall@20"] == pytest.approx(20 * best["test_precision@20"])
+    assert (saved["model"]["n_blocks"], saved["model"]["n_heads"], saved["model"]["d"]) == (2, 8, 8)
+    assert saved["config"]["model"]["n_heads"] is None       # config keeps the overrides as given
+    assert saved["epoch_budget"] == 2 and saved["epochs_run"] == 2
     for key in ("config", "seed", "protocol", "code_version", "dataset", "timings", "peak_memory_mb",
                 "n_parameters"):
         assert key in saved
@@ -116,10 +133,38 @@ def test_result_fields_and_ranks(tmp_path):
     with np.load(tmp_path / "r" / "ranks.npz") as z:
         ranks = z["test_ranks"]
         assert set(z.files) == {"test_users", "test_ranks", "eval_protocol", "selection"}
-        assert str(z["selection"]) == "best-epoch-on-test (faithful)" and ranks.min() >= 1 and ranks.max() <= 40
+        assert str(z["selection"]) == FAITHFUL_SELECTION and ranks.min() >= 1 and ranks.max() <= 40
     assert (ranks <= 10).mean() == pytest.approx(res["metrics"]["test"]["hr@10"])
     log = (tmp_path / "r" / "epochs.csv").read_text().splitlines()
-    assert log[0].endswith(",selected") and log[saved["best_epoch"]].endswith(",best-epoch-on-test (faithful)")
+    assert log[0].endswith(",selected") and log[saved["best_epoch"]].endswith(f",{FAITHFUL_SELECTION}")
+
+
+def test_faithful_best_epoch_follows_the_majority_rule(tmp_path):
+    res = run(tmp_path, "m", tiny_cfg(protocol="faithful", epochs=6))
+    with open(tmp_path / "m" / "epochs.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    best, best_epoch = {}, 0
+    for row in rows:   # the authors' rule replayed on the logged test metrics
+        hr, ndcg = float(row["test_hr@20"]), float(row["test_ndcg@20"])
+        scores = {"hr@20": hr, "precision@20": hr / 20, "recall@20": hr, "ndcg@20": ndcg}
+        if not best or wins_majority(scores, best):
+            best, best_epoch = scores, int(row["epoch"])
+    assert res["best_epoch"] == best_epoch and res["epochs_run"] == 6
+
+
+@pytest.mark.parametrize("protocol", ["faithful", "corrected"])
+def test_which_evaluation_replaces_the_best(tmp_path, protocol):
+    split = make_split(toy_prepared(), protocol, 8)
+    trainer = build_trainer(split, tiny_cfg(protocol=protocol), tmp_path / "t")
+    assert trainer.improves({"anything": 0.0})                        # the first evaluation
+    if protocol == "faithful":
+        trainer.state.best_scores = {"hr@20": 0.3, "precision@20": 0.015, "recall@20": 0.3, "ndcg@20": 0.2}
+        # same hits, worse NDCG: not worse on 3 of 4, so it replaces the best (the authors' rule)
+        assert trainer.improves({"hr@20": 0.3, "precision@20": 0.015, "recall@20": 0.3, "ndcg@20": 0.1})
+        assert not trainer.improves({"hr@20": 0.29, "precision@20": 0.0145, "recall@20": 0.29, "ndcg@20": 0.9})
+    else:
+        trainer.state.best_scores = {"ndcg@10": 0.2}
+        assert not trainer.improves({"ndcg@10": 0.2}) and trainer.improves({"ndcg@10": 0.21})
 
 
 def test_sampled_protocol_is_labelled(tmp_path):

@@ -255,6 +255,57 @@ def test_consensus_group_that_cannot_form_is_an_error(env, tmp_path):
     assert "config key `study.llms`" in out and "Fisher consensus expert cannot be formed" in out
 
 
+def shell_commands(env, configfile, *targets) -> list[str]:
+    """The `mltfr train` command lines a dry run would execute for `targets`."""
+    out = snakemake(env, *targets, "-n", "-p", "--configfile", configfile).stdout
+    return [line[line.index("mltfr train"):] for line in out.splitlines() if "mltfr train" in line]
+
+
+def test_paper_config_gives_each_backbone_the_authors_llms_and_group(env):
+    bert4rec, sasrec = shell_commands(
+        env, "config/paper.yaml", "results/runs/beauty/bert4rec/mltfr/faithful/seed1/round1/result.json",
+        "results/runs/beauty/sasrec/mltfr/faithful/seed1/round1/result.json")
+    if "--backbone sasrec" in bert4rec:
+        bert4rec, sasrec = sasrec, bert4rec
+    llms = lambda cmd: re.findall(r"--llm ([\w.-]+)=", cmd)  # noqa: E731
+    assert llms(bert4rec) == ["bert-base", "p5-sports", "p5-beauty", "llama-7b"]
+    assert llms(sasrec) == ["bert-base", "p5-sports", "p5-beauty", "gpt2", "llama-7b", "qwen3-0.6b"]
+    for cmd in (bert4rec, sasrec):   # the group BERT / P5-sports / P5-beauty, by position; not GPT-2
+        assert "--set 'branch.consensus_group=[0,1,2]'" in cmd
+
+
+def test_per_backbone_llms_and_group_in_a_small_config(env, tmp_path):
+    def per_backbone(cfg):
+        cfg["study"]["blocks"]["mltfr"]["llms"] = {"sasrec": ["paraphrase-minilm", "minilm"]}
+        cfg["study"]["blocks"]["mltfr"]["consensus_group"] = {"sasrec": ["minilm", "paraphrase-minilm"]}
+
+    path = write_config(tmp_path, "config/test.yaml", per_backbone)
+    noconsensus, random_round1 = sorted(shell_commands(
+        env, path, "results/runs/pantry-u10/sasrec/mltfr-noconsensus/corrected/seed1/result.json",
+        "results/runs/pantry-u10/sasrec/mltfr-random/corrected/seed1/round1/result.json"))
+    assert "--llm paraphrase-minilm=" in noconsensus and "consensus_group" not in noconsensus
+    assert "--llm random-paraphrase-minilm=" in random_round1
+    assert "--set 'branch.consensus_group=[1,0]'" in random_round1
+
+
+@pytest.mark.parametrize(
+    "edit, named",
+    [
+        (lambda block: block.update(llms={"bert4rec": ["minilm", "paraphrase-minilm"]}),
+         ["study.blocks.mltfr.llms", "no entry for backbone 'sasrec'"]),
+        (lambda block: block.update(consensus_group=["minilm", "random-minilm"]),
+         ["study.blocks.mltfr.consensus_group", "random-minilm", "not in the mltfr LLMs"]),
+    ],
+)
+def test_bad_per_backbone_settings_name_the_key(env, tmp_path, edit, named):
+    path = write_config(tmp_path, "config/test.yaml", lambda cfg: edit(cfg["study"]["blocks"]["mltfr"]))
+    proc = snakemake(env, "-n", "--configfile", path, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Job stats" not in out
+    for text in named:
+        assert text in out, out
+
+
 def test_config_override_of_a_registry_is_refused(env):
     proc = snakemake(env, "-n", "--configfile", "config/test.yaml", "--config", "train={epochs: 9}", check=False)
     out = proc.stdout + proc.stderr

@@ -17,18 +17,19 @@ from mltfr.models.mltfr import (BranchConfig, MltfrBranch, build_branch, default
                                 resolve_consensus_group)
 from mltfr.study.variants import FULL_METHOD, RANDOM_PREFIX, names, parse, random_twins
 
-# Authors' per-backbone settings; GRU4Rec is not in their code and takes SASRec's.
+# Authors' per-backbone settings; GRU4Rec is not in their code and takes SASRec's. Their
+# BERT4Rec/FMLP-Rec GatingNetwork returns a softmax that their MoE softmaxes again.
 BACKBONE_DEFAULTS = {
-    "sasrec": {"lambda_s": 0.01, "K": 1},
-    "sasrec-ce": {"lambda_s": 0.01, "K": 1},
-    "bert4rec": {"lambda_s": 0.2, "K": 1},
-    "fmlprec": {"lambda_s": 0.05, "K": 10},
-    "gru4rec": {"lambda_s": 0.01, "K": 1},
+    "sasrec": {"lambda_s": 0.01, "K": 1, "router_softmax_twice": False},
+    "sasrec-ce": {"lambda_s": 0.01, "K": 1, "router_softmax_twice": False},
+    "bert4rec": {"lambda_s": 0.2, "K": 1, "router_softmax_twice": True},
+    "fmlprec": {"lambda_s": 0.05, "K": 10, "router_softmax_twice": True},
+    "gru4rec": {"lambda_s": 0.01, "K": 1, "router_softmax_twice": False},
 }
 
 
 def backbone_defaults(backbone: str) -> dict:
-    """The branch settings (lambda_s, K) the authors use with `backbone`."""
+    """The branch settings (lambda_s, K, router_softmax_twice) the authors use with `backbone`."""
     if backbone not in BACKBONE_DEFAULTS:
         raise ConfigError(f"backbone {backbone!r} is unknown; use one of {', '.join(BACKBONE_DEFAULTS)}")
     return dict(BACKBONE_DEFAULTS[backbone])
@@ -76,7 +77,7 @@ def needs_round2(variant: str) -> bool:
 
 
 def base_config(protocol: str, backbone: str, d: int, overrides: Mapping | None = None) -> BranchConfig:
-    """Protocol settings + the backbone's lambda_s and K + config overrides (e.g. K, tau, lambda_s)."""
+    """Protocol settings + the backbone's lambda_s, K and router + config overrides (e.g. K, tau, lambda_s)."""
     overrides = {("K" if key == "k" else key): v for key, v in (overrides or {}).items()}  # `branch.k=10`
     valid = {f.name for f in fields(BranchConfig)} - {"d", "names"}
     unknown = sorted(set(overrides) - valid)
