@@ -8,7 +8,7 @@ Corrected protocol (early stopping on valid NDCG@10, test once), SASRec (BCE, as
 full ranking. Variants: base, filter-<each LLM>, mltfr (round 1 -> Fisher merge -> round 2), or
 the subset named by --variants (to split the work between processes sharing --out; --summary
 then tabulates every finished run), run through the same `mltfr` commands the workflow uses.
-Datasets: the embedded Pantry and ../shared/data/amazon-beauty/beauty.txt. Run folders live under --out, so an interrupted
+Datasets: the embedded Pantry and Amazon Beauty (`--data-file`, see benchmarks/beauty.py). Run folders live under --out, so an interrupted
 benchmark resumes where it stopped; finished runs are not retrained.
 """
 from __future__ import annotations
@@ -20,19 +20,19 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+import beauty
 from mltfr.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-BEAUTY = REPO.parent / "shared" / "data" / "amazon-beauty" / "beauty.txt"
 DATASETS = {
     "pantry": {"source": [{"path": str(REPO / "data/amazon-pantry/train.txt.gz")},
                           {"path": str(REPO / "data/amazon-pantry/test.txt.gz")}], "format": "mltfr-pair"},
-    "beauty": {"source": {"path": str(BEAUTY)}, "format": "user-item-pairs"},
 }
 
 
-def write_config(out: Path, llms: list[str]) -> Path:
-    config = {"datasets": DATASETS, "llms": {n: {"source": "package", "package": n} for n in llms}}
+def write_config(out: Path, llms: list[str], beauty_file: Path | None) -> Path:
+    datasets = {**DATASETS, "beauty": beauty.entry(beauty_file)} if beauty_file else DATASETS
+    config = {"datasets": datasets, "llms": {n: {"source": "package", "package": n} for n in llms}}
     path = out / "config.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config))
@@ -72,7 +72,7 @@ def default_variants(llms: list[str]) -> list[str]:
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--datasets", nargs="+", default=["pantry", "beauty"], choices=list(DATASETS))
+    p.add_argument("--datasets", nargs="+", default=["pantry", "beauty"], choices=[*DATASETS, "beauty"])
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     p.add_argument("--llms", nargs="+", default=["minilm", "paraphrase-minilm", "smollm2"],
                    help="packaged LLMs (offline); the first two form the Fisher consensus group")
@@ -83,7 +83,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--summary", action="store_true",
                    help="train nothing: print the table of every finished run under --out")
     p.add_argument("--out", type=Path, default=Path("results/bench/mltfr-quality"))
+    beauty.add_argument(p)
     args = p.parse_args()
+    if "beauty" in args.datasets and not args.summary:
+        beauty.entry(args.data_file)      # a missing file stops here, before any training
     unknown = set(args.variants or []) - set(default_variants(args.llms))
     if unknown:
         p.error(f"unknown variant(s) {', '.join(sorted(unknown))}; choose from {', '.join(default_variants(args.llms))}")
@@ -115,7 +118,7 @@ def main_bench() -> None:
         if not rows:
             raise SystemExit(f"no finished runs under {args.out}/runs; run the benchmark first")
         return print_table(rows)
-    config = write_config(args.out, args.llms)
+    config = write_config(args.out, args.llms, args.data_file if "beauty" in args.datasets else None)
     llms = {n: args.out / "llm" / n for n in args.llms}
     for name, folder in llms.items():
         call("extract-llm", "--config", config, "--llm", name, "--out", folder)

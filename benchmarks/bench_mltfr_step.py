@@ -96,9 +96,9 @@ def build_model(variant: str, shapes: dict, device: str, n_items: int, meta: boo
 
 def add_consensus_expert(model: torch.nn.Module) -> None:
     """A frozen shared expert over the consensus group (round 2's shape; its values do not change
-    the cost), when the variant has one."""
+    the cost), when the variant has one and the branch was built without it."""
     branch = model.branch
-    if branch is not None and branch.cfg.consensus != "none":
+    if branch is not None and branch.cfg.consensus != "none" and branch.shared is None:
         group = resolve_consensus_group(branch.cfg, branch.dims)
         branch.set_shared(branch.experts[group[0]].state_dict(), group)
 

@@ -5,7 +5,7 @@
 
 Corrected protocol (early stopping on valid NDCG@10, test once), full ranking over all items,
 history masked, method.md defaults (d=64, L=50, 2 blocks, dropout 0.2, Adam 1e-3, batch 128).
-References for exactly ../shared/data/amazon-beauty/beauty.txt (antklen/sasrec-bert4rec-recsys23):
+References for exactly the `beauty.txt` of antklen/sasrec-bert4rec-recsys23 (benchmarks/beauty.py):
 SASRec-CE NDCG@10 0.0327 / HR@10 0.0533; SASRec-BCE 0.0126 / 0.0246 (docs/targets.md).
 Run folders live under --out, so an interrupted benchmark resumes where it stopped.
 """
@@ -17,18 +17,12 @@ from pathlib import Path
 
 import torch
 
-from mltfr.data import make_split, prepare_dataset
+import beauty
+from mltfr.data import make_split
 from mltfr.train.config import RunConfig, apply_overrides
 from mltfr.train.run import train_and_evaluate
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "amazon-beauty" / "beauty.txt"
 PUBLISHED = {"sasrec-ce": (0.0327, 0.0533), "sasrec": (0.0126, 0.0246)}  # (NDCG@10, HR@10)
-
-
-def beauty(path: Path):
-    entry = {"source": [{"path": str(path)}], "format": "user-item-pairs", "description": "", "columns": None,
-             "preprocess": {"min_rating": None, "k_core": {"user": 0, "item": 0}}}
-    return prepare_dataset(entry, "beauty")
 
 
 def run_one(prepared, backbone: str, args) -> dict:
@@ -65,14 +59,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="extra RunConfig overrides")
     p.add_argument("--out", type=Path, default=Path("results/bench/sasrec-beauty"), help="run folders")
-    p.add_argument("--data-file", type=Path, default=DEFAULT_DATA, help="Beauty `user item` file")
+    beauty.add_argument(p)
     return p.parse_args()
 
 
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    prepared = beauty(args.data_file)
+    prepared = beauty.prepare(args.data_file)
     print(f"Beauty: {prepared.meta['stats']}")
     print_table({b: run_one(prepared, b, args) for b in args.backbone})
 

@@ -11,7 +11,7 @@ FLOPs counted (multiply-add = 2 FLOPs, backward = 2x forward, so training = 3x f
 "real" counts only real (non-padding) target positions, the way our loss works; "padded"
 counts all L positions with full L x L attention, the way the peers in docs/targets.md count.
 Evaluation: the network over each user's real input positions plus users x items x d scores.
-Data: ../shared/data/amazon-beauty/beauty.txt (`user item` per line), corrected split, L = 50.
+Data: Amazon Beauty (`--data-file`, see benchmarks/beauty.py), corrected split, L = 50.
 """
 from __future__ import annotations
 
@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mltfr.data import make_split, prepare_dataset
+import beauty
+from mltfr.data import make_split
 from mltfr.evaluate import rank
 from mltfr.train import batching
 from mltfr.train.config import RunConfig
 from mltfr.train.run import build_trainer, resolve_device
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "amazon-beauty" / "beauty.txt"
 
 
 def matmul_gflops(device: torch.device, n: int = 2048, reps: int = 10) -> float:
@@ -50,9 +50,7 @@ def sync(device: torch.device) -> None:
 
 
 def load_beauty(path: Path, max_len: int):
-    entry = {"source": [{"path": str(path)}], "format": "user-item-pairs", "description": "", "columns": None,
-             "preprocess": {"min_rating": None, "k_core": {"user": 0, "item": 0}}}
-    return make_split(prepare_dataset(entry, "beauty"), "corrected", max_len)
+    return make_split(beauty.prepare(path), "corrected", max_len)
 
 
 def network_macs(lengths: np.ndarray, d: int, n_blocks: int, padded_to: int | None = None) -> float:
@@ -144,7 +142,7 @@ def parse_args() -> argparse.Namespace:
                    help="time only this many training steps and extrapolate to the epoch (0 = whole epoch)")
     p.add_argument("--eval-batch-size", type=int, default=1024, help="users per evaluation block")
     p.add_argument("--item-block", type=int, default=2048, help="items per score tile")
-    p.add_argument("--data-file", type=Path, default=DEFAULT_DATA, help="Beauty `user item` file")
+    beauty.add_argument(p)
     return p.parse_args()
 
 

@@ -5,7 +5,7 @@
 #                                 STATE), start munged (own socket), slurmctld, slurmd
 #   slurm-local.sh stop STATE     stop exactly the daemons started by `start STATE`, and wait
 # A fake GPU GRES (File=/dev/null) lets `--gpus=1` requests schedule on a CPU-only node.
-# Facts and pitfalls: ../shared/docs/slurm-local.md (sacct fails: status via squeue).
+# Pitfall: without a Slurm database sacct fails, so job status is read with squeue.
 set -euo pipefail
 cmd=${1:?usage: slurm-local.sh install|start STATE|stop STATE}
 MUNGE_DIR=/run/munge

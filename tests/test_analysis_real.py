@@ -48,10 +48,10 @@ def write(root, variant, seed, ranks):
 
 
 @pytest.fixture(scope="module")
-def pantry_runs(shared_data, tmp_path_factory):
+def pantry_runs(real_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("pantry")
-    train = read_sequences(shared_data / "amazon-pantry" / "train.txt")
-    test = read_sequences(shared_data / "amazon-pantry" / "test.txt")
+    train = read_sequences(real_data / "amazon-pantry" / "train.txt")
+    test = read_sequences(real_data / "amazon-pantry" / "test.txt")
     pop, n_items = popularity_ranks(train, test)
     for seed in (1, 2):
         random = np.random.default_rng(seed).integers(1, n_items + 1, len(pop))

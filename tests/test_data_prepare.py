@@ -98,14 +98,6 @@ def test_stats_row_by_hand():
                    "density": 4 / 6, "mean_len": 2.0, "median_len": 2.0}
 
 
-def test_beauty_counts(in_repo, shared_data):
-    entry = validate_entry({"source": {"path": str(shared_data / "amazon-beauty" / "beauty.txt")},
-                            "format": "user-item-pairs"})
-    p = prepare_dataset(entry, "beauty")
-    assert (p.n_users, p.n_items, len(p.items)) == (40226, 54542, 353962)
-    assert p.item_raw[1:].astype(int).tolist() == list(range(1, 54543))   # ids already dense
-
-
 def test_missing_package_gives_pip_command():
     with pytest.raises(DataError, match=r"'no-such-dist-xyz' is not installed; install it with "
                                         r"`pip install --no-deps no-such-dist-xyz==1\.2`"):

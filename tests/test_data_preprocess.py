@@ -41,12 +41,12 @@ def test_k_core_off_keeps_everything():
     assert keep.all() and passes == 0
 
 
-def test_k_core_fixed_point_on_ml100k(shared_data):
-    df = parse_file(shared_data / "ml-100k" / "ml-100k.inter", "recbole-inter")
-    assert len(df) == 100_000
+def test_k_core_fixed_point_on_ml1m(ml1m_file):
+    df = parse_file(ml1m_file, "recbole-inter")
+    assert len(df) == 1_000_209
     users, _ = pd.factorize(df["user"])
     items, _ = pd.factorize(df["item"])
-    keep, passes = k_core_mask(users, items, 30, 30)
+    keep, passes = k_core_mask(users, items, 200, 200)
     assert passes >= 3                                    # the filter cascades
     assert 0 < keep.sum() < len(df)
     _assert_fixed_point(users, items, keep, 30, 30)

@@ -12,7 +12,7 @@ from mltfr.cli import main
 from mltfr.errors import ConfigError, DataError
 from mltfr.llm import entry_from_registry, extract, load_llm_entry, load_table
 from mltfr.llm import builder
-from mltfr.llm.random_table import gaussian_table
+from mltfr.llm.random_table import draw_seed, gaussian_table
 
 REGISTRY = {"tiny": {"source": "random", "shape": [50, 8], "seed": 3, "mean": 0.5, "std": 2.0},
             "smollm2": {"source": "package", "package": "smollm2"}}
@@ -28,10 +28,35 @@ def test_random_table_from_seed_has_the_asked_mean_and_std(tmp_path):
     assert weight.shape == (50, 8)
     assert weight.double().mean().item() == pytest.approx(0.5, abs=1e-6)
     assert weight.double().std().item() == pytest.approx(2.0, rel=1e-6)
-    assert torch.equal(weight, gaussian_table((50, 8), 0.5, 2.0, seed=3))
+    assert torch.equal(weight, gaussian_table((50, 8), 0.5, 2.0, seed=draw_seed("tiny", 3)))
     assert extract(tiny(), tmp_path / "b")["sha256"] == meta["sha256"]
     assert extract(tiny(seed=4), tmp_path / "c")["sha256"] != meta["sha256"]
     assert meta["tokenizer"] is None and not (tmp_path / "a" / "tokenizer").exists()
+
+
+def correlation(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Pearson correlation of two tables' entries (= mean product of the standardised tables)."""
+    return torch.corrcoef(torch.stack([x.double().flatten(), y.double().flatten()]))[0, 1].item()
+
+
+def test_two_random_entries_of_one_seed_are_independent_draws(tmp_path):
+    # two source tables of the same shape but other mean/std, and a random control of each,
+    # both with seed 0: each control must be its own draw, not one draw rescaled twice
+    registry = {"a": {"source": "random", "shape": [400, 16], "seed": 5, "mean": 0.0, "std": 1.0},
+                "b": {"source": "random", "shape": [400, 16], "seed": 6, "mean": 2.0, "std": 3.0},
+                "random-a": {"source": "random", "like": "a", "seed": 0},
+                "random-b": {"source": "random", "like": "b", "seed": 0}}
+    tables = {}
+    for name in ("random-a", "random-b"):
+        meta = extract(entry_from_registry(registry, name), tmp_path / name)
+        tables[name] = load_table(tmp_path / name)[0]
+        assert meta["source_identity"]["draw_seed"] == draw_seed(name, 0)
+    assert tables["random-a"].std().item() == pytest.approx(1.0, rel=1e-4)
+    assert tables["random-b"].std().item() == pytest.approx(3.0, rel=1e-4)
+    assert abs(correlation(tables["random-a"], tables["random-b"])) < 0.05   # independent: sd 1/80
+    # a draw from the bare seed would make them rescaled copies of each other (correlation 1)
+    same = [gaussian_table((400, 16), m, s, seed=0) for m, s in ((0.0, 1.0), (2.0, 3.0))]
+    assert correlation(*same) == pytest.approx(1.0, abs=1e-6)
 
 
 def test_cache_hit_does_not_re_extract(tmp_path, monkeypatch):
@@ -71,7 +96,7 @@ def test_corrupted_cache_is_detected_and_rebuilt(tmp_path, caplog, damage):
 def test_fp16_storage_loads_as_float32(tmp_path):
     extract(tiny(), tmp_path / "h", dtype="fp16")
     weight, meta = load_table(tmp_path / "h")
-    reference = gaussian_table((50, 8), 0.5, 2.0, seed=3)
+    reference = gaussian_table((50, 8), 0.5, 2.0, seed=draw_seed("tiny", 3))
     assert meta["dtype"] == "fp16" and weight.dtype == torch.float32
     assert torch.equal(weight, reference.half().float())
     assert (tmp_path / "h" / "table.safetensors").stat().st_size < 50 * 8 * 4

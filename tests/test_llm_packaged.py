@@ -11,6 +11,7 @@ import torch
 
 from mltfr.llm import entry_from_registry, extract, load_table, token_strings
 from mltfr.llm.packaged import PACKAGES
+from mltfr.llm.random_table import draw_seed
 
 REGISTRY = {
     "minilm": {"source": "package", "package": "minilm"},
@@ -103,7 +104,8 @@ def test_random_like_minilm_matches_mean_std_and_is_reproducible(llm_dir, tmp_pa
     assert weight.shape == minilm.shape
     assert weight.double().mean().item() == pytest.approx(minilm.double().mean().item(), abs=1e-6)
     assert weight.double().std().item() == pytest.approx(minilm.double().std().item(), rel=1e-5)
-    assert meta["source_identity"] == {"like_sha256": minilm_meta["sha256"]}
+    assert meta["source_identity"] == {"like_sha256": minilm_meta["sha256"],
+                                       "draw_seed": draw_seed("random-minilm", 7)}
     assert token_strings(llm_dir / "random-minilm", [3185]) == ["movie"]   # tokenizer copied
     # the same seed elsewhere gives the same bytes; another seed does not
     again = extract(entry_from_registry(REGISTRY, "random-minilm"), llm_dir / "random-again")

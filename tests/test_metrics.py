@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mltfr.errors import MltfrError
-from mltfr.evaluate import metric_names, metrics_from_ranks, per_user_metrics
+from mltfr.evaluate import majority_metrics, metric_names, metrics_from_ranks, per_user_metrics, wins_majority
 
 
 def test_hand_computed_ranks_1_2_11():
@@ -36,3 +36,25 @@ def test_per_user_values_for_paired_tests():
 def test_bad_ranks_refused(bad):
     with pytest.raises(MltfrError, match="ranks"):
         metrics_from_ranks(bad)
+
+
+def test_majority_metrics_precision_is_hit_over_20_recall_is_hit():
+    m = majority_metrics(np.array([1, 3, 20, 21]))
+    assert m["hr@20"] == pytest.approx(0.75) and m["recall@20"] == pytest.approx(0.75)
+    assert m["precision@20"] == pytest.approx(0.75 / 20)
+    assert m["ndcg@20"] == pytest.approx((1 + 0.5 + 1 / math.log2(21)) / 4)
+
+
+def scores(hr, ndcg):
+    return {"hr@20": hr, "precision@20": hr / 20, "recall@20": hr, "ndcg@20": ndcg}
+
+
+def test_an_epoch_replaces_the_best_when_not_worse_on_3_of_4():
+    best = scores(0.30, 0.10)
+    assert wins_majority(scores(0.31, 0.09), best)        # better on 3 (hr, precision, recall)
+    assert wins_majority(scores(0.30, 0.09), best)        # ties on 3 count for the new epoch
+    assert not wins_majority(scores(0.29, 0.50), best)    # better on NDCG only
+    assert not wins_majority(scores(0.29, 0.10), best)    # NDCG tied, the rest worse: 1 of 4
+    # 2 of 4 better, 2 worse: a tie, the best is kept (metrics decoupled by hand)
+    assert not wins_majority({"hr@20": 0.31, "precision@20": 0.2, "recall@20": 0.29, "ndcg@20": 0.09},
+                             {"hr@20": 0.30, "precision@20": 0.1, "recall@20": 0.30, "ndcg@20": 0.10})

@@ -382,6 +382,18 @@ def test_softmax_router_weights_sum_to_one():
     assert gates.shape == (3, 5, 3) and torch.allclose(gates.sum(-1), torch.ones(3, 5))
 
 
+def test_router_softmax_twice_is_softmax_of_the_softmax():
+    branch = build_branch(base_cfg(names=LLMS), tables_for(LLMS))
+    twice = build_branch(base_cfg(names=LLMS, router_softmax_twice=True), tables_for(LLMS))
+    twice.load_state_dict(branch.state_dict())
+    h0 = torch.randn(3, 5, D_MODEL) * 10
+    once = branch.gates(h0)
+    assert torch.allclose(twice.gates(h0), torch.softmax(once, -1))
+    # flatter: the largest weight shrinks towards 1/M, never past e-fold apart
+    assert (twice.gates(h0).amax(-1) < once.amax(-1)).all()
+    assert (twice.gates(h0).amax(-1) / twice.gates(h0).amin(-1) <= math.e + 1e-5).all()
+
+
 def test_branch_output_is_zero_at_padding():
     branch = build_branch(base_cfg(names=["a"]), tables_for(["a"]))
     seqs = random_seqs(5)
@@ -404,7 +416,9 @@ def test_variants_map_to_their_settings():
     assert {v: needs_round2(v) for v in variant_names(LLMS) if needs_round2(v)} == {
         v: True for v in ["mltfr", "mltfr-nofilter", "mltfr-norouter", "mltfr-meanconsensus",
                           "mltfr-frozen", "mltfr-random"]}
-    assert backbone_defaults("fmlprec") == {"lambda_s": 0.05, "K": 10}
+    assert backbone_defaults("fmlprec") == {"lambda_s": 0.05, "K": 10, "router_softmax_twice": True}
+    assert backbone_defaults("bert4rec")["router_softmax_twice"] is True
+    assert backbone_defaults("sasrec")["router_softmax_twice"] is False
 
 
 def test_unknown_variant_lists_the_valid_names():

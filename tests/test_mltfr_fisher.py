@@ -1,4 +1,6 @@
 """Fisher consensus: the diagonal Fisher, the merge, the file between rounds, the frozen round 2."""
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -99,7 +101,7 @@ def test_the_consensus_expert_adds_lambda_s_times_its_output():
     torch.manual_seed(0)
     state = build_branch(cfg, tables_for(names)).experts[0].state_dict()
     with_shared = build_branch(cfg, tables_for(names), shared_state=state).eval()
-    without = build_branch(cfg, tables_for(names)).eval()
+    without = build_branch(replace(cfg, consensus="none"), tables_for(names)).eval()
     without.load_state_dict({k: v for k, v in with_shared.state_dict().items() if not k.startswith("shared.")})
     h0, seqs = torch.randn(4, 8, D_MODEL), random_seqs(4)
     tokens, _ = with_shared.token_sets(h0, seqs)
@@ -132,3 +134,74 @@ def test_merge_round1_mean_consensus_is_the_plain_mean_of_the_group():
     cfg, names = variant_config("mltfr-noconsensus", LLMS, BranchConfig(d=D_MODEL))
     with pytest.raises(ConfigError, match="nothing to merge"):
         merge_round1(tiny_model(cfg, tables_for(names)), [])
+
+
+def test_round1_carries_a_frozen_random_copy_of_the_first_group_expert():
+    cfg, names = variant_config("mltfr", LLMS, BranchConfig(d=D_MODEL, consensus_group=[1, 0]), dims=DIMS)
+    model = tiny_model(cfg, tables_for(names))
+    branch = model.branch
+    init = {k: v.clone() for k, v in branch.experts[1].state_dict().items()}   # group[0] = LLM b
+    assert branch.group == [1, 0] and branch.shared.state_dict().keys() == init.keys()
+    assert all(torch.equal(branch.shared.state_dict()[k], init[k]) for k in init)
+    assert not any(p.requires_grad for p in branch.shared.parameters())
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for step in range(2):
+        opt.zero_grad()
+        model.loss(windows(8, step), torch.Generator().manual_seed(step)).backward()
+        opt.step()
+    assert not torch.equal(branch.experts[1].value.weight, init["value.weight"])   # the expert trained
+    assert all(torch.equal(branch.shared.state_dict()[k], init[k]) for k in init)  # its copy did not
+    # its keys/values: the mean of the group's filtered tokens, added with lambda_s
+    without = build_branch(replace(cfg, consensus="none"), tables_for(names)).eval()
+    without.load_state_dict({k: v for k, v in branch.state_dict().items() if not k.startswith("shared.")})
+    branch.eval()
+    h0, seqs = torch.randn(4, 8, D_MODEL), random_seqs(4)
+    tokens, _ = branch.token_sets(h0, seqs)
+    consensus = cfg.lambda_s * branch.shared(h0, (tokens[0] + tokens[1]) / 2) * (seqs > 0)[..., None]
+    assert consensus.abs().max() > 0
+    assert torch.allclose(branch(h0, seqs), without(h0, seqs) + consensus, atol=1e-6)
+
+
+def test_variants_without_consensus_have_no_consensus_expert():
+    for variant in ("mltfr-noconsensus", "filter-a", "direct-b"):
+        cfg, names = variant_config(variant, LLMS, BranchConfig(d=D_MODEL), dims=DIMS)
+        assert build_branch(cfg, tables_for(names)).shared is None
+
+
+def test_consensus_expert_stays_in_eval_mode_while_the_model_trains():
+    cfg, names = variant_config("mltfr", LLMS, BranchConfig(d=D_MODEL, attn_dropout=0.5, out_dropout=0.5),
+                                dims=DIMS)
+    model = tiny_model(cfg, tables_for(names))
+    model.train()
+    shared = model.branch.shared
+    assert model.branch.training and model.branch.experts[0].training and not shared.training
+    h0, tokens = torch.randn(4, 8, D_MODEL), torch.randn(4, 2, 12)
+    out = shared(h0, tokens)
+    assert torch.equal(out, shared(h0, tokens))                          # no dropout draws
+    assert not torch.equal(model.branch.experts[0](h0, tokens), model.branch.experts[0](h0, tokens))
+    merged = {k: v + 1 for k, v in shared.state_dict().items()}
+    round2 = tiny_model(None, seed=1)
+    attach(round2, build_branch(cfg, tables_for(names), shared_state=merged))
+    round2.train()
+    assert not round2.branch.shared.training
+
+
+def faithful_round1_model():
+    base = BranchConfig.for_protocol("faithful", d=D_MODEL)    # Gumbel noise also in eval mode
+    cfg, names = variant_config("mltfr", LLMS, base, dims=DIMS)
+    return tiny_model(cfg, tables_for(names))
+
+
+def test_fisher_pass_is_fixed_by_its_seed():
+    model = faithful_round1_model()
+    batches = [windows(8, s) for s in range(3)]
+    torch.manual_seed(123)
+    outside = torch.rand(3)
+    torch.manual_seed(123)
+    first = fisher_diagonal(model, batches, seed=5)
+    assert torch.equal(torch.rand(3), outside)        # the caller's RNG stream is left as it was
+    torch.manual_seed(999)                            # another global state: the same Fisher
+    again = fisher_diagonal(model, batches, seed=5)
+    other = fisher_diagonal(model, batches, seed=6)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in first)

@@ -25,9 +25,9 @@ def minilm_table() -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def pantry_windows(shared_data):
+def pantry_windows(real_data):
     """(64, MAX_LEN+1) left-padded windows of the first 64 Pantry users, and the item count."""
-    lines = (shared_data / "amazon-pantry" / "train.txt").read_text().splitlines()[:64]
+    lines = (real_data / "amazon-pantry" / "train.txt").read_text().splitlines()[:64]
     ids: dict[str, int] = {}
     rows = [[ids.setdefault(a, len(ids) + 1) for a in line.split("\t")[2:]][-(MAX_LEN + 1):] for line in lines]
     windows = torch.zeros(len(rows), MAX_LEN + 1, dtype=torch.long)

@@ -9,11 +9,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from mltfr.errors import ConfigError
-from mltfr.models import BACKBONES, BackboneConfig, build_backbone
+from mltfr.models import BACKBONES, UNTRAINED_BACKBONES, BackboneConfig, build_backbone
 from mltfr.models.base import bce_loss, full_ce_loss, sample_negatives
 
 torch.set_num_threads(1)
-NAMES = list(BACKBONES)
+NAMES = [name for name in BACKBONES if name not in UNTRAINED_BACKBONES]  # pop: tests/test_train.py
 TINY = dict(d=16, max_len=10, n_blocks=2)
 
 
@@ -48,7 +48,8 @@ class ConstantBranch(nn.Module):
 
 def test_config_defaults_and_errors():
     cfg = BackboneConfig()
-    assert (cfg.d, cfg.max_len, cfg.n_blocks, cfg.dropout, cfg.mask_prob) == (64, 50, 2, 0.2, 0.2)
+    assert (cfg.d, cfg.max_len, cfg.dropout, cfg.mask_prob) == (64, 50, 0.2, 0.5)
+    assert cfg.n_blocks is None and cfg.n_heads is None   # each backbone's own default
     with pytest.raises(ConfigError, match="unknown key 'hidden'"):
         BackboneConfig.from_dict({"hidden": 3})
     with pytest.raises(ConfigError, match="'d' must be an integer"):
@@ -59,10 +60,24 @@ def test_config_defaults_and_errors():
         build_backbone("sasrex", 10, BackboneConfig())
 
 
-def test_default_heads_per_backbone():
-    assert build_backbone("sasrec", 100, BackboneConfig()).blocks[0].n_heads == 1
-    assert build_backbone("bert4rec", 100, BackboneConfig()).blocks[0].n_heads == 2
+# The MLTFR authors' confs: SASRec 2 blocks 8 heads, BERT4Rec 2 blocks 1 head, FMLP-Rec 1 block.
+@pytest.mark.parametrize("name, blocks, heads", [("sasrec", 2, 8), ("sasrec-ce", 2, 8), ("bert4rec", 2, 1),
+                                                ("fmlprec", 1, None), ("gru4rec", 2, None)])
+def test_default_blocks_and_heads_per_backbone(name, blocks, heads):
+    model = build_backbone(name, 100, BackboneConfig())
+    assert (model.cfg.n_blocks, model.cfg.n_heads) == (blocks, heads)
+    if heads is not None:
+        assert len(model.blocks) == blocks and model.blocks[0].n_heads == heads
+
+
+def test_explicit_blocks_and_heads_win_over_the_backbone_defaults():
     assert build_backbone("bert4rec", 100, {"n_heads": 4}).blocks[0].n_heads == 4
+    model = build_backbone("sasrec", 100, {"n_heads": 2, "n_blocks": 3})
+    assert (len(model.blocks), model.blocks[0].n_heads) == (3, 2)
+    assert len(build_backbone("fmlprec", 100, {"n_blocks": 2}).blocks) == 2
+    with pytest.raises(ConfigError, match="default n_heads=8 does not divide d=12; set model.n_heads"):
+        build_backbone("sasrec", 100, {"d": 12})
+    assert build_backbone("sasrec", 100, {"d": 12, "n_heads": 3}).blocks[0].n_heads == 3
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -255,11 +270,11 @@ def test_inject_adds_branch_after_first_block(name):
 # ---------------------------------------------------------------- real data
 
 
-def _pantry_batch(shared_data, n_users: int = 64, width: int = 51) -> tuple[torch.Tensor, int]:
+def _pantry_batch(real_data, n_users: int = 64, width: int = 51) -> tuple[torch.Tensor, int]:
     """Left-padded windows of the last `width` items of the first users of pantry's train.txt."""
     ids: dict[str, int] = {}
     rows = []
-    with open(shared_data / "amazon-pantry" / "train.txt") as fh:
+    with open(real_data / "amazon-pantry" / "train.txt") as fh:
         for line, _ in zip(fh, range(n_users)):
             uid, colon, *items = line.rstrip("\n").split("\t")
             assert colon == ":" and items, f"unexpected line: {line[:80]!r}"
@@ -269,8 +284,8 @@ def _pantry_batch(shared_data, n_users: int = 64, width: int = 51) -> tuple[torc
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_real_data_step(shared_data, name):
-    seqs, n_items = _pantry_batch(shared_data)
+def test_real_data_step(real_data, name):
+    seqs, n_items = _pantry_batch(real_data)
     assert seqs.shape == (64, 51) and n_items > 100
     torch.manual_seed(0)
     model = build_backbone(name, n_items, BackboneConfig())

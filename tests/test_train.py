@@ -1,4 +1,5 @@
 """Trainer: config checks, windows, seeding, resume == uninterrupted, NaN, SIGTERM, results."""
+import csv
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import torch
 from mltfr.data import make_split
 from mltfr.data.prepared import Prepared
 from mltfr.errors import ConfigError, DataError, MltfrError
+from mltfr.evaluate import wins_majority
 from mltfr.train.batching import train_windows
 from mltfr.train.config import RunConfig, apply_overrides, load_train_section
 from mltfr.train.loop import Preempted, Trainer
@@ -54,7 +56,7 @@ def loss_columns(path):
 def test_config_unknown_key_and_wrong_type():
     with pytest.raises(ConfigError, match="unknown key 'learning_rate'"):
         RunConfig.from_dict({"learning_rate": 0.1})
-    with pytest.raises(ConfigError, match=r"train\.epochs: expected int, got '3'"):
+    with pytest.raises(ConfigError, match=r"train\.epochs: expected int or null, got '3'"):
         RunConfig.from_dict({"epochs": "3"})
     with pytest.raises(ConfigError, match="protocol='both' is invalid"):
         RunConfig.from_dict({"protocol": "both"})
@@ -70,10 +72,19 @@ def test_overrides_parse_values_and_nested_keys():
         apply_overrides(RunConfig(), ["epochs"])
 
 
-def test_protocol_defaults_for_history_mask_and_selection():
+FAITHFUL_SELECTION = "best-epoch-on-test-not-worse-on-3-of-hr@20/precision@20/recall@20/ndcg@20 (faithful)"
+
+
+def test_protocol_defaults_for_history_mask_selection_and_budget():
     faithful, corrected = RunConfig(protocol="faithful"), RunConfig(protocol="corrected")
     assert (faithful.masks_history, corrected.masks_history) == (False, True)
-    assert faithful.selection == "best-epoch-on-test (faithful)"
+    assert faithful.selection == FAITHFUL_SELECTION
+    assert corrected.selection == "early-stopping-on-valid-ndcg@10 (corrected)"
+    assert (faithful.epochs, faithful.max_epochs, corrected.max_epochs) == (None, 100, 200)
+    assert RunConfig(protocol="faithful", epochs=7).max_epochs == 7      # an explicit budget wins
+    assert apply_overrides(corrected, ["protocol=faithful"]).max_epochs == 100   # resolved late
+    with pytest.raises(ConfigError, match="train.epochs=0 is invalid"):
+        RunConfig(epochs=0)
 
 
 def test_train_section_of_study_config(tmp_path):
@@ -107,8 +118,14 @@ def test_result_fields_and_ranks(tmp_path):
     res = run(tmp_path, "r", tiny_cfg(protocol="faithful", epochs=2))
     saved = json.loads((tmp_path / "r" / "result.json").read_text())
     assert saved["metrics"] == res["metrics"] and set(saved["metrics"]) == {"test"}
-    assert saved["selection"] == "best-epoch-on-test (faithful)" and saved["eval_protocol"] == "full-ranking"
+    assert saved["selection"] == FAITHFUL_SELECTION and saved["eval_protocol"] == "full-ranking"
     assert saved["mask_history"] is False and saved["best_epoch"] in (1, 2)
+    best = saved["best_selection_score"]
+    assert set(best) == {"test_hr@20", "test_precision@20", "test_recall@20", "test_ndcg@20"}
+    assert best["test_hr@20"] == best["test_recall@20"] == pytest.approx(20 * best["test_precision@20"])
+    assert (saved["model"]["n_blocks"], saved["model"]["n_heads"], saved["model"]["d"]) == (2, 8, 8)
+    assert saved["config"]["model"]["n_heads"] is None       # config keeps the overrides as given
+    assert saved["epoch_budget"] == 2 and saved["epochs_run"] == 2
     for key in ("config", "seed", "protocol", "code_version", "dataset", "timings", "peak_memory_mb",
                 "n_parameters"):
         assert key in saved
@@ -116,10 +133,38 @@ def test_result_fields_and_ranks(tmp_path):
     with np.load(tmp_path / "r" / "ranks.npz") as z:
         ranks = z["test_ranks"]
         assert set(z.files) == {"test_users", "test_ranks", "eval_protocol", "selection"}
-        assert str(z["selection"]) == "best-epoch-on-test (faithful)" and ranks.min() >= 1 and ranks.max() <= 40
+        assert str(z["selection"]) == FAITHFUL_SELECTION and ranks.min() >= 1 and ranks.max() <= 40
     assert (ranks <= 10).mean() == pytest.approx(res["metrics"]["test"]["hr@10"])
     log = (tmp_path / "r" / "epochs.csv").read_text().splitlines()
-    assert log[0].endswith(",selected") and log[saved["best_epoch"]].endswith(",best-epoch-on-test (faithful)")
+    assert log[0].endswith(",selected") and log[saved["best_epoch"]].endswith(f",{FAITHFUL_SELECTION}")
+
+
+def test_faithful_best_epoch_follows_the_majority_rule(tmp_path):
+    res = run(tmp_path, "m", tiny_cfg(protocol="faithful", epochs=6))
+    with open(tmp_path / "m" / "epochs.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    best, best_epoch = {}, 0
+    for row in rows:   # the authors' rule replayed on the logged test metrics
+        hr, ndcg = float(row["test_hr@20"]), float(row["test_ndcg@20"])
+        scores = {"hr@20": hr, "precision@20": hr / 20, "recall@20": hr, "ndcg@20": ndcg}
+        if not best or wins_majority(scores, best):
+            best, best_epoch = scores, int(row["epoch"])
+    assert res["best_epoch"] == best_epoch and res["epochs_run"] == 6
+
+
+@pytest.mark.parametrize("protocol", ["faithful", "corrected"])
+def test_which_evaluation_replaces_the_best(tmp_path, protocol):
+    split = make_split(toy_prepared(), protocol, 8)
+    trainer = build_trainer(split, tiny_cfg(protocol=protocol), tmp_path / "t")
+    assert trainer.improves({"anything": 0.0})                        # the first evaluation
+    if protocol == "faithful":
+        trainer.state.best_scores = {"hr@20": 0.3, "precision@20": 0.015, "recall@20": 0.3, "ndcg@20": 0.2}
+        # same hits, worse NDCG: not worse on 3 of 4, so it replaces the best (the authors' rule)
+        assert trainer.improves({"hr@20": 0.3, "precision@20": 0.015, "recall@20": 0.3, "ndcg@20": 0.1})
+        assert not trainer.improves({"hr@20": 0.29, "precision@20": 0.0145, "recall@20": 0.29, "ndcg@20": 0.9})
+    else:
+        trainer.state.best_scores = {"ndcg@10": 0.2}
+        assert not trainer.improves({"ndcg@10": 0.2}) and trainer.improves({"ndcg@10": 0.21})
 
 
 def test_sampled_protocol_is_labelled(tmp_path):
@@ -205,3 +250,90 @@ def test_allocator_keeps_freed_blocks_on_glibc():
     if not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"):
         pytest.skip("glibc only")
     assert keep_freed_memory() is True and keep_freed_memory() is True
+
+
+# ------------------------------------------------------------------ popularity (no trainable parameters)
+def skewed_prepared(n_users=60, n_items=25, seed=3) -> Prepared:
+    """Items drawn with probability ~ 1/id: skewed counts with many exact ties in the tail."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(2, 12, n_users)
+    p = 1.0 / np.arange(1, n_items + 1)
+    items = rng.choice(np.arange(1, n_items + 1), size=lengths.sum(), p=p / p.sum())
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return Prepared(offsets=offsets, items=items.astype(np.int64), n_items=n_items,
+                    meta={"dataset": "skewed", "prepared_sha256": "0" * 64})
+
+
+def popularity_reference(prepared: Prepared, protocol: str) -> list[int]:
+    """Test rank of each user's last item, item by item: 1 + #(other candidates counted >= it)."""
+    held = 1 if protocol == "faithful" else 2
+    seqs = [prepared.items[a:b].tolist() for a, b in zip(prepared.offsets[:-1], prepared.offsets[1:])]
+    counts = [0] * (prepared.n_items + 1)
+    for seq in seqs:
+        for item in seq[:len(seq) - held]:
+            counts[item] += 1
+    ranks = []
+    for seq in seqs:
+        target, excluded = seq[-1], set(seq[:-1]) if protocol == "corrected" else set()
+        others = [j for j in range(1, prepared.n_items + 1) if j != target and j not in excluded]
+        ranks.append(1 + sum(counts[j] >= counts[target] for j in others))
+    return ranks
+
+
+@pytest.mark.parametrize("protocol", ["faithful", "corrected"])
+def test_popularity_is_counted_once_and_ranked_by_the_protocol(tmp_path, protocol):
+    prepared = skewed_prepared()
+    cfg = tiny_cfg(backbone="pop", protocol=protocol)
+    split = make_split(prepared, protocol, cfg.model.max_len)
+    trainer = build_trainer(split, cfg, tmp_path / "p")
+    assert trainer.optimizer is None and trainer.model.counts[0] == 0
+    assert trainer.model.counts.sum() == len(split.train_items)
+    res = train_and_evaluate(split, cfg, tmp_path / "p", prepared.meta)
+    with np.load(tmp_path / "p" / "ranks.npz") as z:
+        assert z["test_ranks"].tolist() == popularity_reference(prepared, protocol)
+        assert str(z["selection"]) == f"no-training-counts-evaluated-once ({protocol})"
+    assert (res["best_epoch"], res["epochs_run"], res["early_stopped"], res["n_parameters"]) == (0, 0, False, 0)
+    assert res["selection"] == f"no-training-counts-evaluated-once ({protocol})"
+    assert res["mask_history"] is (protocol == "corrected")
+    assert set(res["metrics"]) == ({"test"} if protocol == "faithful" else {"valid", "test"})
+    which = "test" if protocol == "faithful" else "valid"
+    log = (tmp_path / "p" / "epochs.csv").read_text().splitlines()
+    assert len(log) == 2 and log[1].startswith("0,,0.0,") and log[1].endswith(f",{res['selection']}")
+    assert log[0].split(",")[3] == f"{which}_hr@5"
+    # a rerun resumes the finished checkpoint: the same result
+    assert train_and_evaluate(split, cfg, tmp_path / "p", prepared.meta)["metrics"] == res["metrics"]
+
+
+def test_popularity_ties_rank_pessimistically():
+    from mltfr.evaluate import rank
+    from mltfr.models import build_backbone
+
+    model = build_backbone("pop", 5)
+    model.count(torch.tensor([1, 1, 2, 2, 3, 0]))          # counts 2, 2, 1, 0, 0 (0 = padding)
+    evalset = make_split(Prepared(offsets=np.array([0, 2, 4, 6]), items=np.array([3, 1, 3, 2, 3, 4]),
+                                  n_items=5, meta={}), "faithful", 4).test
+    # targets 1 (tied with 2), 2 (tied with 1), 4 (tied with 5, below 1, 2 and 3)
+    assert rank(model, evalset, mask_history=False, device="cpu").tolist() == [2, 2, 5]
+
+
+@pytest.mark.parametrize("variant, extra", [("filter-minilm", {}), ("base", {"consensus_file": "c.safetensors"})])
+def test_llm_branch_on_popularity_is_a_config_error(variant, extra):
+    with pytest.raises(ConfigError, match=r"backbone 'pop' is a popularity ranking .* run it with --variant base"):
+        tiny_cfg(backbone="pop", variant=variant, **extra)
+
+
+def test_popularity_run_is_a_baseline_row_of_the_main_table(tmp_path):
+    from mltfr.analysis.collect import collect_runs
+    from mltfr.analysis.tables import main_table
+
+    prepared = skewed_prepared()
+    for backbone in ("pop", "sasrec"):
+        cfg = tiny_cfg(backbone=backbone, protocol="faithful", epochs=1, seed=1)
+        split = make_split(prepared, "faithful", cfg.model.max_len)
+        train_and_evaluate(split, cfg, tmp_path / "skewed" / backbone / "base" / "faithful" / "seed1", prepared.meta)
+    runs = collect_runs(tmp_path)
+    pop = runs.query("backbone == 'pop'").iloc[0]
+    assert (pop["block"], pop["best_epoch"], pop["n_params"]) == ("base", 0, 0)
+    table = main_table(runs).tidy.query("metric == 'ndcg@10'").set_index(["backbone", "variant"])
+    assert table.loc[("pop", "base"), "mean"] == pytest.approx(pop["test_ndcg@10"])
+    assert list(table.index) == [("pop", "base"), ("sasrec", "base")]

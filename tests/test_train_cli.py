@@ -46,10 +46,10 @@ def test_bad_settings_are_one_line_errors(tmp_path, capsys, pantry, extra, messa
 
 
 @pytest.fixture(scope="module")
-def pantry(shared_data, tmp_path_factory):
+def pantry(real_data, tmp_path_factory):
     """The MLTFR authors' Pantry files, prepared through `mltfr prepare`."""
     root = tmp_path_factory.mktemp("pantry")
-    folder = shared_data / "amazon-pantry"
+    folder = real_data / "amazon-pantry"
     config = {"datasets": {"pantry": {"source": [{"path": str(folder / "train.txt")},
                                                  {"path": str(folder / "test.txt")}],
                                       "format": "mltfr-pair"}},
@@ -86,3 +86,45 @@ def test_sasrec_one_epoch_on_pantry_via_cli(pantry, tmp_path, capsys):
     sampled = json.loads((out / "eval-sampled-100.json").read_text())
     assert sampled["eval_protocol"] == "sampled-100"
     assert sampled["metrics"]["test"]["hr@10"] > test["hr@10"]          # 101 candidates are easier
+
+
+def popularity_test_ranks(data, protocol):
+    """Each user's last item ranked by its count in the protocol's training split, with numpy
+    (pessimistic ties; corrected also drops the user's other history items from the candidates)."""
+    from mltfr.data import load_prepared
+
+    p = load_prepared(data)
+    lengths, held = np.diff(p.offsets), 1 if protocol == "faithful" else 2
+    in_train = np.arange(len(p.items)) - np.repeat(p.offsets[:-1], lengths) < np.repeat(lengths - held, lengths)
+    counts = np.bincount(p.items[in_train], minlength=p.n_items + 1)
+    targets = p.items[p.offsets[1:] - 1]
+    ranks = (counts[1:][None, :] >= counts[targets][:, None]).sum(1)   # (U,): the target counts itself
+    if protocol == "corrected":
+        user = np.repeat(np.arange(len(lengths)), lengths)
+        history = ~np.isin(np.arange(len(p.items)), p.offsets[1:] - 1)       # all but each last item
+        keys = np.unique(user[history] * (p.n_items + 1) + p.items[history])  # distinct (user, item)
+        u, item = keys // (p.n_items + 1), keys % (p.n_items + 1)
+        above = (item != targets[u]) & (counts[item] >= counts[targets[u]])
+        ranks -= np.bincount(u[above], minlength=len(lengths))
+    return ranks
+
+
+@pytest.mark.parametrize("protocol, ndcg10", [("faithful", 0.0136592), ("corrected", 0.0128055)])
+def test_popularity_on_pantry_via_cli(pantry, tmp_path, capsys, protocol, ndcg10):
+    out = tmp_path / protocol
+    assert main(["train", "--data", str(pantry), "--out", str(out), "--backbone", "pop", "--variant", "base",
+                 "--protocol", protocol, "--seed", "1", "--device", "cpu", "--threads", "1"]) == 0
+    result = json.loads((out / "result.json").read_text())
+    expected = popularity_test_ranks(pantry, protocol)
+    with np.load(out / "ranks.npz") as z:
+        np.testing.assert_array_equal(z["test_ranks"], expected)
+    ndcg = float(np.where(expected <= 10, 1 / np.log2(expected + 1), 0).mean())
+    assert result["metrics"]["test"]["ndcg@10"] == pytest.approx(ndcg, rel=1e-9)
+    # measured; faithful = the known popularity reference under the authors' rules (no masking)
+    assert ndcg == pytest.approx(ndcg10, abs=1e-7)
+    assert (result["best_epoch"], result["epochs_run"], result["n_parameters"]) == (0, 0, 0)
+    assert capsys.readouterr().out.count("best epoch 0, no-training-counts-evaluated-once") == 1
+    assert main(["evaluate", "--run", str(out), "--device", "cpu"]) == 0   # the counts are in the checkpoint
+    assert json.loads((out / "eval-full-ranking.json").read_text())["metrics"] == result["metrics"]
+    with capsys.disabled():
+        print(f"pop on Pantry ({protocol}): test NDCG@10 {result['metrics']['test']['ndcg@10']:.7f}")

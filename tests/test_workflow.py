@@ -72,23 +72,23 @@ def test_snakefmt_check_is_clean():
 
 
 def test_default_config_grid(env):
-    # 2 datasets; baselines 2 x (sasrec, sasrec-ce) x 2 protocols x 3 seeds = 24;
-    # single-LLM 4 LLMs x 2 modes = 8 (Pantry, corrected, seed 1); mltfr 2 x 2 x seed 1 = 4;
+    # 2 datasets; baselines 2 x (sasrec, sasrec-ce) x 2 protocols x 3 seeds = 24, + pop (counted,
+    # not trained: first seed only) 2 x 2 protocols = 4; single-LLM 4 LLMs x 2 modes = 8 (Pantry, corrected, seed 1); mltfr 2 x 2 x seed 1 = 4;
     # ablations 3; sensitivity 2 (K=5, lambda_s=0.1).
     # Round 1 + merge: mltfr 4, ablations 2 (noconsensus has none), sensitivity 1
     # (branch.lambda_s acts in round 2 only and reuses mltfr's round 1).
     counts = job_counts(env)
-    assert counts["train"] == 24 + 8 + 4 + 3 + 2
+    assert counts["train"] == 24 + 4 + 8 + 4 + 3 + 2
     assert counts["train_round1"] == counts["fisher"] == 4 + 2 + 1
     assert counts["extract_llm"] == 5  # 4 study LLMs + random-paraphrase-minilm for mltfr-random
     assert counts["prepare_dataset"] == 2
     # + run_manifest, tables, stats, figures, all
-    assert counts["total"] == 41 + 7 + 7 + 5 + 2 + 5
+    assert counts["total"] == 45 + 7 + 7 + 5 + 2 + 5
 
 
 def test_paper_dry_run_with_slurm_profile(env):
     # main results: 7 datasets x 4 backbones x 2 protocols x 5 seeds = 280 cells x (base, mltfr)
-    # + sasrec-ce base 7 x 2 x 5 = 70; single-LLM 7 datasets x 7 LLMs x 2 modes x 3 seeds = 294;
+    # + sasrec-ce base 7 x 2 x 5 = 70, + pop base 7 x 2 x seed 1 = 14; single-LLM 7 datasets x 7 LLMs x 2 modes x 3 seeds = 294;
     # ablations 3 datasets x 6 x 3 seeds = 54; sensitivity 2 datasets x 17 values x 3 seeds = 102.
     # Round 1 + merge: mltfr 280, ablations 3 x 5 x 3 = 45, sensitivity 2 x 12 x 3 = 72
     # (the 5 lambda_s values reuse mltfr's round 1).
@@ -101,10 +101,10 @@ def test_paper_dry_run_with_slurm_profile(env):
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     print(f"paper dry run with --profile slurm: {counts['total']} jobs, {cpu:.1f} s CPU, {wall:.1f} s wall")
-    assert counts["train"] == 280 * 2 + 70 + 294 + 54 + 102
+    assert counts["train"] == 280 * 2 + 70 + 14 + 294 + 54 + 102
     assert counts["train_round1"] == counts["fisher"] == 280 + 45 + 72
     assert counts["extract_llm"] == 12 and counts["prepare_dataset"] == 7
-    assert counts["total"] == 1080 + 2 * 397 + 12 + 7 + 5
+    assert counts["total"] == 1094 + 2 * 397 + 12 + 7 + 5
     assert cpu < DAG_BUDGET_S, f"{counts['total']} jobs took {cpu:.1f} s CPU ({wall:.1f} s wall)"
 
 
@@ -140,7 +140,7 @@ def test_adding_an_llm_adds_exactly_its_jobs(env, tmp_path):
     [
         (lambda cfg: cfg["study"].update(sedes=[1]), "sedes"),  # unknown key
         (lambda cfg: cfg["study"].update(seeds="one"), "seeds"),  # wrong type
-        (lambda cfg: cfg["study"]["blocks"]["ablations"]["variants"].append("mltfr-nothing"), "mltfr-nothing"),
+        (lambda cfg: cfg["study"]["blocks"]["ablations"]["variants"].append("nothing"), "nothing"),
     ],
 )
 def test_schema_errors_name_the_key_before_any_job(env, tmp_path, edit, named):
@@ -149,6 +149,16 @@ def test_schema_errors_name_the_key_before_any_job(env, tmp_path, edit, named):
     assert proc.returncode != 0
     assert "Error validating config file" in out and named in out
     assert "Job stats" not in out
+
+
+def test_unknown_variant_names_the_registry(env, tmp_path):
+    """Variant names are checked against mltfr.study.variants, the one place they are defined."""
+    edit = lambda cfg: cfg["study"]["blocks"]["ablations"]["variants"].append("mltfr-nothing")  # noqa: E731
+    proc = snakemake(env, "-n", "--configfile", write_config(tmp_path, "config/test.yaml", edit), check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Job stats" not in out
+    assert "config key `study.blocks.ablations.variants`: names 'mltfr-nothing'" in out
+    assert "mltfr-randomselect" in out          # the fix lists the registry's names
 
 
 @pytest.mark.parametrize(
@@ -168,6 +178,41 @@ def test_unknown_names_error_naming_the_key(env, tmp_path, edit, named):
     assert proc.returncode != 0 and "Job stats" not in out
     for text in named:
         assert text in out
+
+
+def controls(cfg) -> dict:
+    return cfg["study"]["blocks"]["ablations"]["random_controls"]
+
+
+def pop_in_mltfr_block_only(cfg) -> None:
+    cfg["study"]["backbones"] = ["sasrec", "pop"]
+    for name, block in cfg["study"]["blocks"].items():
+        block["backbones"] = ["pop"] if name == "mltfr" else ["sasrec"]
+
+
+@pytest.mark.parametrize(
+    "edit, named",
+    [
+        (lambda cfg: controls(cfg).update(minilm="random-nosuchllm"),
+         ["config key `study.blocks.ablations.random_controls`", "names 'random-nosuchllm', which is not in `llms`"]),
+        (lambda cfg: controls(cfg).update(minilm="paraphrase-minilm"),
+         ["config key `study.blocks.ablations.random_controls.minilm`", "not a `source: random` entry"]),
+        (lambda cfg: controls(cfg).update(minilm="random-paraphrase-minilm"),
+         ["config key `study.blocks.ablations.random_controls.minilm`", "copies the shape of 'paraphrase-minilm'"]),
+        (lambda cfg: cfg["llms"]["random-paraphrase-minilm"].update(seed=1),
+         ["config key `llms.random-paraphrase-minilm.seed`", "1 is also the seed of the random entry 'random-minilm'",
+          "give every `source: random` entry its own seed"]),
+        (lambda cfg: cfg["study"].update(backbones=["sasrec", "pop"]),
+         ["config key `study.backbones`", "block `single_llm` cannot run its LLM variants", "extra_backbones"]),
+        (pop_in_mltfr_block_only, ["config key `study.blocks.mltfr.backbones`", "popularity ranking"]),
+    ],
+)
+def test_random_controls_and_pop_are_checked_before_any_job(env, tmp_path, edit, named):
+    proc = snakemake(env, "-n", "--configfile", write_config(tmp_path, "config/test.yaml", edit), check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Job stats" not in out
+    for text in named:
+        assert text in out, out
 
 
 @pytest.mark.parametrize(
@@ -208,6 +253,57 @@ def test_consensus_group_that_cannot_form_is_an_error(env, tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "Job stats" not in out
     assert "config key `study.llms`" in out and "Fisher consensus expert cannot be formed" in out
+
+
+def shell_commands(env, configfile, *targets) -> list[str]:
+    """The `mltfr train` command lines a dry run would execute for `targets`."""
+    out = snakemake(env, *targets, "-n", "-p", "--configfile", configfile).stdout
+    return [line[line.index("mltfr train"):] for line in out.splitlines() if "mltfr train" in line]
+
+
+def test_paper_config_gives_each_backbone_the_authors_llms_and_group(env):
+    bert4rec, sasrec = shell_commands(
+        env, "config/paper.yaml", "results/runs/beauty/bert4rec/mltfr/faithful/seed1/round1/result.json",
+        "results/runs/beauty/sasrec/mltfr/faithful/seed1/round1/result.json")
+    if "--backbone sasrec" in bert4rec:
+        bert4rec, sasrec = sasrec, bert4rec
+    llms = lambda cmd: re.findall(r"--llm ([\w.-]+)=", cmd)  # noqa: E731
+    assert llms(bert4rec) == ["bert-base", "p5-sports", "p5-beauty", "llama-7b"]
+    assert llms(sasrec) == ["bert-base", "p5-sports", "p5-beauty", "gpt2", "llama-7b", "qwen3-0.6b"]
+    for cmd in (bert4rec, sasrec):   # the group BERT / P5-sports / P5-beauty, by position; not GPT-2
+        assert "--set 'branch.consensus_group=[0,1,2]'" in cmd
+
+
+def test_per_backbone_llms_and_group_in_a_small_config(env, tmp_path):
+    def per_backbone(cfg):
+        cfg["study"]["blocks"]["mltfr"]["llms"] = {"sasrec": ["paraphrase-minilm", "minilm"]}
+        cfg["study"]["blocks"]["mltfr"]["consensus_group"] = {"sasrec": ["minilm", "paraphrase-minilm"]}
+
+    path = write_config(tmp_path, "config/test.yaml", per_backbone)
+    noconsensus, random_round1 = sorted(shell_commands(
+        env, path, "results/runs/pantry-u10/sasrec/mltfr-noconsensus/corrected/seed1/result.json",
+        "results/runs/pantry-u10/sasrec/mltfr-random/corrected/seed1/round1/result.json"))
+    assert "--llm paraphrase-minilm=" in noconsensus and "consensus_group" not in noconsensus
+    assert "--llm random-paraphrase-minilm=" in random_round1
+    assert "--set 'branch.consensus_group=[1,0]'" in random_round1
+
+
+@pytest.mark.parametrize(
+    "edit, named",
+    [
+        (lambda block: block.update(llms={"bert4rec": ["minilm", "paraphrase-minilm"]}),
+         ["study.blocks.mltfr.llms", "no entry for backbone 'sasrec'"]),
+        (lambda block: block.update(consensus_group=["minilm", "random-minilm"]),
+         ["study.blocks.mltfr.consensus_group", "random-minilm", "not in the mltfr LLMs"]),
+    ],
+)
+def test_bad_per_backbone_settings_name_the_key(env, tmp_path, edit, named):
+    path = write_config(tmp_path, "config/test.yaml", lambda cfg: edit(cfg["study"]["blocks"]["mltfr"]))
+    proc = snakemake(env, "-n", "--configfile", path, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Job stats" not in out
+    for text in named:
+        assert text in out, out
 
 
 def test_config_override_of_a_registry_is_refused(env):

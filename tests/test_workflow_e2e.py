@@ -27,10 +27,11 @@ from mltfr.analysis import outputs
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DATASET = "pantry-u10"
-# The 14 final runs of config/test.yaml: variant -> protocols (backbone sasrec unless noted).
+# The 16 final runs of config/test.yaml: variant -> protocols (backbone sasrec unless noted).
 EXPECTED_RUNS = sorted(
     [("sasrec", "base", p) for p in ("faithful", "corrected")]
     + [("sasrec-ce", "base", p) for p in ("faithful", "corrected")]
+    + [("pop", "base", p) for p in ("faithful", "corrected")]
     + [("sasrec", f"{m}-{llm}", "corrected") for m in ("direct", "filter") for llm in ("minilm", "paraphrase-minilm")]
     + [("sasrec", "mltfr", p) for p in ("faithful", "corrected")]
     + [("sasrec", v, "corrected") for v in ("mltfr-noconsensus", "mltfr-meanconsensus", "mltfr-random")]
@@ -122,6 +123,9 @@ def test_main_table_holds_the_runs_means(workdir):
             one = runs[(runs.protocol == protocol) & (runs.backbone == "sasrec") & (runs.variant == variant)]
             cell = ndcg.loc[(protocol, "sasrec", variant)]
             assert cell["mean"] == pytest.approx(one["test_ndcg@10"].item()) and cell["n_seeds"] == 1
+        pop = runs[(runs.protocol == protocol) & (runs.backbone == "pop")]
+        assert ndcg.loc[(protocol, "pop", "base")]["mean"] == pytest.approx(pop["test_ndcg@10"].item())
+        assert pop["best_epoch"].item() == 0
     assert "**" in (workdir / "results/tables/main.md").read_text()  # best per column in bold
     assert "\\textbf" in (workdir / "results/tables/main.tex").read_text()
     for name in outputs.TABLES:

@@ -4,13 +4,11 @@ The grid is computed from `config["study"]` only, so adding a dataset or an LLM 
 registries and to `study` adds its jobs and nothing else. Rules carry no logic; every input,
 params and target list comes from a function here.
 
-Variant names (shared with `mltfr train --variant`):
-    base, direct-<llm>, filter-<llm>, mltfr, mltfr-nofilter, mltfr-norouter,
-    mltfr-noconsensus, mltfr-meanconsensus, mltfr-frozen, mltfr-random,
-    mltfr@<key>=<value>   sensitivity: mltfr with a RunConfig key set (`--set key=value`),
-    mltfr@n_llms=<n>      sensitivity: mltfr on the first n LLMs of the mltfr set.
-Variants with a Fisher consensus expert take three jobs: round 1 (`mltfr train`), the merge
-(`mltfr fisher`), round 2 (`mltfr train --consensus FILE`).
+Variant names, their LLMs and rounds come from the one registry, `mltfr.study.variants`
+(shared with `mltfr train --variant` and the analysis). Variants with a consensus expert take
+three jobs: round 1 (`mltfr train`), the merge (`mltfr fisher`), round 2 (`mltfr train
+--consensus FILE`). The mltfr LLM set and its consensus group may differ per backbone
+(`study.blocks.mltfr.llms` and `.consensus_group`: one list, or a mapping backbone -> list).
 
 DAG speed (the paper grid has thousands of jobs): every job declares as few inputs as possible
 (one marker file per dataset and per LLM: its meta.json, written last), each rule has at most
@@ -34,6 +32,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.io import report as report_item  # `report` alone is a directive keyword
 
 from mltfr.analysis import outputs as aggregate_outputs
+from mltfr.study import variants as registry
 
 # ---------------------------------------------------------------- layout (docs/architecture.md)
 DATA_DIR = "results/data/{dataset}"
@@ -58,15 +57,17 @@ if os.environ.get("PATH", "").split(os.pathsep)[0] != SCRIPTS:
 
 Run = namedtuple("Run", "dataset backbone variant protocol seed")
 
-# Variants trained in a single round (no consensus expert, so no Fisher step).
-SINGLE_ROUND_PREFIXES = ("base", "direct-", "filter-", "mltfr-noconsensus")
 # Settings that only act in round 2 (the consensus expert's weight): such variants reuse the
 # round 1 and merged expert of plain `mltfr` instead of retraining an identical round 1.
 # (mltfr-meanconsensus cannot: `mltfr fisher` merges by the round-1 run's variant.)
 ROUND2_ONLY = ("mltfr@branch.lambda_s=",)
-SENSITIVITY_RE = re.compile(
-    r"^(?P<method>mltfr)@(?P<key>[A-Za-z_][A-Za-z0-9_.]*)=(?P<value>[^/@=]+)$"
-)
+
+
+# Backbones counted from the training split, not trained (mirrors mltfr.models.UNTRAINED_BACKBONES;
+# kept literal so building the DAG does not import torch): they run variant `base` only.
+UNTRAINED_BACKBONES = ("pop",)
+# The CLI's name of an LLM's random control (mltfr.models.variants.RANDOM_PREFIX).
+RANDOM_PREFIX = "random-"
 
 
 def config_error(key, problem, fix):
@@ -188,16 +189,39 @@ def block_values(name, key):
     return config["study"][key] if value is None else value
 
 
-def mltfr_llms():
-    """The LLMs mltfr and its ablations combine, in order."""
-    llms = study_block("mltfr")["llms"]
+def per_backbone(key, backbone):
+    """A mltfr block setting: one value for every backbone, or a mapping backbone -> value."""
+    value = study_block("mltfr")[key]
+    if not isinstance(value, dict):
+        return value
+    if backbone not in value:
+        raise config_error(
+            f"study.blocks.mltfr.{key}",
+            f"has no entry for backbone '{backbone}', which runs mltfr variants",
+            f"add `{backbone}: [...]` under it, or give one list for every backbone",
+        )
+    return value[backbone]
+
+
+def mltfr_llms(backbone):
+    """The LLMs mltfr and its ablations combine on `backbone`, in order."""
+    llms = per_backbone("llms", backbone)
     return config["study"]["llms"] if llms is None else llms
 
 
-def mltfr_llms_key():
-    if study_block("mltfr")["llms"] is None:
+def mltfr_llms_key(backbone):
+    llms = study_block("mltfr")["llms"]
+    if llms is None:
         return "study.llms"
-    return "study.blocks.mltfr.llms"
+    return "study.blocks.mltfr.llms" + (
+        f".{backbone}" if isinstance(llms, dict) else ""
+    )
+
+
+def consensus_group(backbone):
+    """The configured consensus group (LLM names of the mltfr set) on `backbone`, or None
+    (the CLI's default: the largest set of LLMs sharing a token dimension)."""
+    return per_backbone("consensus_group", backbone)
 
 
 def sensitivity_variants():
@@ -220,7 +244,10 @@ def block_variants(name):
     if name == "mltfr":
         return ["mltfr"]
     if name == "ablations":
-        return list(study_block(name)["variants"])
+        chosen = study_block(name)["variants"]
+        return list(
+            registry.ABLATIONS + registry.CONTROLS if chosen is None else chosen
+        )
     return sensitivity_variants()
 
 
@@ -231,14 +258,20 @@ def block_runs(name):
     backbones = block_values(name, "backbones")
     if name == "baselines":
         backbones = list(dict.fromkeys(backbones + block["extra_backbones"]))
+    seeds = block_values(name, "seeds")
     grid = itertools.product(
         block_values(name, "datasets"),
         backbones,
         block_variants(name),
         block_values(name, "protocols"),
-        block_values(name, "seeds"),
+        seeds,
     )
-    return [Run(*cell) for cell in grid]
+    # a counted backbone (pop) gives the same ranks under every seed: run the first one only
+    return [
+        Run(*cell)
+        for cell in grid
+        if cell[1] not in UNTRAINED_BACKBONES or cell[4] == seeds[0]
+    ]
 
 
 @functools.cache
@@ -254,14 +287,28 @@ def run_path(run, template=RUN_DIR):
 
 
 # ---------------------------------------------------------------- variants
+@functools.cache
+def parsed_variant(variant):
+    """The registry entry of a variant name (the config checks reject unknown names first)."""
+    parsed = registry.parse(variant)
+    if parsed is None:
+        raise config_error(
+            "study.blocks",
+            f"runs variant '{variant}', which is not in mltfr.study.variants",
+            f"use one of {', '.join(registry.names(['<llm>']))} or mltfr@<key>=<value>",
+        )
+    return parsed
+
+
 def parse_sensitivity(variant):
     """`mltfr@key=value` -> (key, value); other variants -> (None, None)."""
-    match = SENSITIVITY_RE.match(variant)
-    return (match["key"], match["value"]) if match else (None, None)
+    parsed = parsed_variant(variant)
+    return parsed.key, parsed.value
 
 
 def uses_consensus(variant):
-    return variant.startswith("mltfr") and not variant.startswith(SINGLE_ROUND_PREFIXES)
+    """Sensitivity runs are mltfr with a setting changed: two rounds, like mltfr."""
+    return parsed_variant(variant).variant.rounds == 2
 
 
 def round1_variant(variant):
@@ -275,25 +322,39 @@ def cli_variant(variant):
 
 
 @functools.cache
-def variant_llms(variant):
-    """LLM names a variant's model uses (its `--llm` arguments), in order."""
-    if variant == "base":
-        return ()
-    if variant.startswith(("direct-", "filter-")):
-        return (variant.split("-", 1)[1],)
+def mltfr_set(variant, backbone):
+    """The mltfr LLMs a mltfr-family variant stands on (n_llms: the first n), in order."""
     key, value = parse_sensitivity(variant)
-    if key == "n_llms":
-        return tuple(mltfr_llms()[: int(value)])
-    if variant == "mltfr-random":
+    llms = mltfr_llms(backbone)
+    return tuple(llms[: int(value)] if key == "n_llms" else llms)
+
+
+@functools.cache
+def variant_llms(variant, backbone):
+    """LLM names a variant's model uses on `backbone` (its `--llm` arguments), in order."""
+    parsed = parsed_variant(variant)
+    kind = parsed.variant.llms
+    if kind == "none":
+        return ()
+    if kind == "one":
+        return (parsed.llm,)
+    if kind == "random":
         controls = study_block("ablations")["random_controls"]
-        return tuple(controls[llm] for llm in mltfr_llms())
-    return tuple(mltfr_llms())
+        return tuple(controls[llm] for llm in mltfr_set(variant, backbone))
+    return mltfr_set(variant, backbone)
+
+
+@functools.cache
+def variant_backbones():
+    """Every (variant, backbone) a job may carry: final runs plus the round-1 runs they start from."""
+    finals = {(run.variant, run.backbone) for run in study_runs()}
+    return sorted(
+        finals | {(round1_variant(v), b) for v, b in finals if uses_consensus(v)}
+    )
 
 
 def all_variants():
-    """Every variant a job may carry: final runs plus the round-1 runs they start from."""
-    finals = {run.variant for run in study_runs()}
-    return sorted(finals | {round1_variant(v) for v in finals if uses_consensus(v)})
+    return sorted({variant for variant, _ in variant_backbones()})
 
 
 def like_llm(llm):
@@ -304,7 +365,11 @@ def like_llm(llm):
 
 def all_llms():
     """Every table the study extracts: the variants' LLMs and the tables random ones copy."""
-    used = {llm for variant in all_variants() for llm in variant_llms(variant)}
+    used = {
+        llm
+        for variant, backbone in variant_backbones()
+        for llm in variant_llms(variant, backbone)
+    }
     return sorted(used | {like_llm(llm) for llm in used} - {None})
 
 
@@ -341,9 +406,9 @@ def check_block_subsets():
                 )
 
 
-def check_random_controls():
+def check_random_controls(backbones):
     controls = study_block("ablations")["random_controls"]
-    for llm in mltfr_llms():
+    for llm in {llm for backbone in backbones for llm in mltfr_llms(backbone)}:
         if llm not in controls:
             raise config_error(
                 "study.blocks.ablations.random_controls",
@@ -352,6 +417,58 @@ def check_random_controls():
             )
     key = "study.blocks.ablations.random_controls"
     check_names(key, controls.values(), config["llms"], "llms")
+    for llm, control in controls.items():
+        check_random_control(f"{key}.{llm}", llm, control)
+
+
+def check_random_control(key, llm, control):
+    """A control must be a `random` entry named random-<...> (the CLI's convention) copying `llm`."""
+    entry = config["llms"][control]
+    if entry["source"] != "random" or not control.startswith(RANDOM_PREFIX):
+        raise config_error(
+            key,
+            f"names '{control}', which is not a `source: random` entry named {RANDOM_PREFIX}<...>",
+            f"add an entry `{RANDOM_PREFIX}{llm}: {{source: random, like: {llm}, seed: <its own>}}` "
+            "under `llms` and name it here",
+        )
+    if entry.get("like") not in (None, llm):
+        raise config_error(
+            key,
+            f"names '{control}', which copies the shape of '{entry['like']}', not of '{llm}'",
+            f"name the random entry with `like: {llm}`",
+        )
+
+
+def check_random_seeds():
+    """Each random table must be its own Gaussian draw: no two random entries share a seed."""
+    owner = {}
+    for llm, entry in config["llms"].items():
+        if entry["source"] != "random":
+            continue
+        seed = entry["seed"]
+        if seed in owner:
+            raise config_error(
+                f"llms.{llm}.seed",
+                f"{seed} is also the seed of the random entry '{owner[seed]}'; two controls of one "
+                "seed would be the same Gaussian draw, rescaled",
+                "give every `source: random` entry its own seed",
+            )
+        owner[seed] = llm
+
+
+def check_untrained_backbones():
+    """pop is counted, not trained: it has no hidden states, so no LLM block may run it."""
+    for name in ("single_llm", "mltfr", "ablations", "sensitivity"):
+        block = study_block(name)
+        wrong = [b for b in block_values(name, "backbones") if b in UNTRAINED_BACKBONES]
+        if block["enabled"] and wrong:
+            own = block["backbones"] is not None
+            raise config_error(
+                f"study.blocks.{name}.backbones" if own else "study.backbones",
+                f"lists {wrong}, a popularity ranking that takes no LLM branch, so block `{name}` "
+                "cannot run its LLM variants on it",
+                "list it under `study.blocks.baselines.extra_backbones` (variant base) instead",
+            )
 
 
 def check_like_entries():
@@ -379,33 +496,91 @@ def check_consensus(llms, key):
     )
 
 
-def consensus_key(variant):
+def check_consensus_group(group, llms, backbone):
+    """A configured group: >= 2 of the variant's mltfr LLMs, of one declared token dimension."""
+    key = "study.blocks.mltfr.consensus_group" + (
+        f".{backbone}"
+        if isinstance(study_block("mltfr")["consensus_group"], dict)
+        else ""
+    )
+    unknown = [llm for llm in group if llm not in mltfr_llms(backbone)]
+    if unknown:
+        raise config_error(
+            key,
+            f"names {unknown}, not in the mltfr LLMs {mltfr_llms(backbone)}",
+            "name mltfr LLMs only",
+        )
+    present = [llm for llm in group if llm in llms]
+    dims = {config["llms"][llm].get("dim") for llm in present}
+    if len(present) < 2 or len(dims - {None}) > 1:
+        raise config_error(
+            key,
+            f"leaves {present} of the LLMs {list(llms)} (dims {sorted(dims, key=str)}), so the Fisher "
+            "consensus expert cannot be formed",
+            "name at least two LLMs of one `dim`, among the first n of every sensitivity n_llms",
+        )
+
+
+def consensus_key(variant, backbone):
     """The config key that decides a consensus variant's LLM set (named in its error)."""
-    if variant == "mltfr-random":
+    if parsed_variant(variant).variant.llms == "random":
         return "study.blocks.ablations.random_controls"
     if variant.startswith("mltfr@n_llms="):
         return "study.blocks.sensitivity.n_llms"
-    return mltfr_llms_key()
+    return mltfr_llms_key(backbone)
 
 
 def check_n_llms():
-    block, n_max = study_block("sensitivity"), len(mltfr_llms())
-    for n in block["n_llms"] if block["enabled"] else []:
-        if n > n_max:
+    block = study_block("sensitivity")
+    for backbone in (
+        block_values("sensitivity", "backbones") if block["enabled"] else []
+    ):
+        n_max = len(mltfr_llms(backbone))
+        for n in block["n_llms"]:
+            if n > n_max:
+                raise config_error(
+                    "study.blocks.sensitivity.n_llms",
+                    f"asks for {n} LLMs but the mltfr set of {backbone} has {n_max}",
+                    f"use values from 2 to {n_max}",
+                )
+
+
+def check_ablation_names():
+    known = registry.ABLATIONS + registry.CONTROLS
+    for name in study_block("ablations")["variants"] or []:
+        if name not in known:
             raise config_error(
-                "study.blocks.sensitivity.n_llms",
-                f"asks for {n} LLMs but the mltfr set has {n_max}",
-                f"use values from 2 to {n_max}",
+                "study.blocks.ablations.variants",
+                f"names '{name}', which is not an ablation or control variant",
+                f"use names from {', '.join(known)} (mltfr.study.variants)",
             )
 
 
 def check_variants():
-    variants = {run.variant for run in study_runs()}
+    check_ablation_names()
+    pairs = {(run.variant, run.backbone) for run in study_runs()}
     check_n_llms()
-    if "mltfr-random" in variants:
-        check_random_controls()
-    for variant in sorted(v for v in variants if uses_consensus(v)):
-        check_consensus(variant_llms(variant), consensus_key(variant))
+    random_backbones = {
+        b for v, b in pairs if parsed_variant(v).variant.llms == "random"
+    }
+    if random_backbones:
+        check_random_controls(random_backbones)
+    for variant, backbone in sorted(p for p in pairs if uses_consensus(p[0])):
+        group = consensus_group(backbone)
+        if group is None:
+            check_consensus(
+                variant_llms(variant, backbone), consensus_key(variant, backbone)
+            )
+        else:
+            check_consensus_group(group, mltfr_set(variant, backbone), backbone)
+
+
+def check_mltfr_llm_names():
+    """Every LLM named by the mltfr block (one list, or one per backbone) is in `llms`."""
+    llms = study_block("mltfr")["llms"]
+    for backbone, names in llms.items() if isinstance(llms, dict) else [(None, llms)]:
+        if names is not None:
+            check_names(mltfr_llms_key(backbone), names, config["llms"], "llms")
 
 
 def check_config():
@@ -414,9 +589,11 @@ def check_config():
     study = config["study"]
     check_names("study.datasets", study["datasets"], config["datasets"], "datasets")
     check_names("study.llms", study["llms"], config["llms"], "llms")
-    check_names(mltfr_llms_key(), mltfr_llms(), config["llms"], "llms")
+    check_mltfr_llm_names()
     check_like_entries()
+    check_random_seeds()
     check_block_subsets()
+    check_untrained_backbones()
     check_variants()
     cli_config()
 
@@ -490,15 +667,15 @@ def get_final_output():
 
 # ---------------------------------------------------------------- input functions
 @functools.cache
-def llm_markers(variant):
-    return [LLM_MARKER.format(llm=llm) for llm in variant_llms(variant)]
+def llm_markers(variant, backbone):
+    return [LLM_MARKER.format(llm=llm) for llm in variant_llms(variant, backbone)]
 
 
 def train_inputs(wildcards):
     """Round 1 and single-round runs: the dataset's and the variant's LLMs' markers."""
     return [
         DATA_MARKER.format(dataset=wildcards.dataset),
-        *llm_markers(wildcards.variant),
+        *llm_markers(wildcards.variant, wildcards.backbone),
     ]
 
 
@@ -533,20 +710,29 @@ def llm_entry(wildcards):
 
 
 @functools.cache
-def variant_args(variant):
-    """`--variant V [--llm NAME=DIR ...] [--set key=value]` of a variant."""
+def variant_args(variant, backbone):
+    """`--variant V [--llm NAME=DIR ...] [--set key=value ...]` of a variant on `backbone`."""
     args = [f"--variant {cli_variant(variant)}"]
-    args += [f"--llm {llm}={LLM_DIR.format(llm=llm)}" for llm in variant_llms(variant)]
+    args += [
+        f"--llm {llm}={LLM_DIR.format(llm=llm)}"
+        for llm in variant_llms(variant, backbone)
+    ]
     key, value = parse_sensitivity(variant)
     if key not in (None, "n_llms"):  # n_llms acts through the LLM list instead
         args.append(f"--set {key}={value}")
+    group = consensus_group(backbone) if uses_consensus(variant) else None
+    # the CLI takes positions in its --llm list (the random controls keep the same order)
+    if group is not None:
+        llms = mltfr_set(variant, backbone)
+        positions = ",".join(str(llms.index(llm)) for llm in group if llm in llms)
+        args.append(f"--set 'branch.consensus_group=[{positions}]'")
     return " ".join(args)
 
 
 def run_args(wildcards, folder):
     """`--data D --out FOLDER --variant V ...` of a training job (FOLDER: a run template)."""
     data, out = DATA_DIR.format(**wildcards), folder.format(**wildcards)
-    return f"--data {data} --out {out} {variant_args(wildcards.variant)}"
+    return f"--data {data} --out {out} {variant_args(wildcards.variant, wildcards.backbone)}"
 
 
 def round1_args(wildcards):

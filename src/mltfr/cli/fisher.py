@@ -1,9 +1,11 @@
 """`mltfr fisher --run ROUND1_DIR --out consensus.safetensors`
 
-The step between the two rounds of a consensus variant: loads round 1's best state, runs one
-pass over the training batches with dropout off to get the diagonal empirical Fisher of every
-expert parameter, merges the experts of the same-dimension group (Fisher-weighted, or plain
-mean for `mltfr-meanconsensus`) and writes the merged expert for `mltfr train --consensus`.
+The step between the two rounds of a consensus variant: loads round 1's state (by the run's
+protocol, see `round1_state`), runs one pass over the training batches (in their stored order,
+every random draw from the run's seed) with dropout off to get the diagonal empirical Fisher of
+every expert parameter, merges the experts of the same-dimension group (Fisher-weighted, or plain
+mean for `mltfr-meanconsensus`) and writes the merged expert for `mltfr train --consensus`. The
+metadata records which state was used (`round1_state`, `round1_epoch`).
 """
 from __future__ import annotations
 
@@ -47,13 +49,27 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(cfg.device)
     split = make_split(load_prepared(inputs["data"]), cfg.protocol, cfg.model.max_len)
     model = build_model(cfg, split.n_items, device, {k: Path(v) for k, v in inputs["llm"].items()})
-    model.load_state_dict(payload["state"].best_state)
+    state_dict, meta_state = round1_state(payload, cfg.protocol)
+    model.load_state_dict(state_dict)
     windows = torch.from_numpy(batching.train_windows(split.train_offsets, split.train_items,
                                                       cfg.model.max_len)).to(device)
     start = time.perf_counter()
     state, meta = merge_round1(model, windows.split(cfg.batch_size), seed=cfg.seed)
-    meta.update(round1=str(args.run), seconds=round(time.perf_counter() - start, 3), seed=cfg.seed)
+    meta.update(round1=str(args.run), seconds=round(time.perf_counter() - start, 3), seed=cfg.seed,
+                **meta_state)
     save_consensus(args.out, state, meta)
     print(f"{args.out}: merged expert of {meta['llms']} ({meta['method']}) in {meta['seconds']} s")
     print(json.dumps(meta, sort_keys=True))
     return 0
+
+
+def round1_state(payload: dict, protocol: str) -> tuple[dict, dict]:
+    """(model state, its metadata) of the round-1 checkpoint the Fisher pass runs on.
+
+    faithful: the state after the last epoch (the checkpoint's `model`), as the authors compute the
+    Fisher right after training with no selection; corrected: the best-on-validation state.
+    """
+    state = payload["state"]
+    if protocol == "faithful":
+        return payload["model"], {"round1_state": "last-epoch", "round1_epoch": state.epoch}
+    return state.best_state, {"round1_state": "best-on-valid", "round1_epoch": state.best_epoch}

@@ -14,7 +14,7 @@ from mltfr.errors import ConfigError
 
 # Mirrors mltfr.models.BACKBONES (kept literal so `mltfr --help` does not import torch;
 # tests/test_train_cli.py checks that the two agree).
-BACKBONE_CHOICES = ("sasrec", "sasrec-ce", "bert4rec", "gru4rec", "fmlprec")
+BACKBONE_CHOICES = ("sasrec", "sasrec-ce", "bert4rec", "gru4rec", "fmlprec", "pop")
 PROTOCOL_CHOICES = ("faithful", "corrected")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 

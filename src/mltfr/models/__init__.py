@@ -7,9 +7,12 @@
 | `bert4rec`  | BERT4Rec (Sun et al. 2019)    | CE over all items at cloze-masked positions       |
 | `gru4rec`   | GRU4Rec (Hidasi et al. 2016)  | full softmax CE over all items at every position  |
 | `fmlprec`   | FMLP-Rec (Zhou et al. 2022)   | BCE, 1 negative per position (as in the paper)    |
+| `pop`       | popularity ranking (control)  | none: counts of the training split, not trained   |
 
 `build_backbone(name, n_items, cfg)` returns an ID-only `SequentialRecommender`; the LLM
 branch (mltfr.models.mltfr) is attached afterwards through its `branch` attribute.
+Backbones in `UNTRAINED_BACKBONES` have no trainable parameters and take no LLM branch: the
+trainer counts them from the training split and evaluates them once (mltfr.train.loop).
 """
 from __future__ import annotations
 
@@ -39,13 +42,20 @@ def _fmlprec(n_items: int, cfg: BackboneConfig) -> SequentialRecommender:
     return FMLPRec(n_items, cfg)
 
 
+def _popularity(n_items: int, cfg: BackboneConfig) -> SequentialRecommender:
+    from mltfr.models.popularity import Popularity
+    return Popularity(n_items, cfg)
+
+
 BACKBONES: dict[str, Callable[[int, BackboneConfig], SequentialRecommender]] = {
     "sasrec": lambda n, cfg: _sasrec(n, cfg, "bce"),
     "sasrec-ce": lambda n, cfg: _sasrec(n, cfg, "ce"),
     "bert4rec": _bert4rec,
     "gru4rec": _gru4rec,
     "fmlprec": _fmlprec,
+    "pop": _popularity,
 }
+UNTRAINED_BACKBONES = frozenset({"pop"})  # counted, not trained: base variant only
 
 
 def build_backbone(name: str, n_items: int,
@@ -60,4 +70,4 @@ def build_backbone(name: str, n_items: int,
     return BACKBONES[name](n_items, cfg)
 
 
-__all__ = ["BACKBONES", "BackboneConfig", "SequentialRecommender", "build_backbone"]
+__all__ = ["BACKBONES", "UNTRAINED_BACKBONES", "BackboneConfig", "SequentialRecommender", "build_backbone"]

@@ -25,19 +25,24 @@ PAD = 0  # item id of padding
 
 @dataclass
 class BackboneConfig:
-    """Hyper-parameters of an ID-only backbone (method.md defaults: d=64, L=50, dropout 0.2)."""
+    """Hyper-parameters of an ID-only backbone (method.md defaults: d=64, L=50, dropout 0.2).
+
+    n_blocks and n_heads left at None take the backbone's own default (its `shape_defaults`,
+    the authors' settings), filled in by `SequentialRecommender.__init__`.
+    """
 
     d: int = 64  # (int) hidden size = item embedding size
     max_len: int = 50  # (int) L, the longest input sequence; training windows hold L+1 items
-    n_blocks: int = 2  # (int) Transformer / filter blocks, or GRU layers for gru4rec
-    n_heads: int | None = None  # (int) attention heads; None = backbone default (SASRec 1, BERT4Rec 2)
+    n_blocks: int | None = None  # (int) Transformer / filter blocks, or GRU layers for gru4rec; None =
+    #                              backbone default (SASRec 2, BERT4Rec 2, FMLP-Rec 1, GRU4Rec 2)
+    n_heads: int | None = None  # (int) attention heads; None = backbone default (SASRec 8, BERT4Rec 1)
     dropout: float = 0.2  # (float) dropout on embeddings and block outputs
     attn_dropout: float = 0.2  # (float) dropout on attention weights (SASRec/BERT4Rec)
-    mask_prob: float = 0.2  # (float) BERT4Rec cloze masking probability per position
+    mask_prob: float = 0.5  # (float) BERT4Rec cloze masking probability per position (authors: 0.5)
 
     def __post_init__(self) -> None:
         for name in ("d", "max_len", "n_blocks"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"backbone config: {name}={getattr(self, name)} must be >= 1")
         if self.n_heads is not None and (self.n_heads < 1 or self.d % self.n_heads):
             raise ConfigError(f"backbone config: n_heads={self.n_heads} must be >= 1 and divide d={self.d}")
@@ -57,12 +62,14 @@ class BackboneConfig:
             _check_type(where, key, value, fields[key].type)
         return cls(**values)
 
-    def heads(self, default: int) -> int:
-        """The number of attention heads, `default` when the config leaves it open."""
-        n_heads = default if self.n_heads is None else self.n_heads
-        if self.d % n_heads:
-            raise ConfigError(f"backbone config: n_heads={n_heads} must divide d={self.d}; set n_heads")
-        return n_heads
+    def with_defaults(self, defaults: Mapping[str, int]) -> "BackboneConfig":
+        """A copy with every setting left at None taken from `defaults` (a backbone's own)."""
+        fill = {key: value for key, value in defaults.items() if getattr(self, key) is None}
+        heads = fill.get("n_heads")
+        if heads is not None and self.d % heads:
+            raise ConfigError(f"backbone config: the backbone's default n_heads={heads} does not divide "
+                              f"d={self.d}; set model.n_heads to a divisor of d, or change d")
+        return dataclasses.replace(self, **fill)
 
 
 def _check_type(where: str, key: str, value: Any, annotation: str) -> None:
@@ -84,6 +91,7 @@ class SequentialRecommender(nn.Module):
     """
 
     ignores_left_padding = False  # subclasses whose outputs at real positions ignore left padding
+    shape_defaults: dict[str, int] = {}  # the backbone's n_blocks / n_heads when the config leaves them None
 
     @property
     def batch_dependent(self) -> bool:
@@ -101,7 +109,7 @@ class SequentialRecommender(nn.Module):
         if n_items < 1:
             raise ConfigError(f"a backbone needs at least one item, got n_items={n_items}")
         self.n_items, self.d, self.max_len = n_items, cfg.d, cfg.max_len
-        self.cfg = cfg
+        self.cfg = cfg.with_defaults(self.shape_defaults)  # subclasses read the resolved self.cfg
         self.branch: nn.Module | None = None  # set by mltfr.models.mltfr; None = ID-only
 
     def inject(self, h: Tensor, h0: Tensor, seqs: Tensor) -> Tensor:

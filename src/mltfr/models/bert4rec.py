@@ -18,19 +18,23 @@ class BERT4Rec(SequentialRecommender):
     item embeddings (no output transform or per-item bias), as the common interface requires;
     no extra training samples that mask only the last item. As in the authors' code, a
     chosen position is always replaced by [MASK] (no 80/10/10 rule). At least one real
-    position per sequence is masked.
+    position per sequence is masked. Ours: each real position is masked with probability
+    mask_prob (default 0.5, the authors' mask ratio); their code masks exactly
+    max(floor(n * ratio), 1) of a row's n items, the same count in expectation.
     """
+
+    shape_defaults = {"n_blocks": 2, "n_heads": 1}  # the MLTFR authors' BERT4Rec.conf
 
     def __init__(self, n_items: int, cfg: BackboneConfig):
         super().__init__(n_items, cfg)
+        cfg = self.cfg  # n_blocks / n_heads resolved
         self.mask_id = n_items + 1
         self.mask_prob = cfg.mask_prob
         # learned positions, LayerNorm + dropout on the embedding, no sqrt(d) scale (BERT)
         self.embed = SequenceEmbedding(n_items + 2, cfg.d, cfg.max_len, cfg.dropout,
                                        scale=False, layer_norm=True)
-        heads = cfg.heads(default=2)
         self.blocks = nn.ModuleList(
-            TransformerBlock(cfg.d, heads, cfg.dropout, cfg.attn_dropout, ffn_mult=4, activation="gelu")
+            TransformerBlock(cfg.d, cfg.n_heads, cfg.dropout, cfg.attn_dropout, ffn_mult=4, activation="gelu")
             for _ in range(cfg.n_blocks))
         self.final_norm = nn.LayerNorm(cfg.d, eps=1e-8)
         init_weights(self, std=0.02)

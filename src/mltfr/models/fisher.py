@@ -1,8 +1,9 @@
 """Fisher-weighted semantic consensus: diagonal empirical Fisher, merge, and the file between rounds.
 
-Round 1 trains the model without consensus. `fisher_diagonal` then makes one pass over the
-training batches with dropout off and records, for every expert parameter, the mean of its
-squared batch gradient (a diagonal empirical Fisher F_m). `merge_experts` merges the experts of
+Round 1 trains the model (its consensus expert is the authors' frozen random copy of the first
+group expert). `fisher_diagonal` then makes one seeded pass over the training batches with
+dropout off and records, for every expert parameter, the mean of its squared batch gradient (a
+diagonal empirical Fisher F_m). `merge_experts` merges the experts of
 the same-D group element-wise, theta = sum F_m theta_m / (sum F_m + 1e-12) (plain mean for the
 ablation), and `save_consensus` writes it to safetensors; round 2 (a fresh model) loads it with
 `load_consensus` and passes it to `build_branch(..., shared_state=...)`, where it stays frozen.
@@ -51,21 +52,31 @@ def _fisher_mode(model: nn.Module):
         model.train(was_training)
 
 
+@contextlib.contextmanager
+def _seeded_global_rng(seed: int, device: torch.device):
+    """The global torch RNG seeded with `seed` inside, the caller's state restored after: the
+    filter's Gumbel noise (faithful evaluation noise) draws from it."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
 def fisher_diagonal(model: nn.Module, batches: Iterable, loss_fn: Callable | None = None,
                     seed: int = 0) -> dict[str, Tensor]:
     """Mean over `batches` of the squared batch gradient of every expert parameter.
 
     loss_fn(model, batch) -> scalar; default `model.loss(batch, gen)` with a generator seeded by
-    `seed`, so BERT4Rec masking and negative sampling still work and are reproducible.
+    `seed`, so BERT4Rec masking and negative sampling still work. Every random draw of the pass
+    (negatives, masks, Gumbel noise) comes from `seed`: the same batches give the same Fisher.
     """
     params = expert_parameters(model)
+    device = next(model.parameters()).device           # backbones want gen on the batch's device
     if loss_fn is None:
-        device = next(model.parameters()).device       # backbones want gen on the batch's device
         gen = torch.Generator(device=device).manual_seed(seed)
         loss_fn = lambda m, batch: m.loss(batch, gen)  # noqa: E731
     sums = {name: torch.zeros_like(p) for name, p in params.items()}
     n = 0
-    with _fisher_mode(model):
+    with _fisher_mode(model), _seeded_global_rng(seed, device):
         for batch in batches:
             grads = torch.autograd.grad(loss_fn(model, batch), list(params.values()), allow_unused=True)
             for name, g in zip(params, grads):

@@ -46,8 +46,11 @@ class FMLPRec(SequentialRecommender):
     branch receives h0 with padding zeroed.
     """
 
+    shape_defaults = {"n_blocks": 1}  # the MLTFR authors' FMLPRec.conf
+
     def __init__(self, n_items: int, cfg: BackboneConfig):
         super().__init__(n_items, cfg)
+        cfg = self.cfg  # n_blocks resolved
         self.embed = SequenceEmbedding(n_items + 1, cfg.d, cfg.max_len, cfg.dropout,
                                        scale=False, layer_norm=True)
         self.blocks = nn.ModuleList(FilterBlock(cfg.d, cfg.max_len, cfg.dropout)

@@ -21,9 +21,11 @@ class GRU4Rec(SequentialRecommender):
     at a real position depends on the real items only.
     """
     ignores_left_padding = True  # outputs at real positions ignore left padding (evaluator trims it)
+    shape_defaults = {"n_blocks": 2}  # not in the MLTFR authors' code: two layers, like SASRec's blocks
 
     def __init__(self, n_items: int, cfg: BackboneConfig):
         super().__init__(n_items, cfg)
+        cfg = self.cfg  # n_blocks resolved
         self.embed = SequenceEmbedding(n_items + 1, cfg.d, cfg.max_len, cfg.dropout,
                                        scale=False, positions=False)
         self.first = nn.GRU(cfg.d, cfg.d, batch_first=True)

@@ -82,8 +82,11 @@ class BranchConfig:
     filtering: bool = True       # (bool) user-guided filtering; False = P learned prototype tokens (direct injection)
     n_prototypes: int = 50       # (int) P, prototype tokens per LLM when filtering is off (Time-LLM style)
     router: str = "softmax"      # "softmax" (dense per-position router) | "mean" (uniform 1/M, ablation)
+    router_softmax_twice: bool = False  # (bool) softmax over softmax (authors' BERT4Rec/FMLP-Rec: their
+    #                                     GatingNetwork returns a softmax and their MoE applies another)
     consensus: str = "none"      # merge for the round-2 consensus expert: "none" | "fisher" | "mean"
-    lambda_s: float = 0.01       # (float) weight of the consensus expert (0.01 SASRec, 0.2 BERT4Rec, 0.05 FMLP-Rec)
+    lambda_s: float = 0.01       # (float) weight of the consensus expert (0.01 SASRec, 0.2 BERT4Rec, 0.05 FMLP-Rec);
+    #                              round 1 adds a frozen random copy of the first group expert with it too
     consensus_group: list[int] | None = None  # indices of the LLMs merged (same D); None = largest same-D set
     trainable_tables: bool = True  # (bool) fine-tune the token tables (published) or keep them frozen
     n_heads: int = 4             # (int) attention heads per expert, head size d / n_heads
@@ -495,7 +498,7 @@ class MltfrBranch(nn.Module):
             for t in tables)
         self.experts = nn.ModuleList(self._expert(dim) for dim in self.dims)
         self.router = nn.Linear(cfg.d, len(tables)) if cfg.router == "softmax" else None
-        self.shared: CrossAttentionExpert | None = None   # round 2 only, frozen
+        self.shared: CrossAttentionExpert | None = None   # consensus expert (build_branch), frozen
         self.group: list[int] = []
         self.record_interp = True                           # the Fisher pass switches it off
         self.reset_interp()
@@ -571,7 +574,9 @@ class MltfrBranch(nn.Module):
         M = len(self.experts)
         if self.router is None:
             return h0.new_full((*h0.shape[:2], M), 1.0 / M)
-        return torch.softmax(self.router(h0), dim=-1)
+        gates = torch.softmax(self.router(h0), dim=-1)
+        # twice: weights flattened towards 1/M (at most e-fold apart), as in the authors' BERT4Rec/FMLP-Rec
+        return torch.softmax(gates, dim=-1) if self.cfg.router_softmax_twice else gates
 
     def forward(self, h0: Tensor, seqs: Tensor) -> Tensor:
         tokens, ids = self.token_sets(h0, seqs)
@@ -586,8 +591,17 @@ class MltfrBranch(nn.Module):
             self._record(gates, ids, seqs)
         return o * (seqs > 0).unsqueeze(-1).to(o.dtype)
 
+    def train(self, mode: bool = True) -> "MltfrBranch":
+        """nn.Module.train, except that the frozen consensus expert stays in eval mode (no dropout):
+        the authors call .eval() on it in every forward."""
+        super().train(mode)
+        if self.shared is not None:
+            self.shared.eval()
+        return self
+
     def set_shared(self, state: dict[str, Tensor], group: list[int]) -> None:
-        """Round 2: add the merged expert of `group`, frozen (requires_grad False)."""
+        """Add the consensus expert of `group` with weights `state`, frozen (requires_grad False,
+        eval mode): round 1 a random copy of the first group expert, round 2 the merged expert."""
         group = check_consensus_group(group, self.names, self.dims)
         shared = self._expert(self.dims[group[0]])
         try:
@@ -596,7 +610,7 @@ class MltfrBranch(nn.Module):
             raise ConfigError(f"the merged expert does not fit the consensus group "
                               f"{[self.names[m] for m in group]} (D={self.dims[group[0]]}): {err}; "
                               "rerun the Fisher step with the same LLMs and d") from None
-        self.shared = shared.to(self.table(0).device).requires_grad_(False)
+        self.shared = shared.to(self.table(0).device).requires_grad_(False).eval()
         self.group = group
 
     def reset_interp(self) -> None:
@@ -630,16 +644,22 @@ def build_branch(cfg: BranchConfig, tables: list[Tensor],
                  shared_state: dict[str, Tensor] | None = None) -> MltfrBranch:
     """The branch over `tables` (one (|V|, D) tensor per LLM, in cfg.names order).
 
-    Round 1: shared_state None. Round 2: the merged expert (see mltfr.models.fisher), added frozen.
+    A consensus variant (consensus != "none") always carries a frozen consensus expert, added with
+    lambda_s. Round 1 (shared_state None): as in the authors' code, a copy of the first group
+    expert taken at its random init. Round 2: the merged expert (see mltfr.models.fisher).
     """
     if cfg.names and len(cfg.names) != len(tables):
         raise ConfigError(f"{len(tables)} token tables given for {len(cfg.names)} LLMs {cfg.names}")
     branch = MltfrBranch(cfg, tables)
-    if shared_state is not None:
-        if cfg.consensus == "none":
+    if cfg.consensus == "none":
+        if shared_state is not None:
             raise ConfigError("a merged consensus expert was given but consensus is 'none' for this "
                               "variant; drop the merged-expert file or use a variant with consensus")
-        branch.set_shared(shared_state, resolve_consensus_group(cfg, branch.dims))
+        return branch
+    group = resolve_consensus_group(cfg, branch.dims)
+    if shared_state is None:   # round 1: the random init of the first group expert, copied
+        shared_state = branch.experts[group[0]].state_dict()
+    branch.set_shared(shared_state, group)
     return branch
 
 

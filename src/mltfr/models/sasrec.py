@@ -25,16 +25,17 @@ class SASRec(SequentialRecommender):
     than the user's whole history.
     """
     ignores_left_padding = True  # outputs at real positions ignore left padding (evaluator trims it)
+    shape_defaults = {"n_blocks": 2, "n_heads": 8}  # the MLTFR authors' SASRec.conf
 
     def __init__(self, n_items: int, cfg: BackboneConfig, loss_type: str = "bce"):
         super().__init__(n_items, cfg)
+        cfg = self.cfg  # n_blocks / n_heads resolved
         if loss_type not in ("bce", "ce"):
             raise ValueError(f"loss_type must be 'bce' or 'ce', got {loss_type!r}")
         self.loss_type = loss_type
         self.embed = SequenceEmbedding(n_items + 1, cfg.d, cfg.max_len, cfg.dropout)
-        heads = cfg.heads(default=1)
         self.blocks = nn.ModuleList(
-            TransformerBlock(cfg.d, heads, cfg.dropout, cfg.attn_dropout) for _ in range(cfg.n_blocks))
+            TransformerBlock(cfg.d, cfg.n_heads, cfg.dropout, cfg.attn_dropout) for _ in range(cfg.n_blocks))
         self.final_norm = nn.LayerNorm(cfg.d, eps=1e-8)
         init_weights(self)
 

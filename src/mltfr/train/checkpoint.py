@@ -33,7 +33,8 @@ class TrainState:
     order: torch.Tensor | None = None  # that epoch's window order (None at an epoch boundary)
     loss_sum: float = 0.0  # that epoch's summed step losses so far
     epoch_seconds: float = 0.0  # that epoch's training seconds so far
-    best_score: float = -math.inf  # best selection metric seen (valid: corrected, test: faithful)
+    best_score: float = -math.inf  # metric_for_selection at the best epoch (valid: corrected, test: faithful)
+    best_scores: dict = field(default_factory=dict)  # the metrics the selection compares, at the best epoch
     best_epoch: int = 0  # the epoch that reached it
     best_state: dict | None = None  # model state_dict (CPU) at the best epoch
     best_ranks: dict = field(default_factory=dict)  # {"valid"|"test": (n,) int64 tensor} at the best epoch
@@ -47,7 +48,8 @@ class TrainState:
 def save_checkpoint(path: Path, cfg_dict: dict, model, optimizer, rng: dict, state: TrainState) -> None:
     """Write the checkpoint atomically: a kill during the write leaves the previous one intact."""
     payload = {"format": FORMAT, "config": cfg_dict, "model": model.state_dict(),
-               "optimizer": optimizer.state_dict(), "rng": rng, "state": dataclasses.asdict(state)}
+               "optimizer": optimizer.state_dict() if optimizer is not None else None,  # None: pop
+               "rng": rng, "state": dataclasses.asdict(state)}
     # torch.save reports a full disk as a RuntimeError of its zip writer
     with reporting_write_errors(path, RuntimeError), atomic_path(path) as tmp:
         torch.save(payload, tmp)

@@ -17,10 +17,13 @@ from typing import Any, Mapping
 import yaml
 
 from mltfr.errors import ConfigError
-from mltfr.evaluate.metrics import metric_names
+from mltfr.evaluate.metrics import MAJORITY_KEYS, metric_names
+from mltfr.models import UNTRAINED_BACKBONES
 from mltfr.models.base import BackboneConfig
 
 PROTOCOLS = ("faithful", "corrected")  # method.md: the authors' protocol and the clean one
+FAITHFUL_EPOCHS = 100   # the authors' confs: num.max.epoch=100, no early stopping
+CORRECTED_EPOCHS = 200  # an upper bound; early stopping on validation ends runs long before
 DEVICES = ("auto", "cpu", "cuda")       # auto = CUDA when available
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # 5e-4: a float YAML 1.1 misses
 
@@ -37,7 +40,8 @@ class RunConfig:
     lr: float = 1e-3  # (float) Adam learning rate (method.md)
     weight_decay: float = 0.0  # (float) Adam L2 penalty; the authors use none
     batch_size: int = 128  # (int) training windows per step (method.md)
-    epochs: int = 200  # (int) faithful: the fixed budget; corrected: the maximum before early stopping
+    epochs: int | None = None  # (int) faithful: the fixed budget; corrected: the maximum before early
+    #                            stopping; None = by protocol: faithful 100 (authors' confs), corrected 200
     patience: int = 10  # (int) corrected: stop after this many evaluations without a better valid score
     eval_every: int = 1  # (int) evaluate every this many epochs (and always after the last one)
     mask_history: bool | None = None  # (bool) exclude history items from the ranking; None = by
@@ -45,7 +49,8 @@ class RunConfig:
     eval_batch_size: int = 1024  # (int) users per evaluation block
     eval_item_block: int = 2048  # (int) items per score tile (a 1024 x 2048 tile stays in CPU cache)
     sampled_negatives: int = 0  # (int) 0 = full ranking (the study); N = the labelled sampled-N protocol
-    metric_for_selection: str = "ndcg@10"  # (str) the metric early stopping / best epoch uses
+    metric_for_selection: str = "ndcg@10"  # (str) corrected: the metric early stopping uses (faithful
+    #                                        selects by the authors' majority rule, see `selection`)
     device: str = "auto"  # (str) auto | cpu | cuda
     bf16: bool = False  # (bool) bf16 autocast for training; only takes effect on CUDA
     log_every: int = 100  # (int) steps between loss read-backs (each is a device sync)
@@ -62,10 +67,26 @@ class RunConfig:
                  self.metric_for_selection, f"one of {', '.join(metric_names())}")
         for key in ("batch_size", "epochs", "patience", "eval_every", "eval_batch_size",
                     "eval_item_block", "log_every"):
-            _require(getattr(self, key) >= 1, key, getattr(self, key), "an integer >= 1")
+            value = getattr(self, key)
+            _require(value is None and key == "epochs" or value >= 1, key, value, "an integer >= 1")
         _require(self.lr > 0, "lr", self.lr, "a positive number")
         _require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
         _require(self.sampled_negatives >= 0, "sampled_negatives", self.sampled_negatives, "0 or more")
+        self._check_untrained_is_base()
+
+    def _check_untrained_is_base(self) -> None:
+        """A counted backbone (pop) has no hidden states an LLM branch could be added to."""
+        if self.trains or (self.variant == "base" and not self.consensus_file):
+            return
+        given = f"variant {self.variant!r}" if self.variant != "base" else "a consensus file"
+        raise ConfigError(f"backbone {self.backbone!r} is a popularity ranking without hidden states, "
+                          f"so it takes no LLM branch ({given} was asked for); run it with --variant base "
+                          f"only, or choose a trained backbone for LLM variants")
+
+    @property
+    def trains(self) -> bool:
+        """False for a backbone without trainable parameters (pop): counted, evaluated once."""
+        return self.backbone not in UNTRAINED_BACKBONES
 
     @property
     def masks_history(self) -> bool:
@@ -73,10 +94,23 @@ class RunConfig:
         return self.protocol == "corrected" if self.mask_history is None else self.mask_history
 
     @property
+    def max_epochs(self) -> int:
+        """The epoch budget: `epochs`, or the protocol's default when unset."""
+        if self.epochs is not None:
+            return self.epochs
+        return FAITHFUL_EPOCHS if self.protocol == "faithful" else CORRECTED_EPOCHS
+
+    @property
     def selection(self) -> str:
-        """How the reported epoch is chosen, written into every output."""
+        """How the reported epoch is chosen, written into every output (no commas: a CSV cell).
+
+        faithful, the authors' rule: an epoch replaces the best one when it is at least as good on
+        3 or more of {HR, Precision, Recall, NDCG}@20 on the test set (mltfr.evaluate.wins_majority).
+        """
+        if not self.trains:
+            return f"no-training-counts-evaluated-once ({self.protocol})"
         if self.protocol == "faithful":
-            return "best-epoch-on-test (faithful)"
+            return f"best-epoch-on-test-not-worse-on-3-of-{'/'.join(MAJORITY_KEYS)} (faithful)"
         return f"early-stopping-on-valid-{self.metric_for_selection} (corrected)"
 
     def to_dict(self) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 corrected: evaluate on validation every `eval_every` epochs, keep the best state, stop after
 `patience` evaluations without improvement; the test set is touched once, at the end, by the
 caller (mltfr.train.run). faithful: a fixed epoch budget, the test set evaluated at every
-evaluation and the best epoch picked on it (the authors' protocol, labelled so in outputs).
+evaluation and the best epoch picked on it by the authors' majority rule over
+{HR, Precision, Recall, NDCG}@20 (mltfr.evaluate.wins_majority; labelled so in outputs).
 
 A checkpoint is written after every epoch and on SIGTERM (at the next batch boundary), so a
 rerun of the same command continues to exactly the result of an uninterrupted run.
@@ -25,7 +26,8 @@ import torch
 from tqdm import tqdm
 
 from mltfr.errors import MltfrError
-from mltfr.evaluate import metric_names, metrics_from_ranks, rank, rank_sampled
+from mltfr.evaluate import (majority_metrics, metric_names, metrics_from_ranks, rank, rank_sampled,
+                            wins_majority)
 from mltfr.io import atomic_write_text
 from mltfr.train import batching
 from mltfr.train.allocator import keep_freed_memory
@@ -50,7 +52,7 @@ class Trainer:
         self.model, self.split, self.cfg, self.gens, self.device = model, split, cfg, gens, device
         self.run_dir = Path(run_dir)
         keep_freed_memory()  # no page faults for per-step gradient buffers (CPU)
-        self.optimizer = make_optimizer(model, cfg)
+        self.optimizer = make_optimizer(model, cfg) if cfg.trains else None  # pop: nothing to optimise
         windows = batching.train_windows(split.train_offsets, split.train_items, cfg.model.max_len)
         if len(windows) == 0:
             raise MltfrError("no user has 2 or more training items: nothing to train on "
@@ -71,7 +73,8 @@ class Trainer:
         payload = load_checkpoint(self.checkpoint_path)
         check_same_config(self.checkpoint_path, payload["config"], self.cfg.to_dict())
         self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(payload["optimizer"])
         set_rng_state(payload["rng"], self.gens)
         self.state = payload["state"]
         return True
@@ -84,6 +87,10 @@ class Trainer:
     def fit(self, stop_after_epoch: int | None = None) -> TrainState:
         """Train until the budget is spent or early stopping; `stop_after_epoch` is a test hook
         that returns after that epoch as if the process had been killed."""
+        if not self.cfg.trains:
+            if not self.state.finished:
+                self.evaluate_untrained()
+            return self.state
         with self._sigterm_saves_checkpoint():
             while not self.state.finished:
                 self.run_epoch()
@@ -97,20 +104,34 @@ class Trainer:
         loss, seconds = self.train_epoch()
         s.epoch += 1
         row = {"epoch": s.epoch, "train_loss": loss, "seconds": round(seconds, 3)}
-        if s.epoch % self.cfg.eval_every == 0 or s.epoch == self.cfg.epochs:
+        if s.epoch % self.cfg.eval_every == 0 or s.epoch == self.cfg.max_epochs:
             row.update(self.evaluate_and_select())
-        s.finished = s.epoch >= self.cfg.epochs or (
+        s.finished = s.epoch >= self.cfg.max_epochs or (
             self.cfg.protocol == "corrected" and s.bad_evals >= self.cfg.patience)
         s.history.append(row)
         self.write_epoch_log()
         self.save()
         self.log_epoch(row)
 
+    def evaluate_untrained(self) -> None:
+        """A model without trainable parameters (pop): no epochs, one evaluation as "epoch 0".
+
+        The selection set is evaluated once (valid: corrected, test: faithful), so the result,
+        the ranks and epochs.csv are written like any run's; corrected adds the test pass."""
+        s = self.state
+        row = {"epoch": 0, "train_loss": None, "seconds": 0.0, **self.evaluate_and_select()}
+        s.finished = True
+        s.history.append(row)
+        self.write_epoch_log()
+        self.save()
+        print(f"{self.cfg.backbone}: no trainable parameters, evaluated once ({self.cfg.selection})",
+              file=sys.stderr, flush=True)
+
     def log_epoch(self, row: dict) -> None:
         """One line per epoch on stderr (the job log; the tqdm bar only shows on a terminal)."""
         s, key = self.state, self.cfg.metric_for_selection
         scores = "".join(f", {k} {v:.4f}" for k, v in row.items() if k.endswith(f"_{key}"))
-        print(f"epoch {row['epoch']}/{self.cfg.epochs}: loss {row['train_loss']:.4f}, {row['seconds']:.1f} s"
+        print(f"epoch {row['epoch']}/{self.cfg.max_epochs}: loss {row['train_loss']:.4f}, {row['seconds']:.1f} s"
               f"{scores} (best {s.best_score:.4f} at epoch {s.best_epoch}, {self.cfg.selection})",
               file=sys.stderr, flush=True)
 
@@ -171,14 +192,25 @@ class Trainer:
         ranks, seconds = evaluate_ranks(self.model, getattr(self.split, which), cfg, self.device)
         s.eval_seconds += seconds
         metrics = metrics_from_ranks(ranks)
-        score = metrics[cfg.metric_for_selection]
-        if score > s.best_score:
-            s.best_score, s.best_epoch, s.bad_evals = score, s.epoch, 0
+        scores = selection_scores(cfg, ranks, metrics)
+        if self.improves(scores):
+            s.best_score, s.best_scores = metrics[cfg.metric_for_selection], scores
+            s.best_epoch, s.bad_evals = s.epoch, 0
             s.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
             s.best_ranks = {which: torch.from_numpy(ranks)}
         else:
             s.bad_evals += 1
         return {f"{which}_{name}": value for name, value in metrics.items()}
+
+    def improves(self, scores: dict[str, float]) -> bool:
+        """Whether an evaluation with these selection scores replaces the best one so far."""
+        best = self.state.best_scores
+        if not best:
+            return True
+        if self.cfg.protocol == "faithful":
+            return wins_majority(scores, best)
+        key = self.cfg.metric_for_selection
+        return scores[key] > best[key]
 
     def write_epoch_log(self) -> None:
         """Rewrite epochs.csv (atomically) from the history: one row per epoch; the column
@@ -225,6 +257,14 @@ def make_optimizer(model, cfg: RunConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
+
+
+def selection_scores(cfg: RunConfig, ranks: np.ndarray, metrics: dict[str, float]) -> dict[str, float]:
+    """The metrics the selection compares: the authors' four @20 metrics (faithful), or
+    metric_for_selection (corrected)."""
+    if cfg.protocol == "faithful":
+        return majority_metrics(ranks)
+    return {cfg.metric_for_selection: metrics[cfg.metric_for_selection]}
 
 
 def eval_user_block(model, cfg: RunConfig) -> int:

@@ -41,7 +41,10 @@ def build_trainer(split, cfg: RunConfig, run_dir: Path, llm_tables: dict | None 
     """Seed everything, then build the model (its init draws from the seeded RNG) and trainer."""
     device = resolve_device(cfg.device)
     gens = seed_everything(cfg.seed, device)
-    return Trainer(build_model(cfg, split.n_items, device, llm_tables), split, cfg, run_dir, gens, device)
+    model = build_model(cfg, split.n_items, device, llm_tables)
+    if not cfg.trains:  # pop: counted from this run's training split instead of trained
+        model.count(torch.from_numpy(split.train_items).to(device))
+    return Trainer(model, split, cfg, run_dir, gens, device)
 
 
 def build_model(cfg: RunConfig, n_items: int, device: torch.device, llm_tables: dict | None = None):
@@ -133,12 +136,14 @@ def build_result(trainer: Trainer, ranks: dict[str, np.ndarray], test_seconds: f
         "mask_history": cfg.masks_history if not cfg.sampled_negatives else None,
         "selection": cfg.selection,
         "best_epoch": s.best_epoch,
-        "best_selection_score": {f"{'valid' if cfg.protocol == 'corrected' else 'test'}_"
-                                 f"{cfg.metric_for_selection}": s.best_score},
+        "best_selection_score": {f"{'valid' if cfg.protocol == 'corrected' else 'test'}_{key}": value
+                                 for key, value in s.best_scores.items()},
         "epochs_run": s.epoch,
-        "early_stopped": cfg.protocol == "corrected" and s.epoch < cfg.epochs,
+        "epoch_budget": cfg.max_epochs,   # train.epochs, or the protocol's default when unset
+        "early_stopped": cfg.trains and cfg.protocol == "corrected" and s.epoch < cfg.max_epochs,
         "backbone": cfg.backbone, "variant": cfg.variant, "protocol": cfg.protocol, "seed": cfg.seed,
         "config": cfg.to_dict(),
+        "model": dataclasses.asdict(trainer.model.cfg),   # backbone settings, defaults resolved
         "branch": branch_settings(trainer.model),
         "code_version": code_version(),
         "dataset": dataset_provenance(dataset_meta),

@@ -1,0 +1,87 @@
+"""`mltfr fisher` between the rounds: which round-1 state it uses (by protocol) and its seeding.
+
+Tiny synthetic inputs written to disk (a ring dataset and two same-D token tables), run through
+the CLI exactly as the workflow runs it: round 1 (`mltfr train`), then `mltfr fisher`.
+"""
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from mltfr.cli import main
+from mltfr.data.prepared import save_prepared
+from mltfr.llm.cache import write_meta, write_table
+from test_train import toy_prepared
+
+FAST = ["--set", "epochs=3", "model.d=8", "model.max_len=8", "batch_size=16", "--device", "cpu",
+        "--threads", "1"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """A prepared toy dataset and two 12-d token tables (a Fisher consensus group)."""
+    root = tmp_path_factory.mktemp("fisher-inputs")
+    save_prepared(root / "data", toy_prepared())
+    gen = torch.Generator().manual_seed(0)
+    for name, vocab in (("a", 50), ("b", 60)):
+        folder = root / "llm" / name
+        folder.mkdir(parents=True)
+        sha = write_table(folder, torch.randn(vocab, 12, generator=gen), "fp32")
+        write_meta(folder, {"vocab_size": vocab, "dim": 12, "sha256": sha})
+    return root
+
+
+def round1(inputs, out, protocol, seed=0):
+    llms = [f"--llm={n}={inputs / 'llm' / n}" for n in ("a", "b")]
+    assert main(["train", "--data", str(inputs / "data"), "--out", str(out), "--backbone", "sasrec",
+                 "--protocol", protocol, "--seed", str(seed), "--variant", "mltfr", *FAST, *llms]) == 0
+    return torch.load(out / "checkpoint.pt", weights_only=True)
+
+
+def fisher(run_dir, out):
+    assert main(["fisher", "--run", str(run_dir), "--out", str(out)]) == 0
+    with safe_open(str(out), framework="pt") as fh:
+        return {k: fh.get_tensor(k) for k in fh.keys()}, json.loads(fh.metadata()["mltfr"])
+
+
+def expected_merge(inputs, run_dir, state_dict):
+    """The merge `mltfr fisher` must write when it runs on `state_dict` (same batches, same seed)."""
+    from mltfr.data import load_prepared, make_split
+    from mltfr.models.fisher import merge_round1
+    from mltfr.train.batching import train_windows
+    from mltfr.train.config import RunConfig
+    from mltfr.train.run import build_model
+
+    cfg = RunConfig.from_dict(torch.load(run_dir / "checkpoint.pt", weights_only=True)["config"])
+    split = make_split(load_prepared(inputs / "data"), cfg.protocol, cfg.model.max_len)
+    llms = {n: inputs / "llm" / n for n in ("a", "b")}
+    model = build_model(cfg, split.n_items, torch.device("cpu"), llms)
+    model.load_state_dict(state_dict)
+    windows = torch.from_numpy(train_windows(split.train_offsets, split.train_items, cfg.model.max_len))
+    return merge_round1(model, windows.split(cfg.batch_size), seed=cfg.seed)[0]
+
+
+@pytest.mark.parametrize("protocol, label", [("faithful", "last-epoch"), ("corrected", "best-on-valid")])
+def test_fisher_uses_the_protocols_round1_state_and_is_seeded(inputs, tmp_path, protocol, label):
+    run_dir = tmp_path / "r1"
+    ckpt = round1(inputs, run_dir, protocol)
+    # make the best and the last state surely differ: shift the best state's experts
+    best = ckpt["state"]["best_state"]
+    for key in [k for k in best if k.startswith("branch.experts.")]:
+        best[key] = best[key] + 0.5
+    torch.save(ckpt, run_dir / "checkpoint.pt")
+    merged, meta = fisher(run_dir, tmp_path / "c1.safetensors")
+    epoch = ckpt["state"]["epoch"] if protocol == "faithful" else ckpt["state"]["best_epoch"]
+    assert (meta["round1_state"], meta["round1_epoch"], meta["seed"]) == (label, epoch, 0)
+    used, other = (ckpt["model"], best) if protocol == "faithful" else (best, ckpt["model"])
+    want, not_want = expected_merge(inputs, run_dir, used), expected_merge(inputs, run_dir, other)
+    assert all(torch.allclose(merged[k], want[k], atol=1e-6) for k in want)
+    assert any(not torch.allclose(merged[k], not_want[k], atol=1e-3) for k in want)
+    again, _ = fisher(run_dir, tmp_path / "c2.safetensors")
+    assert all(torch.equal(merged[k], again[k]) for k in merged)    # seeded: the same merge twice
