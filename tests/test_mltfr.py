@@ -415,7 +415,13 @@ def test_variants_map_to_their_settings():
     assert variant_config("base", LLMS, base) == (None, [])
     assert {v: needs_round2(v) for v in variant_names(LLMS) if needs_round2(v)} == {
         v: True for v in ["mltfr", "mltfr-nofilter", "mltfr-norouter", "mltfr-meanconsensus",
-                          "mltfr-frozen", "mltfr-random"]}
+                          "mltfr-frozen", "mltfr-random", "mltfr-randomselect", "mltfr-learnfilter",
+                          "mltfr-causal"]}
+    assert variant_config("mltfr-randomselect", LLMS, base)[0].selection == "random"
+    assert variant_config("mltfr-learnfilter", LLMS, base)[0].filter_grad == "learn"
+    assert base.filter_grad == "authors" and base.selection == "guided" and base.user_vector == "window"
+    causal = variant_config("mltfr-causal", LLMS, base_cfg(pooling="batch"))[0]
+    assert (causal.user_vector, causal.pooling) == ("causal", "user")
     assert backbone_defaults("fmlprec") == {"lambda_s": 0.05, "K": 10, "router_softmax_twice": True}
     assert backbone_defaults("bert4rec")["router_softmax_twice"] is True
     assert backbone_defaults("sasrec")["router_softmax_twice"] is False

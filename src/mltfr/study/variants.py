@@ -62,8 +62,10 @@ _ENTRIES = (
             {"selection": "random"}),
     Variant("mltfr-learnfilter", "control", "a filter that learns: gradient into y, no renormalisation",
             {"filter_grad": "learn"}),
-    Variant("mltfr-causal", "control", "causal user vector: prefix mean up to each position",
-            {"user_vector": "causal"}),
+    # per-user pooling under both protocols: pooled over the batch, a position would also attend
+    # to the tokens of later positions, which is what the causal vector removes
+    Variant("mltfr-causal", "control", "causal user vector: prefix mean up to each position (per-user pooling)",
+            {"user_vector": "causal", "pooling": "user"}),
 )
 VARIANTS = {v.name: v for v in _ENTRIES}
 SINGLE = {mode: Variant(mode, mode, summary, {"filtering": mode == "filter", **SINGLE_LLM}, llms="one")
