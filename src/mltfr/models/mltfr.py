@@ -331,6 +331,7 @@ class MltfrBranch(nn.Module):
         self.shared: CrossAttentionExpert | None = None   # round 2 only, frozen
         self.group: list[int] = []
         self.record_interp = True                           # the Fisher pass switches it off
+        self.diagnostics = None   # training diagnostics (mltfr.models.diagnostics), set by the trainer
         self.reset_interp()
 
     def _expert(self, dim: int) -> CrossAttentionExpert:
@@ -364,6 +365,8 @@ class MltfrBranch(nn.Module):
                 ids.append(None)
                 continue
             x, idx = selector(u, self.table(m), c.K, c.tau, noise)  # (B, K, D)
+            if self.training and self.diagnostics is not None:
+                self.diagnostics.record_filter(m, u, selector, self.table(m), idx)
             tokens.append(x.reshape(1, -1, x.shape[-1]) if c.pooling == "batch" else x)
             ids.append(idx)
         return tokens, ids
@@ -384,6 +387,8 @@ class MltfrBranch(nn.Module):
             o = o + self.cfg.lambda_s * self.shared(h0, consensus)
         if not self.training and self.record_interp:
             self._record(gates, ids, seqs)
+        if self.training and self.diagnostics is not None:
+            self.diagnostics.record_router(gates, seqs)
         return o * (seqs > 0).unsqueeze(-1).to(o.dtype)
 
     def set_shared(self, state: dict[str, Tensor], group: list[int]) -> None:

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from mltfr.errors import MltfrError
 from mltfr.evaluate import metric_names, metrics_from_ranks, rank, rank_sampled
 from mltfr.io import atomic_write_text
+from mltfr.models.diagnostics import attach_diagnostics
 from mltfr.train import batching
 from mltfr.train.allocator import keep_freed_memory
 from mltfr.train.checkpoint import (TrainState, check_same_config, load_checkpoint,
@@ -58,6 +59,7 @@ class Trainer:
         self.windows = torch.from_numpy(windows).to(device)  # (n_windows, L+1)
         self.state = TrainState()
         self.stop_requested = False
+        self.diagnostics = attach_diagnostics(model, cfg.diagnostics_every)  # None: no branch
 
     # ----------------------------------------------------------------- checkpoints
     @property
@@ -119,6 +121,8 @@ class Trainer:
         s, cfg = self.state, self.cfg
         if s.order is None:  # a fresh epoch (not the rest of a preempted one)
             s.order, s.step, s.loss_sum, s.epoch_seconds = self._new_order(), 0, 0.0, 0.0
+            if self.diagnostics is not None:  # a resumed epoch keeps only the steps after resume
+                self.diagnostics.reset()
         total = batching.n_steps(len(s.order), cfg.batch_size)
         start = time.perf_counter()
         loss_sum = torch.tensor(s.loss_sum, dtype=torch.float64, device=self.device)
@@ -126,6 +130,8 @@ class Trainer:
         bar = tqdm(total=total, initial=s.step, desc=f"epoch {s.epoch + 1}", leave=False,
                    disable=not sys.stderr.isatty())
         for step, seqs in batching.batches(self.windows, s.order, cfg.batch_size, s.step):
+            if self.diagnostics is not None:
+                self.diagnostics.arm(step)
             loss_sum += self.train_step(seqs)
             if (step + 1) % cfg.log_every == 0 or step + 1 == total:
                 mean = loss_sum.item() / (step + 1)               # the only device sync of the loop
@@ -150,6 +156,8 @@ class Trainer:
             loss = self.model.loss(seqs, self.gens.sample)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.diagnostics is not None:
+            self.diagnostics.record_gradients(self.model.branch)
         self.optimizer.step()
         return loss.detach()
 
