@@ -3,18 +3,23 @@ and one real training epoch on Pantry with the packaged MiniLM tables (result.js
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
 
+from mltfr.analysis import outputs
 from mltfr.cli import main
-from mltfr.data import load_prepared, make_split
+from mltfr.data import Prepared, load_prepared, make_split
 from mltfr.models import build_backbone
 from mltfr.models.diagnostics import (DIAGNOSTIC_KEYS, FilterDiagnostics, agreement_count,
                                       attach_diagnostics, effective_tokens, router_entropy, table_drift)
 from mltfr.models.mltfr import BranchConfig, TokenFilter, attach, build_branch
 from mltfr.train.batching import train_windows
+from mltfr.train.config import RunConfig
+from mltfr.train.loop import Trainer
+from mltfr.train.seed import seed_everything
 
 D_MODEL, MAX_LEN, N_ITEMS = 16, 8, 40
 
@@ -115,6 +120,7 @@ def test_hooks_sample_every_nth_step_and_reset():
     diag = attach_diagnostics(model, every=3)
     train_steps(model, diag, 7)
     out = diag.summary({"a": 0.1})
+    assert set(out) == {"diagnostics", *outputs.RUN_DIAGNOSTICS} and outputs.DIAGNOSTIC_KEYS == DIAGNOSTIC_KEYS
     assert out["diagnostics_steps"] == 3                                   # steps 0, 3, 6
     assert diag.users.tolist() == [48.0, 48.0]                             # 3 steps x 16 users
     assert 0 <= out["router_entropy"] <= math.log(2)
@@ -153,6 +159,24 @@ def test_diagnostics_draw_no_random_numbers():
         train_steps(model, attach_diagnostics(model, every), 3)
         states.append(model.state_dict())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_trainer_keeps_the_last_epoch_only(tmp_path):
+    """Two epochs: the accumulators hold one epoch's sampled steps (reset at each fresh epoch)."""
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 12, 100)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    prepared = Prepared(offsets=offsets, items=rng.integers(1, N_ITEMS + 1, offsets[-1]), n_items=N_ITEMS,
+                        meta={"dataset": "toy"})
+    split = make_split(prepared, "corrected", MAX_LEN)
+    cfg = RunConfig.from_dict({"model": {"d": D_MODEL, "max_len": MAX_LEN, "n_blocks": 1}, "batch_size": 16,
+                               "epochs": 2, "device": "cpu", "diagnostics_every": 2})
+    model = tiny_model(BranchConfig(d=D_MODEL), [torch.randn(50, 12)])
+    trainer = Trainer(model, split, cfg, tmp_path, seed_everything(0, torch.device("cpu")), torch.device("cpu"))
+    trainer.fit()
+    steps = -(-len(trainer.windows) // 16)
+    assert trainer.state.epoch == 2 and trainer.diagnostics.steps == -(-steps // 2)
+    assert trainer.diagnostics.users.item() == sum(min(16, len(trainer.windows) - 16 * s) for s in range(0, steps, 2))
 
 
 # ---------------------------------------------------------------- one real epoch on Pantry
