@@ -49,7 +49,8 @@ def synthetic_diagnostics(variant, seed):
     filtering = not (variant.startswith("direct") or variant == "mltfr-nofilter")
     filtered = {"effective_tokens": 900.0 + 10 * seed, "argmax_agreement": 0.01 * seed,
                 "distinct_selected": 100 * seed, "projection_grad_norm": 1e-4 * seed}
-    per_llm = {**(filtered if filtering else dict.fromkeys(filtered)), "table_drift": 0.1 * seed, "vocab": 1000}
+    per_llm = {**(filtered if filtering else dict.fromkeys(filtered)), "table_drift": 0.1 * seed,
+               "vocab": 1000}
     llms = ["x"] if variant.endswith("-x") else ["x", "y"]
     return {"diagnostics": {llm: dict(per_llm) for llm in llms}, "router_entropy": 0.5 + 0.01 * seed,
             "diagnostics_steps": 4}
@@ -183,17 +184,20 @@ def test_diagnostics_table_means_equal_the_runs(runs, tree):
     assert len(tidy) == 2 * 2 * (1 + 1 + 4 * 2) and (tidy["n_seeds"] == 3).all()
     for row in tidy.to_dict("records"):
         folder = tree / "runs" / row["dataset"] / "sasrec" / row["variant"] / row["protocol"]
-        per_seed = [json.loads(p.read_text())["diagnostics"][row["llm"]] for p in folder.glob("seed*/result.json")]
+        per_seed = [json.loads(p.read_text())["diagnostics"][row["llm"]]
+                    for p in folder.glob("seed*/result.json")]
         for key in outputs.DIAGNOSTIC_KEYS:
             values = [d[key] for d in per_seed]
-            assert np.isnan(row[key]) if values[0] is None else row[key] == pytest.approx(statistics.mean(values))
+            expected = np.nan if values[0] is None else statistics.mean(values)
+            assert row[key] == pytest.approx(expected, nan_ok=True)
     mltfr = tidy[(tidy["variant"] == "mltfr") & (tidy["llm"] == "y")].iloc[0]
     assert (mltfr["effective_tokens"], mltfr["effective_share"]) == pytest.approx((920.0, 0.92))
     assert mltfr["router_entropy"] == pytest.approx(0.52) and mltfr["table_drift"] == pytest.approx(0.2)
-    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in render_markdown(diagnostics_table(runs)).splitlines()
+    lines = render_markdown(diagnostics_table(runs)).splitlines()
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in lines
             if line.startswith("| alpha") and "| mltfr " in line and "| y " in line and "| corrected" in line]
-    assert rows == [["alpha", "sasrec", "corrected", "mltfr", "y", "3", "1,000", "920", "92.0%", "0.020", "200",
-                     "0.0002", "0.2", "0.520"]]
+    assert rows == [["alpha", "sasrec", "corrected", "mltfr", "y", "3", "1,000", "920", "92.0%", "0.020",
+                     "200", "0.0002", "0.2", "0.520"]]
 
 
 def test_token_labels_are_glyphs_or_code_points(tmp_path):
@@ -212,8 +216,8 @@ def test_token_labels_are_glyphs_or_code_points(tmp_path):
     assert "\\u" not in label
     assert (printable_token("Ġthe"), printable_token("▁world"), printable_token("ab中")) == (
         "_the", "_world", "ab" + ("中" if 0x4E2D in covered else " U+4E2D"))
-    interp = [({"dataset": "alpha", "backbone": "sasrec", "variant": "mltfr", "protocol": "corrected", "seed": 1},
-               {"top_tokens": {"x": [["মা", 5], ["Ġthe", 3]]}})]
+    keys = {"dataset": "alpha", "backbone": "sasrec", "variant": "mltfr", "protocol": "corrected", "seed": 1}
+    interp = [(keys, {"top_tokens": {"x": [["মা", 5], ["Ġthe", 3]]}})]
     with warnings.catch_warnings():
         warnings.simplefilter("error")                       # "Glyph ... missing from font(s)" fails
         save_figure(top_tokens_figure(interp), tmp_path, "top_tokens")

@@ -125,7 +125,8 @@ def test_hooks_sample_every_nth_step_and_reset():
     assert diag.users.tolist() == [48.0, 48.0]                             # 3 steps x 16 users
     assert 0 <= out["router_entropy"] <= math.log(2)
     a = out["diagnostics"]["a"]
-    assert set(a) == set(DIAGNOSTIC_KEYS) and a["table_drift"] == 0.1 and out["diagnostics"]["b"]["table_drift"] is None
+    assert set(a) == set(DIAGNOSTIC_KEYS) and a["table_drift"] == 0.1
+    assert out["diagnostics"]["b"]["table_drift"] is None                  # no initial table given
     assert 1 <= a["effective_tokens"] <= 50 and 0 <= a["argmax_agreement"] <= 1
     assert 1 <= a["distinct_selected"] <= min(50, 7 * 16) and a["projection_grad_norm"] > 0
     model.eval()
@@ -133,7 +134,8 @@ def test_hooks_sample_every_nth_step_and_reset():
         model(windows(4)[:, 1:])
     assert diag.users.tolist() == [48.0, 48.0]
     diag.reset()
-    assert diag.summary({})["router_entropy"] is None and diag.summary({})["diagnostics"]["a"]["distinct_selected"] == 0
+    empty = diag.summary({})
+    assert empty["router_entropy"] is None and empty["diagnostics"]["a"]["distinct_selected"] is None
 
 
 def test_prototypes_report_only_router_entropy_and_drift():
@@ -172,11 +174,13 @@ def test_trainer_keeps_the_last_epoch_only(tmp_path):
     cfg = RunConfig.from_dict({"model": {"d": D_MODEL, "max_len": MAX_LEN, "n_blocks": 1}, "batch_size": 16,
                                "epochs": 2, "device": "cpu", "diagnostics_every": 2})
     model = tiny_model(BranchConfig(d=D_MODEL), [torch.randn(50, 12)])
-    trainer = Trainer(model, split, cfg, tmp_path, seed_everything(0, torch.device("cpu")), torch.device("cpu"))
+    cpu = torch.device("cpu")
+    trainer = Trainer(model, split, cfg, tmp_path, seed_everything(0, cpu), cpu)
     trainer.fit()
     steps = -(-len(trainer.windows) // 16)
     assert trainer.state.epoch == 2 and trainer.diagnostics.steps == -(-steps // 2)
-    assert trainer.diagnostics.users.item() == sum(min(16, len(trainer.windows) - 16 * s) for s in range(0, steps, 2))
+    sampled_users = sum(min(16, len(trainer.windows) - 16 * s) for s in range(0, steps, 2))
+    assert trainer.diagnostics.users.item() == sampled_users
 
 
 # ---------------------------------------------------------------- one real epoch on Pantry

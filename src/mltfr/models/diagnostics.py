@@ -30,7 +30,7 @@ is made, so the trained model does not depend on `every`. Prototype (no filterin
 no tokens: their effective_tokens, argmax_agreement, distinct_selected and projection_grad_norm
 are None (null in result.json); table_drift, vocab and router_entropy are still reported.
 A user vector with leading dims (B, L, d) and ids (B, L, K) (a per-position user) are flattened
-to rows.
+to rows (padding positions included), scored ROW_CHUNK rows at a time.
 """
 from __future__ import annotations
 
@@ -151,7 +151,7 @@ class FilterDiagnostics:
         for m, name in enumerate(self.names):
             per_llm[name] = {"effective_tokens": _mean(self.effective_sum[m], self.users[m]),
                              "argmax_agreement": _mean(self.agree_sum[m], self.picks[m]),
-                             "distinct_selected": int(self.seen[m].sum()) if self.filtering else None,
+                             "distinct_selected": int(self.seen[m].sum()) or None,  # None: no pick
                              "projection_grad_norm": (float(self.grad_norm_sum[m]) / self.steps
                                                       if self.filtering and self.steps else None),
                              "table_drift": drift.get(name), "vocab": self.vocab[m]}
@@ -160,7 +160,8 @@ class FilterDiagnostics:
 
 
 def _mean(total: Tensor, count: Tensor) -> float | None:
-    """total / count as a float; None when nothing was counted (no filtering, no sampled step)."""
+    """total / count as a float; None when nothing was counted (no filtering, no sampled step:
+    e.g. a finished run resumed only to write its results)."""
     count = float(count)
     return float(total) / count if count else None
 
