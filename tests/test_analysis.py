@@ -16,7 +16,7 @@ from mltfr.analysis import outputs
 from mltfr.analysis.collect import KEYS, collect_runs, load_user_ndcg, user_ndcg
 from mltfr.analysis.pipeline import aggregate
 from mltfr.analysis.stats import StatsConfig, bootstrap_ci, holm, rank_biserial, run_comparisons, wilcoxon_test
-from mltfr.analysis.tables import main_table, render_latex, render_markdown
+from mltfr.analysis.tables import diagnostics_table, main_table, render_latex, render_markdown
 from mltfr.cli import main as cli_main
 from mltfr.errors import DataError
 
@@ -43,6 +43,19 @@ def synthetic_ranks(variant, seed):
     return np.random.default_rng(hash(variant) % 1000 + seed).integers(1, 25, N_USERS)
 
 
+def synthetic_diagnostics(variant, seed):
+    """Filter diagnostics as the trainer writes them: LLM x (and y, except single-LLM variants),
+    |V| = 1000, values growing with the seed; prototypes (direct, nofilter) have no filter values."""
+    filtering = not (variant.startswith("direct") or variant == "mltfr-nofilter")
+    filtered = {"effective_tokens": 900.0 + 10 * seed, "argmax_agreement": 0.01 * seed,
+                "distinct_selected": 100 * seed, "projection_grad_norm": 1e-4 * seed}
+    per_llm = {**(filtered if filtering else dict.fromkeys(filtered)), "table_drift": 0.1 * seed,
+               "vocab": 1000}
+    llms = ["x"] if variant.endswith("-x") else ["x", "y"]
+    return {"diagnostics": {llm: dict(per_llm) for llm in llms}, "router_entropy": 0.5 + 0.01 * seed,
+            "diagnostics_steps": 4}
+
+
 def write_run(root, dataset, variant, protocol, seed):
     folder = root / dataset / "sasrec" / variant / protocol / f"seed{seed}"
     folder.mkdir(parents=True)
@@ -56,6 +69,8 @@ def write_run(root, dataset, variant, protocol, seed):
               "dataset_sha256": "f00", "peak_mem_mb": 100.0 + seed, "n_params": 1000 + len(variant),
               "n_trainable": 900, "timings": {"train_s": 10.0 * seed, "eval_s": 1.0, "epoch_s": 2.0 * seed,
                                               "seqs_per_s": 50.0, "users_per_s": 70.0}}
+    if variant != "base":
+        result.update(synthetic_diagnostics(variant, seed))
     if variant == "mltfr":
         result["interp"] = {"router_weights": {"x": 0.6, "y": 0.4},
                             "top_tokens": {"x": [["Ġthe", 5], ["hello", 3]], "y": [["▁world", 4]]}}
@@ -161,6 +176,51 @@ def test_tables_have_the_expected_values(tree, tmp_path):
     assert (abl["delta_pct"] < 0).all()
     stats_md = (tmp_path / "dataset_stats.md").read_text()
     assert "| alpha" in stats_md and "5,000" in stats_md
+
+
+def test_diagnostics_table_means_equal_the_runs(runs, tree):
+    tidy = diagnostics_table(runs).tidy
+    # per dataset and protocol: x for direct-x and filter-x, x and y for the four mltfr variants
+    assert len(tidy) == 2 * 2 * (1 + 1 + 4 * 2) and (tidy["n_seeds"] == 3).all()
+    for row in tidy.to_dict("records"):
+        folder = tree / "runs" / row["dataset"] / "sasrec" / row["variant"] / row["protocol"]
+        per_seed = [json.loads(p.read_text())["diagnostics"][row["llm"]]
+                    for p in folder.glob("seed*/result.json")]
+        for key in outputs.DIAGNOSTIC_KEYS:
+            values = [d[key] for d in per_seed]
+            expected = np.nan if values[0] is None else statistics.mean(values)
+            assert row[key] == pytest.approx(expected, nan_ok=True)
+    mltfr = tidy[(tidy["variant"] == "mltfr") & (tidy["llm"] == "y")].iloc[0]
+    assert (mltfr["effective_tokens"], mltfr["effective_share"]) == pytest.approx((920.0, 0.92))
+    assert mltfr["router_entropy"] == pytest.approx(0.52) and mltfr["table_drift"] == pytest.approx(0.2)
+    lines = render_markdown(diagnostics_table(runs)).splitlines()
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in lines
+            if line.startswith("| alpha") and "| mltfr " in line and "| y " in line and "| corrected" in line]
+    assert rows == [["alpha", "sasrec", "corrected", "mltfr", "y", "3", "1,000", "920", "92.0%", "0.020",
+                     "200", "0.0002", "0.2", "0.520"]]
+
+
+def test_token_labels_are_glyphs_or_code_points(tmp_path):
+    """A Bengali token is drawn with a font that has it, or written U+09AE, never as \\u09ae;
+    drawing the top-tokens figure then warns of no missing glyph."""
+    import warnings
+
+    from mltfr.analysis.figures import printable_token, save_figure, token_fonts, top_tokens_figure
+
+    covered = token_fonts()[1]
+    label = printable_token("মা")
+    if covered & {0x09AE, 0x09BE}:                           # a Bengali font is installed
+        assert label.startswith("ম" if 0x09AE in covered else "U+09AE")
+    else:
+        assert label == "U+09AE U+09BE"
+    assert "\\u" not in label
+    assert (printable_token("Ġthe"), printable_token("▁world"), printable_token("ab中")) == (
+        "_the", "_world", "ab" + ("中" if 0x4E2D in covered else " U+4E2D"))
+    keys = {"dataset": "alpha", "backbone": "sasrec", "variant": "mltfr", "protocol": "corrected", "seed": 1}
+    interp = [(keys, {"top_tokens": {"x": [["মা", 5], ["Ġthe", 3]]}})]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                       # "Glyph ... missing from font(s)" fails
+        save_figure(top_tokens_figure(interp), tmp_path, "top_tokens")
 
 
 def test_holm_hand_computed():

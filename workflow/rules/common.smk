@@ -615,6 +615,7 @@ FIGURE_CATEGORIES = {
     "sensitivity": "4. Sensitivity",
     "router_weights": "5. Interpretability",
     "top_tokens": "5. Interpretability",
+    "diagnostics": "5. Interpretability",
     "training_curves": "6. Training",
     "protocols": "7. Evaluation protocols",
 }
@@ -635,7 +636,7 @@ def figure_outputs():
 
 
 # Tables also shown in the HTML report, captions in workflow/report/table_<name>.rst.
-REPORT_TABLES = ("main.csv", "pvalues.csv")
+REPORT_TABLES = ("main.csv", "pvalues.csv", "diagnostics.csv")
 
 
 def report_tables(files):

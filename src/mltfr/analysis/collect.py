@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mltfr.analysis.outputs import (DIAGNOSTIC_KEYS, RUN_DIAGNOSTICS, diagnostic_column,
+                                    parse_diagnostic_column)
 from mltfr.analysis.variants import parse_variant
 from mltfr.errors import DataError
 
@@ -170,8 +172,33 @@ def run_row(path: Path, result: dict) -> dict:
     valid = (result.get("metrics") or {}).get("valid") or {}
     row.update({f"valid_{m}": float(valid.get(m, np.nan)) for m in METRICS})
     row.update(_resources(result))
+    row.update(_diagnostics(result))
     row["run_dir"] = path.parent.as_posix()
     return row
+
+
+def _diagnostics(result: dict) -> dict:
+    """The filter diagnostics as flat columns (outputs.diagnostic_column per LLM and key, and the
+    run-level router_entropy, diagnostics_steps); NaN where a run has none (base, null values)."""
+    row = {key: _number(result.get(key)) for key in RUN_DIAGNOSTICS}
+    for llm, values in (result.get("diagnostics") or {}).items():
+        row.update({diagnostic_column(llm, key): _number((values or {}).get(key)) for key in DIAGNOSTIC_KEYS})
+    return row
+
+
+def diagnostics_frame(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run, LLM) that reported diagnostics: the run's KEYS, llm, DIAGNOSTIC_KEYS and
+    the run-level router_entropy and diagnostics_steps."""
+    llms = sorted({parsed[0] for parsed in map(parse_diagnostic_column, runs.columns) if parsed})
+    rows = []
+    for _, run in runs.iterrows():
+        for llm in llms:
+            if pd.isna(run.get(diagnostic_column(llm, "vocab"), np.nan)):
+                continue  # the LLM is not in this run
+            rows.append({**{k: run[k] for k in KEYS}, "llm": llm,
+                         **{key: run[diagnostic_column(llm, key)] for key in DIAGNOSTIC_KEYS},
+                         **{key: run.get(key, np.nan) for key in RUN_DIAGNOSTICS}})
+    return pd.DataFrame(rows, columns=[*KEYS, "llm", *DIAGNOSTIC_KEYS, *RUN_DIAGNOSTICS])
 
 
 def collect_runs(source: str | Path | Iterable[str | Path],

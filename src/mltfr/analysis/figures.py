@@ -7,6 +7,8 @@ Error bars: 95% CIs are seaborn's bootstrap over seeds (seed=0, so redrawing is 
 """
 from __future__ import annotations
 
+import functools
+import re
 from pathlib import Path
 
 import matplotlib
@@ -16,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from mltfr.analysis.collect import sensitivity_runs  # noqa: E402
+from mltfr.analysis.collect import diagnostics_frame, sensitivity_runs  # noqa: E402
 from mltfr.analysis.tables import NO_RUNS, paired_gain, protocol_table  # noqa: E402
 from mltfr.analysis.variants import ABLATIONS, BASE, FULL, parse_variant  # noqa: E402
 from mltfr.io import atomic_path  # noqa: E402
@@ -24,6 +26,7 @@ from mltfr.io import atomic_path  # noqa: E402
 CI95 = ("ci", 95)
 FACET = {"height": 3.0, "aspect": 1.3}
 TOP_TOKENS = 10
+TOKEN_FONT = "DejaVu Sans"   # the figures' font; installed system fonts are its fallbacks for tokens
 
 
 def save_figure(fig: plt.Figure, folder: str | Path, name: str) -> list[Path]:
@@ -146,10 +149,33 @@ def router_weights_figure(interp: list[tuple[dict, dict]]) -> plt.Figure:
     return grid.figure
 
 
+@functools.cache
+def token_fonts() -> tuple[tuple[str, ...], frozenset[int]]:
+    """Font families for token labels (DejaVu Sans, then every font installed on the system, as
+    fallbacks) and the code points they cover. Matplotlib's other bundled fonts are left out: the
+    TeX and STIX ones map code points to symbols, Last Resort draws boxes."""
+    from matplotlib import font_manager
+
+    bundled = Path(matplotlib.get_data_path()) / "fonts"
+    fonts = [f for f in font_manager.fontManager.ttflist
+             if f.name == TOKEN_FONT or not Path(f.fname).is_relative_to(bundled)]
+    covered: set[int] = set()
+    for font in fonts:
+        try:
+            covered.update(font_manager.get_font(font.fname).get_charmap())
+        except (OSError, RuntimeError):   # an unreadable font file: it covers nothing
+            continue
+    families = dict.fromkeys([TOKEN_FONT, *sorted(f.name for f in fonts)])
+    return tuple(families), frozenset(covered)
+
+
 def printable_token(token: str) -> str:
-    """A token string that any font renders: word-start markers shown as '_', others escaped."""
+    """A token string the figure can draw: word-start markers shown as '_', every character no
+    installed font has written as its code point ('U+09AE'), never as a Python escape."""
     text = str(token).replace("Ġ", "_").replace("▁", "_").replace("Ċ", "\\n")
-    return text.encode("ascii", "backslashreplace").decode("ascii") or "''"
+    covered = token_fonts()[1]
+    label = "".join(ch if ord(ch) in covered else f"\0U+{ord(ch):04X}\0" for ch in text)
+    return re.sub("\0+", " ", label.strip("\0")) or "''"   # one space between code points
 
 
 def top_tokens_frame(interp: list[tuple[dict, dict]], top: int = TOP_TOKENS) -> pd.DataFrame:
@@ -175,6 +201,8 @@ def top_tokens_figure(interp: list[tuple[dict, dict]]) -> plt.Figure:
     for (i, ds), (j, llm) in ((a, b) for a in enumerate(datasets) for b in enumerate(llms)):
         part, ax = data[(data["dataset"] == ds) & (data["llm"] == llm)], axes[i, j]
         sns.barplot(part, x="count", y="token", ax=ax, color="C0")
+        for label in ax.get_yticklabels():   # fallback fonts for scripts DejaVu Sans lacks
+            label.set_fontfamily(token_fonts()[0])
         ax.set_title(f"{ds} · {llm}", fontsize=9)
         ax.set_ylabel("")
         ax.set_xlabel("times selected" if i == len(datasets) - 1 else "")
@@ -218,6 +246,34 @@ def protocols_figure(runs: pd.DataFrame) -> plt.Figure:
     return grid.figure
 
 
+DIAG_MEASURES = {"effective_share": "effective tokens / |V|", "argmax_agreement": "argmax agreement"}
+
+
+def diagnostics_figure(runs: pd.DataFrame) -> plt.Figure:
+    """Per dataset (columns) and variant (x): effective tokens as a share of |V| and the argmax
+    agreement of training picks (rows), one bar per LLM; mean and sd over runs (seeds, backbones,
+    protocols pooled)."""
+    data = diagnostics_frame(runs)
+    data = data.assign(effective_share=data["effective_tokens"] / data["vocab"])
+    long = data.melt(id_vars=["dataset", "variant", "llm"], value_vars=list(DIAG_MEASURES),
+                     var_name="measure").dropna(subset=["value"])
+    if long.empty:
+        return empty_figure("Filter diagnostics")
+    long["measure"] = long["measure"].map(DIAG_MEASURES)
+    grid = sns.catplot(long, x="variant", y="value", hue="llm", col="dataset", row="measure",
+                       kind="bar", errorbar="sd", order=sorted(long["variant"].unique()),
+                       hue_order=sorted(long["llm"].unique()), col_order=sorted(long["dataset"].unique()),
+                       row_order=list(DIAG_MEASURES.values()), **FACET)
+    grid.set(ylim=(0, 1.1))
+    for ax in grid.axes.flat:   # the values, so that a zero bar reads as 0.00, not as missing
+        for bars in ax.containers:
+            ax.bar_label(bars, fmt="%.2f", fontsize=6)
+    _rotate(grid)
+    grid.set_axis_labels("", "share")
+    _titles(grid)
+    return grid.figure
+
+
 def draw_figures(runs: pd.DataFrame, epochs: pd.DataFrame, interp: list, folder: str | Path) -> list[Path]:
     """Every figure of outputs.FIGURES into `folder`."""
     sns.set_theme(style="whitegrid", context="paper")
@@ -230,5 +286,6 @@ def draw_figures(runs: pd.DataFrame, epochs: pd.DataFrame, interp: list, folder:
         "top_tokens": lambda: top_tokens_figure(interp),
         "training_curves": lambda: training_curves_figure(epochs),
         "protocols": lambda: protocols_figure(runs),
+        "diagnostics": lambda: diagnostics_figure(runs),
     }
     return [p for name, draw in figures.items() for p in save_figure(draw(), folder, name)]

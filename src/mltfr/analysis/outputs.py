@@ -8,7 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 # Tables written as <name>.csv (tidy numbers), <name>.md and <name>.tex (formatted).
-TABLES = ("dataset_stats", "main", "single_llm", "ablations", "sensitivity", "efficiency", "protocols")
+TABLES = ("dataset_stats", "main", "single_llm", "ablations", "sensitivity", "efficiency", "protocols",
+          "diagnostics")
 TABLE_FORMATS = ("csv", "md", "tex")
 # The per-run table: <tables>/runs.csv and <tables>/runs.parquet.
 RUNS_TABLE = "runs"
@@ -16,8 +17,28 @@ RUNS_TABLE = "runs"
 STATS_TABLES = ("comparisons", "pvalues")
 # Figures written as <figures>/<name>.png and .pdf; captions in workflow/report/<name>.rst.
 FIGURES = ("single_llm_gains", "main_comparison", "ablations", "sensitivity", "router_weights",
-           "top_tokens", "training_curves", "protocols")
+           "top_tokens", "training_curves", "protocols", "diagnostics")
 FIGURE_FORMATS = ("png", "pdf")
+# Filter diagnostics of a run with an LLM branch (result.json, written by mltfr.models.diagnostics):
+# per LLM `diagnostics.<llm>.<key>` -> runs-table column diagnostic_column(llm, key); the run-level
+# keys keep their names as columns.
+DIAGNOSTIC_KEYS = ("effective_tokens", "argmax_agreement", "distinct_selected", "projection_grad_norm",
+                   "table_drift", "vocab")
+RUN_DIAGNOSTICS = ("router_entropy", "diagnostics_steps")
+_DIAG_PREFIX = "diag:"
+
+
+def diagnostic_column(llm: str, key: str) -> str:
+    """The runs-table column of one LLM's diagnostic: 'diag:<llm>:<key>' (LLM names have no ':')."""
+    return f"{_DIAG_PREFIX}{llm}:{key}"
+
+
+def parse_diagnostic_column(column: str) -> tuple[str, str] | None:
+    """(llm, key) of a diagnostic column, None for any other column."""
+    if not column.startswith(_DIAG_PREFIX):
+        return None
+    llm, _, key = column[len(_DIAG_PREFIX):].rpartition(":")
+    return (llm, key) if llm and key in DIAGNOSTIC_KEYS else None
 
 
 def table_outputs(tables_dir: str | Path) -> list[Path]:

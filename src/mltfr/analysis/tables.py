@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from mltfr.analysis.collect import sensitivity_runs
+from mltfr.analysis.collect import diagnostics_frame, sensitivity_runs
+from mltfr.analysis.outputs import DIAGNOSTIC_KEYS
 from mltfr.analysis.variants import ABLATIONS, BASE, FULL
 from mltfr.io import atomic_path, atomic_write_text
 
@@ -202,6 +203,36 @@ def protocol_table(runs: pd.DataFrame) -> Table:
     return Table("protocols", tidy.reset_index(drop=True), display.astype(str), None, caption)
 
 
+DIAG_GROUP = ["dataset", "backbone", "protocol", "variant", "llm"]
+DIAG_FORMATS = {"vocab": "{:,.0f}", "effective_tokens": "{:,.0f}", "effective_share": "{:.1%}",
+                "argmax_agreement": "{:.3f}", "distinct_selected": "{:,.0f}",
+                "projection_grad_norm": "{:.3g}", "table_drift": "{:.3g}", "router_entropy": "{:.3f}"}
+
+
+def diagnostics_table(runs: pd.DataFrame) -> Table:
+    """Filter diagnostics (last training epoch) per dataset, backbone, protocol, variant and LLM:
+    the mean over seeds of each, the number of seeds, and effective tokens as a share of |V|."""
+    values = [*DIAGNOSTIC_KEYS, "router_entropy"]
+    long = diagnostics_frame(runs)
+    if long.empty:
+        return empty_table("diagnostics", pd.DataFrame(columns=[*DIAG_GROUP, "n_seeds", *values,
+                                                                "effective_share"]), "Filter diagnostics")
+    grouped = long.groupby(DIAG_GROUP, sort=True)
+    tidy = grouped[values].mean().reset_index()
+    tidy.insert(len(DIAG_GROUP), "n_seeds", grouped.size().to_numpy())
+    tidy["effective_share"] = tidy["effective_tokens"] / tidy["vocab"]
+    tidy = tidy[[*DIAG_GROUP, "n_seeds", *DIAG_FORMATS]]
+    display = tidy[DIAG_GROUP + ["n_seeds"]].astype(str)
+    for col, fmt in DIAG_FORMATS.items():
+        display[col] = [fmt.format(v) if pd.notna(v) else "" for v in tidy[col]]
+    caption = ("Filter diagnostics of the last training epoch, mean over seeds: effective tokens = "
+               "exp(entropy) of softmax(cosine scores), the distribution the Gumbel pick draws from "
+               "(share = of |V|); argmax agreement = share of training picks in the noiseless top-K; "
+               "distinct tokens picked; projection gradient norm; table drift = rms change / std; "
+               "router entropy (nats). Blank: no filtering (prototypes).")
+    return Table("diagnostics", tidy, display, None, caption)
+
+
 def dataset_table(stats: pd.DataFrame) -> Table:
     """Dataset statistics from results/data/*/meta.json."""
     if stats.empty:
@@ -224,7 +255,7 @@ def empty_table(name: str, tidy: pd.DataFrame, caption: str, note: str = NO_RUNS
 def build_tables(runs: pd.DataFrame, stats: pd.DataFrame) -> list[Table]:
     """Every study table, in the order of outputs.TABLES."""
     return [dataset_table(stats), main_table(runs), single_llm_table(runs), ablation_table(runs),
-            sensitivity_table(runs), efficiency_table(runs), protocol_table(runs)]
+            sensitivity_table(runs), efficiency_table(runs), protocol_table(runs), diagnostics_table(runs)]
 
 
 # --- rendering ---------------------------------------------------------------------------------

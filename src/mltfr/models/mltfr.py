@@ -371,6 +371,10 @@ class TokenFilter(nn.Module):
         """The projection or the table is trainable (a gradient could reach normalize(Linear(E)))."""
         return table.requires_grad or any(p.requires_grad for p in self.proj.parameters())
 
+    def normalised_projection(self, table: Tensor) -> Tensor:
+        """normalize(Linear(E)) (|V|, d) of the current weights, without gradient (cached)."""
+        return self.cache.get(table, self.proj)
+
     def scores_get_gradient(self, u: Tensor, table: Tensor, K: int, filter_grad: str) -> bool:
         """A gradient reaches the scores in this call. Not under no_grad, not with the authors'
         weights at K = 1 (w is constant), not when nothing upstream of the scores learns."""
@@ -405,7 +409,7 @@ class TokenFilter(nn.Module):
             if noise:
                 idx = sample_softmax_ids(u_n, table, self.proj, K)                     # (B, K)
             else:
-                idx = cosine_scores(u_n, self.cache.get(table, self.proj)).topk(K, dim=-1).indices
+                idx = cosine_scores(u_n, self.normalised_projection(table)).topk(K, dim=-1).indices
         return table[idx] * selected_weight(K, filter_grad), idx
 
 
@@ -501,6 +505,7 @@ class MltfrBranch(nn.Module):
         self.shared: CrossAttentionExpert | None = None   # consensus expert (build_branch), frozen
         self.group: list[int] = []
         self.record_interp = True                           # the Fisher pass switches it off
+        self.diagnostics = None   # training diagnostics (mltfr.models.diagnostics), set by the trainer
         self.reset_interp()
 
     def _expert(self, dim: int) -> CrossAttentionExpert:
@@ -535,6 +540,8 @@ class MltfrBranch(nn.Module):
                 ids.append(None)
                 continue
             x, idx = self.select(m, u)                              # (B or N, K, D)
+            if self.training and self.diagnostics is not None:
+                self.diagnostics.record_filter(m, u, self.selectors[m], self.table(m), idx)
             tokens.append(x.reshape(1, -1, x.shape[-1]) if c.pooling == "batch" else x)
             ids.append(idx)
         return tokens, ids
@@ -589,6 +596,8 @@ class MltfrBranch(nn.Module):
             o = o + self.cfg.lambda_s * place(self.shared(queries, consensus))
         if not self.training and self.record_interp:
             self._record(gates, ids, seqs)
+        if self.training and self.diagnostics is not None:
+            self.diagnostics.record_router(gates, seqs)
         return o * (seqs > 0).unsqueeze(-1).to(o.dtype)
 
     def train(self, mode: bool = True) -> "MltfrBranch":

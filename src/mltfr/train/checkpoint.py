@@ -21,7 +21,8 @@ from mltfr.errors import ConfigError, DataError, MltfrError
 from mltfr.io import atomic_path
 
 FORMAT = 1  # bump when the layout below changes; older checkpoints are then refused
-IGNORED_ON_RESUME = ("device",)  # config keys that may differ between the run and its resume
+# config keys that may differ between the run and its resume (diagnostics draw no random numbers)
+IGNORED_ON_RESUME = ("device", "diagnostics_every")
 
 
 @dataclass

@@ -54,6 +54,7 @@ class RunConfig:
     device: str = "auto"  # (str) auto | cpu | cuda
     bf16: bool = False  # (bool) bf16 autocast for training; only takes effect on CUDA
     log_every: int = 100  # (int) steps between loss read-backs (each is a device sync)
+    diagnostics_every: int = 10  # (int) sample the filter diagnostics every Nth step (models.diagnostics)
     branch: dict = field(default_factory=dict)  # LLM-branch settings (K, tau, lambda_s, ...;
     #                                             mltfr.models.mltfr.BranchConfig), checked there
     consensus_file: str | None = None  # (path) round 2: merged expert from `mltfr fisher`; None = round 1
@@ -66,7 +67,7 @@ class RunConfig:
         _require(self.metric_for_selection in metric_names(), "metric_for_selection",
                  self.metric_for_selection, f"one of {', '.join(metric_names())}")
         for key in ("batch_size", "epochs", "patience", "eval_every", "eval_batch_size",
-                    "eval_item_block", "log_every"):
+                    "eval_item_block", "log_every", "diagnostics_every"):
             value = getattr(self, key)
             _require(value is None and key == "epochs" or value >= 1, key, value, "an integer >= 1")
         _require(self.lr > 0, "lr", self.lr, "a positive number")

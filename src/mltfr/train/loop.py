@@ -29,6 +29,7 @@ from mltfr.errors import MltfrError
 from mltfr.evaluate import (majority_metrics, metric_names, metrics_from_ranks, rank, rank_sampled,
                             wins_majority)
 from mltfr.io import atomic_write_text
+from mltfr.models.diagnostics import attach_diagnostics
 from mltfr.train import batching
 from mltfr.train.allocator import keep_freed_memory
 from mltfr.train.checkpoint import (TrainState, check_same_config, load_checkpoint,
@@ -60,6 +61,7 @@ class Trainer:
         self.windows = torch.from_numpy(windows).to(device)  # (n_windows, L+1)
         self.state = TrainState()
         self.stop_requested = False
+        self.diagnostics = attach_diagnostics(model, cfg.diagnostics_every)  # None: no branch
 
     # ----------------------------------------------------------------- checkpoints
     @property
@@ -140,6 +142,8 @@ class Trainer:
         s, cfg = self.state, self.cfg
         if s.order is None:  # a fresh epoch (not the rest of a preempted one)
             s.order, s.step, s.loss_sum, s.epoch_seconds = self._new_order(), 0, 0.0, 0.0
+            if self.diagnostics is not None:  # a resumed epoch keeps only the steps after resume
+                self.diagnostics.reset()
         total = batching.n_steps(len(s.order), cfg.batch_size)
         start = time.perf_counter()
         loss_sum = torch.tensor(s.loss_sum, dtype=torch.float64, device=self.device)
@@ -147,6 +151,8 @@ class Trainer:
         bar = tqdm(total=total, initial=s.step, desc=f"epoch {s.epoch + 1}", leave=False,
                    disable=not sys.stderr.isatty())
         for step, seqs in batching.batches(self.windows, s.order, cfg.batch_size, s.step):
+            if self.diagnostics is not None:
+                self.diagnostics.arm(step)
             loss_sum += self.train_step(seqs)
             if (step + 1) % cfg.log_every == 0 or step + 1 == total:
                 mean = loss_sum.item() / (step + 1)               # the only device sync of the loop
@@ -171,6 +177,8 @@ class Trainer:
             loss = self.model.loss(seqs, self.gens.sample)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.diagnostics is not None:
+            self.diagnostics.record_gradients(self.model.branch)
         self.optimizer.step()
         return loss.detach()
 

@@ -2,7 +2,8 @@
 
 Outputs in the run folder (all atomic): checkpoint.pt and epochs.csv (during training),
 ranks.npz (per-user ranks for paired tests) and result.json (metrics, selection rule, config,
-seed, protocol, code version, dataset checksums, timings, peak memory, parameter count).
+seed, protocol, code version, dataset checksums, timings, peak memory, parameter count; with an
+LLM branch also interp and the filter diagnostics of mltfr.models.diagnostics).
 """
 from __future__ import annotations
 
@@ -73,6 +74,7 @@ def train_and_evaluate(split, cfg: RunConfig, run_dir: str | Path, dataset_meta:
     result["inputs"] = inputs or {}
     if trainer.model.branch is not None:
         result["interp"] = interpretability(trainer, llm_tables or {})
+        result.update(diagnostics(trainer, llm_tables or {}))
     with reporting_write_errors(run_dir / RANKS):
         write_ranks(run_dir / RANKS, split, ranks, result["eval_protocol"], result["selection"])
     with reporting_write_errors(run_dir / RESULT):  # written last: it marks the run complete
@@ -111,6 +113,18 @@ def interpretability(trainer: Trainer, llm_tables: dict) -> dict:
         tokens[name] = [[s, c, i] for s, (i, c) in zip(strings or [str(i) for i, _ in pairs], pairs)]
     return {"router_weights": stats["router_weight"], "top_tokens": tokens,
             "n_positions": stats["n_positions"], "token_format": "[string, count, token id]"}
+
+
+def diagnostics(trainer: Trainer, llm_tables: dict) -> dict:
+    """The filter diagnostics of the last training epoch (mltfr.models.diagnostics), with each
+    table's drift: the reported (best) state's table against the cached table it started from."""
+    from mltfr.llm import load_table
+    from mltfr.models.diagnostics import table_drift
+
+    branch = trainer.model.branch
+    drift = {name: table_drift(branch.table(m), load_table(llm_tables[name])[0])
+             for m, name in enumerate(branch.names) if name in llm_tables}
+    return trainer.diagnostics.summary(drift)
 
 
 def write_ranks(path: Path, split, ranks: dict[str, np.ndarray], eval_protocol: str, selection: str) -> None:
