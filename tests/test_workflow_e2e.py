@@ -27,14 +27,14 @@ from mltfr.analysis import outputs
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DATASET = "pantry-u10"
-# The 16 final runs of config/test.yaml: variant -> protocols (backbone sasrec unless noted).
+# The 17 final runs of config/test.yaml: variant -> protocols (backbone sasrec unless noted).
 EXPECTED_RUNS = sorted(
     [("sasrec", "base", p) for p in ("faithful", "corrected")]
     + [("sasrec-ce", "base", p) for p in ("faithful", "corrected")]
     + [("pop", "base", p) for p in ("faithful", "corrected")]
     + [("sasrec", f"{m}-{llm}", "corrected") for m in ("direct", "filter") for llm in ("minilm", "paraphrase-minilm")]
     + [("sasrec", "mltfr", p) for p in ("faithful", "corrected")]
-    + [("sasrec", v, "corrected") for v in ("mltfr-noconsensus", "mltfr-meanconsensus", "mltfr-random")]
+    + [("sasrec", v, "corrected") for v in ("mltfr-noconsensus", "mltfr-meanconsensus", "mltfr-random", "mltfr-randomselect")]
     + [("sasrec", "mltfr@branch.tau=1.0", "corrected")]
 )
 AGGREGATION = {"run_manifest": 1, "tables": 1, "stats": 1, "figures": 1, "all": 1}
