@@ -261,7 +261,8 @@ def _ladder_panel(ax_ndcg, ax_gain, part: pd.DataFrame) -> None:
         g = rows.dropna(subset=["gain"]).set_index("rung")
         if len(g):
             err = [g["gain"] - g["gain_ci_low"], g["gain_ci_high"] - g["gain"]]
-            ax_gain.errorbar(x[g.index], g["gain"], yerr=err, marker="o", capsize=3, color=f"C{i}",
+            dodge = 0.1 * (i - 1.5)   # the variants' CIs side by side, not on top of each other
+            ax_gain.errorbar(x[g.index] + dodge, g["gain"], yerr=err, marker="o", capsize=3, color=f"C{i}",
                              ls="none", label=f"{variant} - {g['gain_reference'].iloc[0]}")
     ax_gain.axhline(0, color="0.3", lw=0.8, zorder=0)
     ax_gain.set_xticks(range(len(rungs)), rungs, rotation=45, ha="right")
