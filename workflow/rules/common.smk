@@ -618,6 +618,7 @@ FIGURE_CATEGORIES = {
     "diagnostics": "5. Interpretability",
     "training_curves": "6. Training",
     "protocols": "7. Evaluation protocols",
+    "ladder": "7. Evaluation protocols",
 }
 
 
@@ -636,7 +637,13 @@ def figure_outputs():
 
 
 # Tables also shown in the HTML report, captions in workflow/report/table_<name>.rst.
-REPORT_TABLES = ("main.csv", "pvalues.csv", "diagnostics.csv")
+REPORT_TABLES = (
+    "main.csv",
+    "pvalues.csv",
+    "diagnostics.csv",
+    "ladder.csv",
+    "optimism.csv",
+)
 
 
 def report_tables(files):

@@ -1,8 +1,9 @@
 """Read run folders into one tidy table: one row per run, every metric, timing and identifier.
 
 A run folder is results/runs/{dataset}/{backbone}/{variant}/{protocol}/seed{seed}/ with
-result.json, ranks.npz and epochs.csv (docs/architecture.md). Only result files are read here:
-no torch, so tables and figures can be redrawn anywhere.
+result.json, ranks.npz and epochs.csv (docs/architecture.md); a protocol-ladder run lies in
+{rung}/ instead of {protocol}/ and records `rung` (columns rung, rung_index, ...). Only result
+files are read here: no torch, so tables and figures can be redrawn anywhere.
 """
 from __future__ import annotations
 
@@ -86,7 +87,8 @@ def _identity(path: Path, result: dict) -> dict:
     if len(parts) == 5 and parts[-1].startswith("seed"):
         if _is_sensitivity_run(path, parts[2], result):
             ident["variant"] = parts[2]
-        expected = tuple(str(ident[k]) for k in KEYS[:4]) + (f"seed{ident['seed']}",)
+        folder = _rung_name(result) or ident["protocol"]   # a ladder run's folder is its rung
+        expected = tuple(str(ident[k]) for k in KEYS[:3]) + (folder, f"seed{ident['seed']}")
         if parts != expected:
             raise DataError(f"{path}: JSON says {'/'.join(expected)} but the file lies in "
                             f"{'/'.join(parts)}; move it or rerun the run")
@@ -173,8 +175,51 @@ def run_row(path: Path, result: dict) -> dict:
     row.update({f"valid_{m}": float(valid.get(m, np.nan)) for m in METRICS})
     row.update(_resources(result))
     row.update(_diagnostics(result))
+    row.update(_ladder_fields(result))
     row["run_dir"] = path.parent.as_posix()
     return row
+
+
+FAITHFUL_RUNG = "faithful"   # rung 0 of the protocol ladder: the ordinary faithful run
+
+
+def _rung_name(result: dict) -> str | None:
+    """The ladder rung a run recorded (`rung.name`), None for an ordinary protocol run."""
+    rung = result.get("rung")
+    return rung.get("name") if isinstance(rung, dict) else None
+
+
+def _ladder_fields(result: dict) -> dict:
+    """The run's ladder rung (rung, rung_index, rung_previous, rung_order: the configured factor
+    order joined by ','), and the protocol settings the ladder varies, as recorded.
+
+    An ordinary faithful run is rung 0 "faithful"; an ordinary corrected run has no rung (NaN).
+    """
+    rung = result.get("rung") if isinstance(result.get("rung"), dict) else {}
+    faithful = result.get("protocol") == "faithful"
+    branch = result.get("branch") or {}
+    return {
+        "rung": rung.get("name", FAITHFUL_RUNG if faithful else None),
+        "rung_index": _number(rung.get("index", 0 if faithful else None)),
+        "rung_previous": rung.get("previous"),
+        "rung_order": ",".join(rung["order"]) if rung.get("order") else None,
+        "epoch_budget": _number(result.get("epoch_budget")),
+        "select_on": result.get("select_on"), "holdout_valid": result.get("holdout_valid"),
+        "mask_history": result.get("mask_history"), "eval_noise": branch.get("eval_noise"),
+        "pooling": branch.get("pooling"), "user_vector": branch.get("user_vector"),
+    }
+
+
+def is_ladder_run(runs: pd.DataFrame) -> pd.Series:
+    """True for the protocol ladder's own runs (rung > 0); the faithful rung 0 is an ordinary run."""
+    if "rung" not in runs.columns:
+        return pd.Series(False, index=runs.index)
+    return runs["rung"].notna() & (runs["rung"] != FAITHFUL_RUNG)
+
+
+def protocol_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The ordinary faithful and corrected runs: what every table but the ladder's compares."""
+    return runs[~is_ladder_run(runs)]
 
 
 def _diagnostics(result: dict) -> dict:
@@ -203,7 +248,7 @@ def diagnostics_frame(runs: pd.DataFrame) -> pd.DataFrame:
 
 def collect_runs(source: str | Path | Iterable[str | Path],
                  benchmarks: str | Path | None = None) -> pd.DataFrame:
-    """One row per run, sorted by (dataset, backbone, variant, protocol, seed).
+    """One row per run, sorted by (dataset, backbone, variant, protocol, seed, rung_index).
 
     `source`: see find_result_files. `run_dir` keeps the path as given (relative to the working
     directory in the workflow, so the table does not depend on the machine).
@@ -214,16 +259,23 @@ def collect_runs(source: str | Path | Iterable[str | Path],
     runs = pd.DataFrame([run_row(f, r) for f, r in zip(files, results)])
     for param in runs.loc[runs["block"] == "sensitivity", "param"].dropna().unique():
         runs[f"setting:{param}"] = [_number(_setting(r, param)) for r in results]  # the default's point
-    dup = runs.duplicated(list(KEYS), keep=False)
+    dup = runs.duplicated([*KEYS, "rung"], keep=False)
     if dup.any():
         raise DataError(f"two result files describe the same run: "
                         f"{', '.join(map(str, np.asarray(files)[dup.to_numpy()]))}; remove one")
     for col in ("n_params", "n_trainable", "best_epoch", "peak_mem_mb", "peak_host_rss_mb"):
         runs[col] = pd.to_numeric(runs[col], errors="coerce")
-    runs = runs.sort_values(list(KEYS), kind="stable").reset_index(drop=True)
+    runs = runs.sort_values([*KEYS, "rung_index"], kind="stable").reset_index(drop=True)
     if benchmarks is not None and Path(benchmarks).is_dir():
-        runs = runs.merge(read_benchmarks(benchmarks), on=list(KEYS), how="left")
+        runs = _merge_benchmarks(runs, read_benchmarks(benchmarks))
     return runs
+
+
+def _merge_benchmarks(runs: pd.DataFrame, bench: pd.DataFrame) -> pd.DataFrame:
+    """Benchmark columns joined by run folder: a ladder run's benchmarks lie under its rung."""
+    folder = runs["protocol"].where(~is_ladder_run(runs), runs["rung"])
+    merged = runs.assign(protocol=folder).merge(bench, on=list(KEYS), how="left")
+    return merged.assign(protocol=runs["protocol"].to_numpy())
 
 
 def sensitivity_runs(runs: pd.DataFrame) -> pd.DataFrame:

@@ -246,6 +246,49 @@ def protocols_figure(runs: pd.DataFrame) -> plt.Figure:
     return grid.figure
 
 
+def _ladder_panel(ax_ndcg, ax_gain, part: pd.DataFrame) -> None:
+    """One dataset/backbone of the ladder figure: NDCG@10 per rung as steps through faithful and
+    the cumulative rungs (single-factor rungs as lone markers), and the gain over base with CIs."""
+    rungs = list(dict.fromkeys(part.sort_values("rung_pos")["rung"]))
+    x = pd.Series(range(len(rungs)), index=rungs)
+    steps = [r for r in rungs if not r.startswith("alone-")]
+    for i, (variant, rows) in enumerate(part.groupby("variant", sort=True)):
+        y = rows.set_index("rung")["ndcg@10"]
+        on = [r for r in steps if r in y.index]
+        ax_ndcg.step(x[on], y[on], where="mid", marker="o", color=f"C{i}", label=variant)
+        alone = [r for r in rungs if r not in steps and r in y.index]
+        ax_ndcg.plot(x[alone], y[alone], "D", color=f"C{i}", mfc="none")
+        g = rows.dropna(subset=["gain"]).set_index("rung")
+        if len(g):
+            err = [g["gain"] - g["gain_ci_low"], g["gain_ci_high"] - g["gain"]]
+            dodge = 0.1 * (i - 1.5)   # the variants' CIs side by side, not on top of each other
+            ax_gain.errorbar(x[g.index] + dodge, g["gain"], yerr=err, marker="o", capsize=3, color=f"C{i}",
+                             ls="none", label=f"{variant} - {g['gain_reference'].iloc[0]}")
+    ax_gain.axhline(0, color="0.3", lw=0.8, zorder=0)
+    ax_gain.set_xticks(range(len(rungs)), rungs, rotation=45, ha="right")
+    ax_ndcg.legend(fontsize=7)
+    if ax_gain.get_legend_handles_labels()[0]:
+        ax_gain.legend(fontsize=7)
+
+
+def ladder_figure(ladder: pd.DataFrame) -> plt.Figure:
+    """Per dataset/backbone (columns): test NDCG@10 per rung of each variant (top) and the gain
+    over base per rung with its 95% bootstrap CI over users (bottom), from the ladder table."""
+    if ladder.empty:
+        return empty_figure("Protocol ladder")
+    panels = ladder[["dataset", "backbone"]].drop_duplicates().sort_values(["dataset", "backbone"])
+    width = 0.45 * ladder["rung"].nunique() + 1.5
+    fig, axes = plt.subplots(2, len(panels), squeeze=False, sharex="col", figsize=(width * len(panels), 6))
+    for j, (dataset, backbone) in enumerate(panels.itertuples(index=False)):
+        part = ladder[(ladder["dataset"] == dataset) & (ladder["backbone"] == backbone)]
+        _ladder_panel(axes[0, j], axes[1, j], part)
+        axes[0, j].set_title(f"{dataset} · {backbone}")
+    axes[0, 0].set_ylabel("test NDCG@10")
+    axes[1, 0].set_ylabel("gain over base (NDCG@10)")
+    fig.tight_layout()
+    return fig
+
+
 DIAG_MEASURES = {"effective_share": "effective tokens / |V|", "argmax_agreement": "argmax agreement"}
 
 
@@ -274,8 +317,10 @@ def diagnostics_figure(runs: pd.DataFrame) -> plt.Figure:
     return grid.figure
 
 
-def draw_figures(runs: pd.DataFrame, epochs: pd.DataFrame, interp: list, folder: str | Path) -> list[Path]:
-    """Every figure of outputs.FIGURES into `folder`."""
+def draw_figures(runs: pd.DataFrame, epochs: pd.DataFrame, interp: list, folder: str | Path,
+                 ladder: pd.DataFrame | None = None) -> list[Path]:
+    """Every figure of outputs.FIGURES into `folder`; `ladder` is the ladder table's tidy frame
+    (mltfr.analysis.ladder), `runs` the protocol runs (no ladder runs)."""
     sns.set_theme(style="whitegrid", context="paper")
     figures = {
         "single_llm_gains": lambda: single_llm_gains_figure(runs),
@@ -287,5 +332,6 @@ def draw_figures(runs: pd.DataFrame, epochs: pd.DataFrame, interp: list, folder:
         "training_curves": lambda: training_curves_figure(epochs),
         "protocols": lambda: protocols_figure(runs),
         "diagnostics": lambda: diagnostics_figure(runs),
+        "ladder": lambda: ladder_figure(ladder if ladder is not None else pd.DataFrame()),
     }
     return [p for name, draw in figures.items() for p in save_figure(draw(), folder, name)]

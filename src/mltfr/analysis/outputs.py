@@ -9,7 +9,7 @@ from pathlib import Path
 
 # Tables written as <name>.csv (tidy numbers), <name>.md and <name>.tex (formatted).
 TABLES = ("dataset_stats", "main", "single_llm", "ablations", "sensitivity", "efficiency", "protocols",
-          "diagnostics")
+          "diagnostics", "ladder", "optimism")
 TABLE_FORMATS = ("csv", "md", "tex")
 # The per-run table: <tables>/runs.csv and <tables>/runs.parquet.
 RUNS_TABLE = "runs"
@@ -17,7 +17,7 @@ RUNS_TABLE = "runs"
 STATS_TABLES = ("comparisons", "pvalues")
 # Figures written as <figures>/<name>.png and .pdf; captions in workflow/report/<name>.rst.
 FIGURES = ("single_llm_gains", "main_comparison", "ablations", "sensitivity", "router_weights",
-           "top_tokens", "training_curves", "protocols", "diagnostics")
+           "top_tokens", "training_curves", "protocols", "diagnostics", "ladder")
 FIGURE_FORMATS = ("png", "pdf")
 # Filter diagnostics of a run with an LLM branch (result.json, written by mltfr.models.diagnostics):
 # per LLM `diagnostics.<llm>.<key>` -> runs-table column diagnostic_column(llm, key); the run-level

@@ -5,17 +5,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from mltfr.analysis.collect import collect_runs, load_dataset_stats, load_epochs, load_interp
+from mltfr.analysis.collect import collect_runs, load_dataset_stats, load_epochs, load_interp, protocol_runs
 from mltfr.analysis.tables import build_tables, write_runs, write_table
 
 STEPS = ("tables", "stats", "figures")   # the default: everything ("tables" includes runs.csv)
 ALL_STEPS = ("runs",) + STEPS            # "runs": only runs.csv / runs.parquet
 
 
-def make_tables(runs: pd.DataFrame, data_root: str | Path, out: str | Path) -> list[Path]:
-    """runs.csv/.parquet and every study table under `out`."""
+def make_tables(runs: pd.DataFrame, data_root: str | Path, out: str | Path, cfg=None) -> list[Path]:
+    """runs.csv/.parquet and every study table under `out` (the ladder's included)."""
+    from mltfr.analysis.ladder import ladder_tables
+    from mltfr.analysis.stats import StatsConfig
+
     stats = load_dataset_stats(data_root)
-    return write_runs(runs, out) + [p for t in build_tables(runs, stats) for p in write_table(t, out)]
+    tables = build_tables(runs, stats) + ladder_tables(runs, cfg or StatsConfig())
+    return write_runs(runs, out) + [p for t in tables for p in write_table(t, out)]
 
 
 def make_stats(runs: pd.DataFrame, out: str | Path, cfg=None) -> list[Path]:
@@ -26,14 +30,19 @@ def make_stats(runs: pd.DataFrame, out: str | Path, cfg=None) -> list[Path]:
     table = run_comparisons(runs, cfg or StatsConfig())
     path = Path(out) / "comparisons.csv"
     atomic_write_text(path, table.to_csv(index=False))
-    return [path] + write_table(pvalue_table(table), out)
+    return [path] + write_table(pvalue_table(table, protocol_runs(runs)), out)
 
 
-def make_figures(runs: pd.DataFrame, out: str | Path) -> list[Path]:
-    """Every figure under `out` (PNG and PDF)."""
+def make_figures(runs: pd.DataFrame, out: str | Path, cfg=None) -> list[Path]:
+    """Every figure under `out` (PNG and PDF); the ladder's from its own runs, the others from
+    the protocol runs."""
     from mltfr.analysis.figures import draw_figures  # matplotlib only when figures are asked for
+    from mltfr.analysis.ladder import ladder_tidy
+    from mltfr.analysis.stats import StatsConfig
 
-    return draw_figures(runs, load_epochs(runs), load_interp(runs), out)
+    study = protocol_runs(runs)
+    ladder = ladder_tidy(runs, cfg or StatsConfig())
+    return draw_figures(study, load_epochs(study), load_interp(study), out, ladder)
 
 
 def aggregate(runs_root: str | Path, data_root: str | Path, tables: str | Path, stats: str | Path,
@@ -45,9 +54,9 @@ def aggregate(runs_root: str | Path, data_root: str | Path, tables: str | Path, 
     if "runs" in steps and "tables" not in steps:
         written += write_runs(runs, tables)
     if "tables" in steps:
-        written += make_tables(runs, data_root, tables)
+        written += make_tables(runs, data_root, tables, cfg)
     if "stats" in steps:
         written += make_stats(runs, stats, cfg)
     if "figures" in steps:
-        written += make_figures(runs, figures)
+        written += make_figures(runs, figures, cfg)
     return written

@@ -11,11 +11,13 @@ For a variant A against a reference B of the same dataset/backbone/protocol:
   non-zero differences, in [-1, 1], the effect size that belongs to the Wilcoxon test. Cohen's
   d_z (mean / sd of the per-user differences) is reported beside it for readers used to it.
 - Paired t-test over seeds on mean test NDCG@10 (the run-level result); NaN with a note when
-  fewer than 2 common seeds or when the seed differences are constant.
+  fewer than MIN_SEEDS (3) common seeds or when the seed differences are constant.
+- Users are paired by user id (the index of the per-user vectors), never by position.
 - Bootstrap 95% CI of the mean per-user difference A - B (paired: users' differences are
   resampled; percentile method, seeded: the same inputs give the same interval).
 - Holm correction within each family = (dataset, backbone, protocol): all comparisons that
-  share one set of test users. Significance marks: * p<0.05, ** p<0.01, *** p<0.001 (Holm, Wilcoxon).
+  share one set of test users. Significance marks: * p<0.05, ** p<0.01, *** p<0.001 (Holm, Wilcoxon),
+  only with >= MIN_SEEDS common seeds; with fewer the mark is FEW_SEEDS ("n<3"), which says why.
 """
 from __future__ import annotations
 
@@ -25,11 +27,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from mltfr.analysis.collect import load_user_ndcg
-from mltfr.analysis.tables import CELL, Table, empty_table
+from mltfr.analysis.collect import load_user_ndcg, protocol_runs
+from mltfr.analysis.tables import CELL, Table, empty_table, with_run_settings
 from mltfr.analysis.variants import BASE, FULL
 
 FAMILY = ("dataset", "backbone", "protocol")
+MIN_SEEDS = 3            # fewer common seeds: no t-test and no significance mark
+FEW_SEEDS = f"n<{MIN_SEEDS}"   # the mark of a comparison with too few seeds: says why there is none
 
 
 @dataclass
@@ -90,8 +94,8 @@ def cohen_dz(d: np.ndarray) -> float:
 def seed_ttest(a: np.ndarray, b: np.ndarray) -> tuple[float, float, str]:
     """(t, p, note) of the paired t-test over seeds; NaN with a note when it is undefined."""
     d = np.asarray(a, float) - np.asarray(b, float)
-    if len(d) < 2:
-        return np.nan, np.nan, f"t-test needs >= 2 common seeds, has {len(d)}"
+    if len(d) < MIN_SEEDS:
+        return np.nan, np.nan, f"t-test needs >= {MIN_SEEDS} common seeds, has {len(d)}"
     if np.allclose(d, d[0], rtol=1e-9, atol=1e-12):  # constant up to float rounding: sd = 0
         return np.nan, np.nan, "t-test undefined: seed differences are constant"
     res = stats.ttest_rel(a, b)
@@ -134,10 +138,11 @@ def seed_means(runs: pd.DataFrame, variant: str, metric: str = "ndcg@10") -> pd.
 
 def pooled_users(runs: pd.DataFrame, variant: str, seeds: list[int],
                  load: Callable[[str], pd.Series]) -> pd.Series:
-    """Per-user NDCG of `variant` averaged over `seeds` (users present in every seed)."""
+    """Per-user NDCG of `variant` averaged over `seeds` (users present in every seed, paired by
+    user id), sorted by user id so the bootstrap does not depend on the order runs wrote users."""
     rows = runs[(runs["variant"] == variant) & runs["seed"].isin(seeds)]
     per_seed = pd.concat([load(d) for d in rows["run_dir"]], axis=1, join="inner")
-    return per_seed.mean(axis=1)
+    return per_seed.mean(axis=1).sort_index()
 
 
 def compare_pair(cell_runs: pd.DataFrame, variant: str, reference: str,
@@ -164,8 +169,10 @@ def compare_pair(cell_runs: pd.DataFrame, variant: str, reference: str,
 def run_comparisons(runs: pd.DataFrame, cfg: StatsConfig = StatsConfig()) -> pd.DataFrame:
     """The comparisons table: one row per comparison, Holm-adjusted p-values and marks added.
 
-    Per-user vectors are loaded one cell at a time so memory stays one cell's worth.
+    Per-user vectors are loaded one cell at a time so memory stays one cell's worth. The protocol
+    ladder's runs are left out (the ladder table tests them).
     """
+    runs = protocol_runs(runs)
     pairs = comparisons(runs)
     rows = []
     for cell, cell_pairs in pairs.groupby(CELL, sort=True):
@@ -195,16 +202,27 @@ def add_holm(table: pd.DataFrame, family: tuple[str, ...] = FAMILY) -> pd.DataFr
         table[f"{col}_holm"] = np.nan
         for _, idx in table.groupby(list(family), sort=False).groups.items():
             table.loc[idx, f"{col}_holm"] = holm(table.loc[idx, col].to_numpy(float))
-    table["mark"] = [significance_mark(p) for p in table["p_wilcoxon_holm"]]
+    table["mark"] = [seed_aware_mark(p, n) for p, n in zip(table["p_wilcoxon_holm"], table["n_seeds"])]
     return table
 
 
-def _fmt_p(p: float, mark: str = "") -> str:
+def seed_aware_mark(p: float, n_seeds: float) -> str:
+    """significance_mark(p) with >= MIN_SEEDS common seeds; FEW_SEEDS when a p-value exists but
+    too few seeds back it (one seed's users say nothing about another training run)."""
+    if not np.isfinite(p):
+        return ""
+    return significance_mark(p) if n_seeds >= MIN_SEEDS else FEW_SEEDS
+
+
+def format_p(p: float, mark: str = "") -> str:
+    """'0.012*', or '0.012 (n<3)' where too few seeds allow no mark."""
+    mark = f" ({mark})" if mark == FEW_SEEDS else mark
     return "" if not np.isfinite(p) else f"{p:.2e}{mark}" if p < 1e-3 else f"{p:.3f}{mark}"
 
 
-def pvalue_table(table: pd.DataFrame) -> Table:
-    """One table of every comparison: difference, CI, effect size, Holm p-values with marks."""
+def pvalue_table(table: pd.DataFrame, runs: pd.DataFrame | None = None) -> Table:
+    """One table of every comparison: difference, CI, effect size, Holm p-values with marks;
+    the caption states the epoch budget and selection rule of `runs` when given."""
     keys = ["protocol", "backbone", "dataset", "reference", "variant"]
     t = table.sort_values(keys, kind="stable").reset_index(drop=True)
     tidy_cols = keys + ["n_users", "n_seeds", "mean_diff", "ci_low", "ci_high", "rank_biserial",
@@ -213,16 +231,20 @@ def pvalue_table(table: pd.DataFrame) -> Table:
         return empty_table("pvalues", t[tidy_cols], "Significance",
                            "no comparisons (the runs hold no `base` or `mltfr` with another variant)")
     display = t[keys].copy()
+    display["n seeds"] = [f"{n:.0f}" for n in t["n_seeds"]]
     display["Δ NDCG@10"] = [f"{v:+.4f}" if np.isfinite(v) else "" for v in t["mean_diff"]]
     display["95% CI"] = [f"[{lo:+.4f}, {hi:+.4f}]" if np.isfinite(lo) else ""
                          for lo, hi in zip(t["ci_low"], t["ci_high"])]
     display["r_rb"] = [f"{v:+.3f}" if np.isfinite(v) else "" for v in t["rank_biserial"]]
-    display["p Wilcoxon (Holm)"] = [_fmt_p(p, m) for p, m in zip(t["p_wilcoxon_holm"], t["mark"])]
-    display["p t-test (Holm)"] = [_fmt_p(p) for p in t["p_ttest_holm"]]
+    display["p Wilcoxon (Holm)"] = [format_p(p, m) for p, m in zip(t["p_wilcoxon_holm"], t["mark"])]
+    display["p t-test (Holm)"] = [format_p(p) for p in t["p_ttest_holm"]]
     display["note"] = t["note"].fillna("")
     tidy = t[tidy_cols]
     caption = ("Variant minus reference in per-user test NDCG@10 (seeds averaged per user), "
                "bootstrap 95% CI, rank-biserial r, Wilcoxon signed-rank over users and paired "
-               "t-test over seeds, Holm-corrected per dataset/backbone/protocol; "
-               "* p<0.05, ** p<0.01, *** p<0.001.")
+               "t-test over seeds (>= 3 common seeds), Holm-corrected per dataset/backbone/protocol; "
+               f"* p<0.05, ** p<0.01, *** p<0.001, only with >= {MIN_SEEDS} common seeds ({FEW_SEEDS}: "
+               "too few seeds for a mark); n_seeds = seeds common to both runs.")
+    if runs is not None:
+        caption = with_run_settings(caption, runs)
     return Table("pvalues", tidy, display, None, caption)

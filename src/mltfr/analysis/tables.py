@@ -3,7 +3,11 @@
 Conventions (all tables): the primary metric is test NDCG@10; "mean ± std" is over seeds with
 the sample standard deviation (ddof=1; a single seed shows the mean alone); gains are paired by
 seed: for each seed, variant minus the reference run of the same dataset/backbone/protocol/seed,
-then averaged over the seeds both have.
+then averaged over the seeds both have. Cells compared with each other (a column of the main
+table, an ablation and full MLTFR, the values of one sensitivity sweep, the two protocols) use
+the seeds they all have, and the table shows that number (n); a single-seed cell is never bold.
+Every caption states the epoch budget and the selection rule the runs recorded. The protocol
+ladder's runs are left out (mltfr.analysis.ladder tabulates them).
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mltfr.analysis.collect import diagnostics_frame, sensitivity_runs
+from mltfr.analysis.collect import diagnostics_frame, protocol_runs, sensitivity_runs
 from mltfr.analysis.outputs import DIAGNOSTIC_KEYS
 from mltfr.analysis.variants import ABLATIONS, BASE, FULL
 from mltfr.io import atomic_path, atomic_write_text
@@ -66,10 +70,42 @@ def paired_gain(runs: pd.DataFrame, variants: pd.DataFrame, reference: str,
 
 
 def bold_best(tidy: pd.DataFrame, group: list[str], column: list[str], value: str = "mean") -> pd.Series:
-    """True for the rows holding the largest `value` within each (group + column) slice; ties all win."""
+    """True for the rows holding the largest `value` within each (group + column) slice; ties all
+    win; a single-seed row (n_seeds < 2) is never bold."""
     keys = group + column
     best = tidy.groupby(keys, sort=False)[value].transform("max")
-    return tidy[value].notna() & (tidy[value] == best)
+    several = tidy["n_seeds"] >= 2 if "n_seeds" in tidy.columns else True
+    return tidy[value].notna() & (tidy[value] == best) & several
+
+
+def common_seeds(runs: pd.DataFrame, group: list[str], compared: str = "variant") -> pd.DataFrame:
+    """`runs` restricted, within each `group`, to the seeds every `compared` cell has."""
+    if runs.empty:
+        return runs
+    per_seed = runs.groupby([*group, "seed"], dropna=False)[compared].transform("nunique")
+    per_group = runs.groupby(group, dropna=False)[compared].transform("nunique")
+    return runs[per_seed == per_group]
+
+
+def budget_and_selection(runs: pd.DataFrame) -> str:
+    """'Epoch budget: 100 (faithful), 200 (corrected); selection: <rule>; <rule>.' as the runs
+    recorded them (several values of one protocol are listed with '/')."""
+    if runs.empty:
+        return ""
+    budgets = []
+    for protocol, group in runs.groupby("protocol", sort=True):
+        values = group["epoch_budget"].dropna().unique() if "epoch_budget" in group else []
+        budgets.append(f"{'/'.join(f'{v:.0f}' for v in sorted(values)) or 'not recorded'} ({protocol})")
+    if all(b.startswith("not recorded") for b in budgets):
+        budgets = ["not recorded"]
+    rules = sorted(runs["selection"].dropna().astype(str).unique()) if "selection" in runs else []
+    return f"Epoch budget: {', '.join(budgets)}; selection: {'; '.join(rules) or 'not recorded'}."
+
+
+def with_run_settings(caption: str, runs: pd.DataFrame) -> str:
+    """`caption` followed by the epoch budget and selection rule of `runs`."""
+    note = budget_and_selection(runs)
+    return f"{caption} {note}" if note else caption
 
 
 def _bold_frame(tidy: pd.DataFrame, index: list[str], columns: list[str]) -> pd.DataFrame:
@@ -86,9 +122,23 @@ def _pivot(tidy: pd.DataFrame, index: list[str], columns: list[str], values: str
     return wide.reset_index()
 
 
+def _pivot_with_n(tidy: pd.DataFrame, index: list[str], columns: list[str], values: str = "cell") -> pd.DataFrame:
+    """_pivot of `values` plus, after each value of columns[0] (the dataset), a '<dataset> / n'
+    column with the number of seeds (`n_seeds`) behind the cells."""
+    wide = _pivot(tidy, index, columns, values)
+    key = columns[0]
+    counts = tidy.drop_duplicates([*index, key])
+    counts = counts.assign(**{key: counts[key].astype(str) + " / n", "n": counts["n_seeds"].map("{:.0f}".format)})
+    wide = wide.merge(_pivot(counts, index, [key], "n"), on=index, how="left")
+    order = sorted(wide.columns[len(index):], key=lambda c: (c.split(" / ")[0], c.endswith(" / n")))
+    return wide[[*index, *order]]
+
+
 def main_table(runs: pd.DataFrame) -> Table:
-    """Variants x datasets (base, single-LLM, MLTFR), mean ± std over seeds; best per protocol in bold."""
-    runs = runs[runs["block"].isin(["base", "direct", "filter", "mltfr"])]
+    """Variants x datasets (base, single-LLM, MLTFR), mean ± std over the seeds all variants of a
+    column have (n); best per protocol in bold."""
+    runs = common_seeds(runs[runs["block"].isin(["base", "direct", "filter", "mltfr"])],
+                        ["protocol", "backbone", "dataset"])
     frames = [seed_summary(runs, ["protocol", "backbone", "variant", "dataset"], m).assign(metric=m)
               for m in MAIN_METRICS]
     tidy = pd.concat(frames, ignore_index=True)
@@ -96,11 +146,13 @@ def main_table(runs: pd.DataFrame) -> Table:
         return empty_table("main", tidy.drop(columns="cell"), "Main results")
     tidy["best"] = bold_best(tidy, ["protocol"], ["dataset", "metric"])
     index = ["protocol", "backbone", "variant"]
-    display = _pivot(tidy, index, ["dataset", "metric"], "cell")
+    display = _pivot_with_n(tidy, index, ["dataset", "metric"])
     bold = _bold_frame(tidy, index, ["dataset", "metric"])
     tidy = tidy.drop(columns=["cell", "best"])
-    caption = ("Test NDCG@10 and HR@10, mean ± std over seeds; bold = best per column within "
-               "each protocol.")
+    caption = with_run_settings(
+        "Test NDCG@10 and HR@10, mean ± std over the seeds every variant of the backbone and "
+        "protocol has (n; one seed: no ±); bold = best per column within each protocol (never a "
+        "single seed).", runs)
     return Table("main", tidy, display, bold, caption)
 
 
@@ -117,15 +169,16 @@ def single_llm_table(runs: pd.DataFrame) -> Table:
         return empty_table("single_llm", tidy, "Single-LLM injection")
     cells = paired.groupby(group, sort=True)["gain_pct"].apply(
         lambda s: mean_std(s, digits=1, suffix=" %", signed=True)).rename("cell").reset_index()
-    display = _pivot(cells, group[:-1], ["dataset"], "cell")
-    caption = ("Relative gain in test NDCG@10 of one LLM over the ID-only base, paired by seed "
-               "(mean ± std of per-seed gains, %).")
+    display = _pivot_with_n(cells.merge(tidy[[*group, "n_seeds"]], on=group), group[:-1], ["dataset"])
+    caption = with_run_settings(
+        "Relative gain in test NDCG@10 of one LLM over the ID-only base, paired by seed "
+        "(mean ± std of per-seed gains over the n seeds both have, %).", paired)
     return Table("single_llm", tidy, display, None, caption)
 
 
 def ablation_table(runs: pd.DataFrame) -> Table:
     """Full MLTFR and each ablation: NDCG@10 mean ± std and the per-seed change vs MLTFR (%)."""
-    block = runs[runs["variant"].isin([FULL, *ABLATIONS])]
+    block = common_seeds(runs[runs["variant"].isin([FULL, *ABLATIONS])], ["protocol", "backbone", "dataset"])
     paired = paired_gain(runs, block, FULL)
     group = ["protocol", "backbone", "variant", "dataset"]
     tidy = seed_summary(block, group).merge(
@@ -136,23 +189,26 @@ def ablation_table(runs: pd.DataFrame) -> Table:
         return empty_table("ablations", tidy.drop(columns="cell"), "Ablations")
     tidy["cell"] = [f"{c} ({d:+.1f} %)" if pd.notna(d) else c
                     for c, d in zip(tidy["cell"], tidy["delta_pct"])]
-    display = _pivot(tidy, group[:-1], ["dataset"], "cell")
-    caption = ("Test NDCG@10 (mean ± std over seeds) of MLTFR and its ablations; in brackets the "
-               "change relative to full MLTFR, paired by seed.")
+    display = _pivot_with_n(tidy, group[:-1], ["dataset"])
+    caption = with_run_settings(
+        "Test NDCG@10 (mean ± std over the n seeds MLTFR and all its ablations have) of MLTFR and "
+        "its ablations; in brackets the change relative to full MLTFR, paired by seed.", block)
     return Table("ablations", tidy.drop(columns="cell"), display, None, caption)
 
 
 def sensitivity_table(runs: pd.DataFrame) -> Table:
     """NDCG@10 per sensitivity parameter value (the default's from `mltfr`); best value in bold."""
     block = sensitivity_runs(runs)
+    block = common_seeds(block, ["protocol", "backbone", "param", "dataset"], compared="value")
     group = ["protocol", "backbone", "param", "value", "dataset"]
     tidy = seed_summary(block, group)
     if tidy.empty:
         return empty_table("sensitivity", tidy.drop(columns="cell"), "Sensitivity")
     tidy["best"] = bold_best(tidy, ["protocol", "backbone", "param"], ["dataset"])
-    display = _pivot(tidy, group[:-1], ["dataset"], "cell")
+    display = _pivot_with_n(tidy, group[:-1], ["dataset"])
     bold = _bold_frame(tidy, group[:-1], ["dataset"])
-    caption = "Test NDCG@10 (mean ± std over seeds) per parameter value; bold = best value."
+    caption = with_run_settings("Test NDCG@10 (mean ± std over the n seeds every value of the sweep "
+                                "has) per parameter value; bold = best value (never a single seed).", block)
     return Table("sensitivity", tidy.drop(columns=["cell", "best"]), display, bold, caption)
 
 
@@ -173,33 +229,71 @@ def efficiency_table(runs: pd.DataFrame) -> Table:
     for c in cols:
         fmt = "{:,.0f}" if c.startswith("n_") or c.endswith("_mb") else "{:.2f}"
         display[c] = [fmt.format(v) if pd.notna(v) else "" for v in tidy[c]]
-    caption = ("Parameters, seconds per epoch, training seconds and peak memory (MB), mean over "
-               "protocols and seeds; bench_* from Snakemake benchmark files (all jobs of a run).")
+    caption = with_run_settings(
+        "Parameters, seconds per epoch, training seconds and peak memory (MB), mean over "
+        "protocols and seeds; bench_* from Snakemake benchmark files (all jobs of a run).", runs)
     return Table("efficiency", tidy, display.astype(str), None, caption)
 
 
+# What differs between the two protocols: (name, runs-table column, faithful, corrected).
+PROTOCOL_FACTORS = (
+    ("selection", "select_on", "the reported epoch is chosen on the test set by the authors' majority rule",
+     "early stopping on validation, test touched once"),
+    ("evaluation noise", "eval_noise", "Gumbel noise also at evaluation", "deterministic top-K"),
+    ("token pooling", "pooling", "the filtered tokens of the whole batch are pooled",
+     "each user attends to its own"),
+    ("history masking", "mask_history", "history items are not masked at ranking", "they are masked"),
+    ("validation item", "holdout_valid", "kept in training", "held out of training"),
+)
+
+
+def protocol_difference_text() -> str:
+    """The five factors that separate the faithful from the corrected protocol, as one sentence."""
+    factors = "; ".join(f"({i}) {name}: {faithful} vs {corrected}"
+                        for i, (name, _, faithful, corrected) in enumerate(PROTOCOL_FACTORS, 1))
+    return (f"The protocols differ in five factors, not in the selection rule alone: {factors}; the "
+            "user vector (whole window) is the same in both. diff is their joint effect; the ladder "
+            "table (ladder.md) changes them one at a time.")
+
+
+def recorded_settings(runs: pd.DataFrame) -> str:
+    """' Recorded: faithful select_on=test, eval_noise=True; corrected ...' from the runs ('' if none)."""
+    parts = []
+    for protocol, group in runs.groupby("protocol", sort=True):
+        settings = [f"{col}={'/'.join(sorted(map(str, group[col].dropna().unique())))}"
+                    for _, col, *_ in PROTOCOL_FACTORS if col in group and group[col].notna().any()]
+        if settings:
+            parts.append(f"{protocol} {', '.join(settings)}")
+    return f" Recorded: {'; '.join(parts)}." if parts else ""
+
+
 def protocol_table(runs: pd.DataFrame) -> Table:
-    """The same variant under the faithful and the corrected protocol, side by side, with the difference."""
+    """The same variant under the faithful and the corrected protocol, side by side, with the
+    difference, on the seeds both protocols ran; the caption names the five factors that differ."""
+    runs = common_seeds(runs, ["dataset", "backbone", "variant"], compared="protocol")
     frames = [seed_summary(runs, ["dataset", "backbone", "variant", "protocol"], m).assign(metric=m)
               for m in MAIN_METRICS]
     summary = pd.concat(frames, ignore_index=True).drop(columns="cell")
     tidy = summary.pivot_table(index=["dataset", "backbone", "variant", "metric"], columns="protocol",
                                values="mean", sort=True).reset_index()
     tidy.columns.name = None
+    columns = ["dataset", "backbone", "variant", "metric", "n_seeds", "faithful", "corrected", "diff", "diff_pct"]
     if not {"faithful", "corrected"} <= set(tidy.columns):
-        return empty_table("protocols", pd.DataFrame(columns=[
-            "dataset", "backbone", "variant", "metric", "faithful", "corrected", "diff", "diff_pct"]),
-            "Faithful vs corrected protocol")
-    tidy = tidy.dropna(subset=["faithful", "corrected"])
-    tidy = tidy[["dataset", "backbone", "variant", "metric", "faithful", "corrected"]]
+        return empty_table("protocols", pd.DataFrame(columns=columns),
+                           f"Faithful vs corrected protocol. {protocol_difference_text()}")
+    n_seeds = summary.groupby(["dataset", "backbone", "variant", "metric"])["n_seeds"].min().rename("n_seeds")
+    tidy = tidy.dropna(subset=["faithful", "corrected"]).merge(n_seeds.reset_index())
     tidy["diff"] = tidy["corrected"] - tidy["faithful"]
     tidy["diff_pct"] = 100.0 * tidy["diff"] / tidy["faithful"].where(tidy["faithful"] != 0)
+    tidy = tidy[columns]
     display = tidy.copy()
     for c in ("faithful", "corrected", "diff"):
         display[c] = [f"{v:.4f}" for v in tidy[c]]
     display["diff_pct"] = [f"{v:+.1f} %" if pd.notna(v) else "" for v in tidy["diff_pct"]]
-    caption = ("Mean test metric over seeds under the faithful protocol (best epoch chosen on test) "
-               "and the corrected one (chosen on validation); diff = corrected - faithful.")
+    caption = with_run_settings(
+        "Mean test metric over the n seeds both protocols ran, under the authors' faithful protocol "
+        f"and the corrected one; diff = corrected - faithful. {protocol_difference_text()}"
+        f"{recorded_settings(runs)}", runs)
     return Table("protocols", tidy.reset_index(drop=True), display.astype(str), None, caption)
 
 
@@ -230,6 +324,7 @@ def diagnostics_table(runs: pd.DataFrame) -> Table:
                "(share = of |V|); argmax agreement = share of training picks in the noiseless top-K; "
                "distinct tokens picked; projection gradient norm; table drift = rms change / std; "
                "router entropy (nats). Blank: no filtering (prototypes).")
+    caption = with_run_settings(caption, runs[runs["variant"].isin(long["variant"])])
     return Table("diagnostics", tidy, display, None, caption)
 
 
@@ -253,7 +348,8 @@ def empty_table(name: str, tidy: pd.DataFrame, caption: str, note: str = NO_RUNS
 
 
 def build_tables(runs: pd.DataFrame, stats: pd.DataFrame) -> list[Table]:
-    """Every study table, in the order of outputs.TABLES."""
+    """Every study table but the ladder's, in the order of outputs.TABLES (ladder runs left out)."""
+    runs = protocol_runs(runs)
     return [dataset_table(stats), main_table(runs), single_llm_table(runs), ablation_table(runs),
             sensitivity_table(runs), efficiency_table(runs), protocol_table(runs), diagnostics_table(runs)]
 
