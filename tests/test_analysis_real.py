@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from mltfr.analysis.collect import collect_runs, user_ndcg
+from fixtures.results import result_document
+from mltfr.analysis.collect import collect_runs, load_user_ndcg
 from mltfr.analysis.stats import StatsConfig, run_comparisons
 from mltfr.analysis.tables import main_table
 
@@ -30,6 +31,12 @@ def popularity_ranks(train, test):
     return len(items) - np.searchsorted(sorted_scores, target, side="left"), len(items)
 
 
+def user_ndcg(ranks, k=10):
+    """Per-user NDCG@k of one held-out item, by hand: 1/log2(rank + 1) within the top k."""
+    r = np.asarray(ranks, dtype=float)
+    return np.where(r <= k, 1 / np.log2(r + 1), 0.0)
+
+
 def metrics(ranks):
     r = ranks.astype(float)
     out = {f"hr@{k}": float((r <= k).mean()) for k in (5, 10, 20)}
@@ -41,10 +48,9 @@ def metrics(ranks):
 def write(root, variant, seed, ranks):
     folder = root / "pantry" / "pop" / variant / "faithful" / f"seed{seed}"
     folder.mkdir(parents=True)
-    result = {"dataset": "pantry", "backbone": "pop", "variant": variant, "protocol": "faithful",
-              "seed": seed, "metrics": {"test": metrics(ranks), "valid": None}}
+    result = result_document("pantry", "pop", variant, "faithful", seed, metrics(ranks))
     (folder / "result.json").write_text(json.dumps(result))
-    np.savez(folder / "ranks.npz", users=np.arange(len(ranks)), test_ranks=ranks)
+    np.savez(folder / "ranks.npz", test_users=np.arange(len(ranks)), test_ranks=ranks)
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +80,15 @@ def test_real_pantry_stats(pantry_runs):
     # popularity's NDCG@10 on Pantry, the same in both "seeds" -> std 0
     cell = main_table(runs).tidy.query("variant == 'mltfr' and metric == 'ndcg@10'")
     assert cell["mean"].item() == pytest.approx(user_ndcg(pop).mean()) and cell["std"].item() == 0
+
+
+def test_analysis_per_user_ndcg_is_evaluates(pantry_runs):
+    """The analysis reads per-user NDCG with mltfr.evaluate's definition: equal on real ranks."""
+    from mltfr.evaluate import per_user_metrics
+
+    root, pop, _ = pantry_runs
+    for k in (5, 10, 20):
+        ndcg = load_user_ndcg(root / "pantry" / "pop" / "mltfr" / "faithful" / "seed1", k)
+        assert ndcg.index.tolist() == list(range(len(pop)))
+        np.testing.assert_array_equal(ndcg.to_numpy(), per_user_metrics(pop, (k,))[f"ndcg@{k}"])
+        assert ndcg.to_numpy() == pytest.approx(user_ndcg(pop, k), rel=1e-15)
