@@ -8,8 +8,12 @@ Corrected protocol (early stopping on valid NDCG@10, test once), SASRec (BCE, as
 full ranking. Variants: base, filter-<each LLM>, mltfr (round 1 -> Fisher merge -> round 2), or
 the subset named by --variants (to split the work between processes sharing --out; --summary
 then tabulates every finished run), run through the same `mltfr` commands the workflow uses.
-Datasets: the embedded Pantry and Amazon Beauty (`--data-file`, see benchmarks/beauty.py). Run folders live under --out, so an interrupted
-benchmark resumes where it stopped; finished runs are not retrained.
+Datasets and LLMs are the entries of config/config.yaml (the embedded Pantry; LLMs by name),
+except Amazon Beauty, which is not shipped (`--data-file`, see benchmarks/beauty.py). Each
+variant runs through `mltfr.train.rounds.train_variant` (round 1 -> `mltfr fisher` -> round 2 for
+mltfr, in the workflow's layout). Run folders live under --out, so an interrupted benchmark
+resumes where it stopped; finished runs are not retrained. Run it from the repository root
+(the config's paths are relative to it).
 """
 from __future__ import annotations
 
@@ -22,21 +26,37 @@ import yaml
 
 import beauty
 from mltfr.cli import main
+from mltfr.data import get_entry, load_config
+from mltfr.errors import MltfrError
+from mltfr.llm.registry import load_llm_entry
+from mltfr.train.rounds import train_variant
 
 REPO = Path(__file__).resolve().parents[1]
-DATASETS = {
-    "pantry": {"source": [{"path": str(REPO / "data/amazon-pantry/train.txt.gz")},
-                          {"path": str(REPO / "data/amazon-pantry/test.txt.gz")}], "format": "mltfr-pair"},
-}
+STUDY_CONFIG = REPO / "config" / "config.yaml"
+DATASETS = ("pantry",)   # entries of STUDY_CONFIG the benchmark trains on (besides Beauty)
 
 
 def write_config(out: Path, llms: list[str], beauty_file: Path | None) -> Path:
-    datasets = {**DATASETS, "beauty": beauty.entry(beauty_file)} if beauty_file else DATASETS
-    config = {"datasets": datasets, "llms": {n: {"source": "package", "package": n} for n in llms}}
+    """out/config.yaml: the study config's entries of these datasets and LLMs, as written there
+    (checked first), and Beauty's."""
+    study = load_config(STUDY_CONFIG)
+    for name in DATASETS:
+        get_entry(study, name, where=str(STUDY_CONFIG))
+    datasets = {name: study["datasets"][name] for name in DATASETS}
+    if beauty_file:
+        datasets["beauty"] = beauty.entry(beauty_file)
+    config = {"datasets": datasets, "llms": llm_entries(llms)}
     path = out / "config.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def llm_entries(names: list[str]) -> dict:
+    """The study config's entries of `names`, plus the LLM a random control copies (`like:`)."""
+    checked = [load_llm_entry(STUDY_CONFIG, n) for n in names]
+    likes = {entry.params.get("like") for entry in checked} - {None}
+    return {n: checked[0].registry[n] for n in [*names, *sorted(likes - set(names))]}
 
 
 def call(*args: str) -> None:
@@ -44,26 +64,17 @@ def call(*args: str) -> None:
         raise SystemExit(f"failed: mltfr {' '.join(map(str, args))}")
 
 
-def train(out: Path, data: Path, variant: str, seed: int, llm_args: list[str], args, *extra) -> dict:
-    result = out / "result.json"
-    if not result.exists():
-        call("train", "--data", data, "--out", out, "--backbone", "sasrec", "--protocol", "corrected",
-             "--seed", seed, "--variant", variant, "--threads", args.threads, "--set",
-             f"epochs={args.epochs}", f"patience={args.patience}", *llm_args, *extra)
-    return json.loads(result.read_text())
-
-
 def run_variant(root: Path, data: Path, variant: str, seed: int, llms: dict[str, Path], args) -> dict:
-    run = root / variant / f"seed{seed}"
+    """One (variant, seed) under the corrected protocol on SASRec, resumed when already there."""
     names = {n: p for n, p in llms.items() if variant in ("mltfr", f"filter-{n}")}
     llm_args = ["--llm", *[f"{n}={p}" for n, p in names.items()]] if names else []
-    if variant != "mltfr":
-        return train(run, data, variant, seed, llm_args, args)
-    train(run / "round1", data, variant, seed, llm_args, args)
-    merged = run / "round1" / "consensus.safetensors"
-    if not merged.exists():
-        call("fisher", "--run", run / "round1", "--out", merged)
-    return train(run, data, variant, seed, llm_args, args, "--consensus", str(merged))
+    train_args = ["--data", data, "--backbone", "sasrec", "--protocol", "corrected", "--seed", seed,
+                  "--threads", args.threads, "--set", f"epochs={args.epochs}", f"patience={args.patience}",
+                  *llm_args]
+    try:
+        return train_variant(root / variant / f"seed{seed}", variant, train_args)
+    except MltfrError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def default_variants(llms: list[str]) -> list[str]:
@@ -118,6 +129,8 @@ def main_bench() -> None:
         if not rows:
             raise SystemExit(f"no finished runs under {args.out}/runs; run the benchmark first")
         return print_table(rows)
+    if Path.cwd().resolve() != REPO:
+        raise SystemExit(f"run from the repository root ({REPO}): {STUDY_CONFIG.name}'s paths are relative to it")
     config = write_config(args.out, args.llms, args.data_file if "beauty" in args.datasets else None)
     llms = {n: args.out / "llm" / n for n in args.llms}
     for name, folder in llms.items():

@@ -12,13 +12,15 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
+from fixtures.results import branch_settings, result_document
 from mltfr.analysis import outputs
-from mltfr.analysis.collect import KEYS, collect_runs, load_user_ndcg, user_ndcg
+from mltfr.analysis.collect import KEYS, collect_runs, load_user_ndcg
 from mltfr.analysis.pipeline import aggregate
 from mltfr.analysis.stats import StatsConfig, bootstrap_ci, holm, rank_biserial, run_comparisons, wilcoxon_test
 from mltfr.analysis.tables import diagnostics_table, main_table, render_latex, render_markdown
 from mltfr.cli import main as cli_main
 from mltfr.errors import DataError
+from mltfr.evaluate.metrics import per_user_metrics
 
 DATASETS = {"alpha": 0.0, "beta": 0.05}          # dataset -> NDCG@10 offset
 PROTOCOLS = {"faithful": 0.01, "corrected": 0.0}  # protocol -> NDCG@10 offset
@@ -57,27 +59,32 @@ def synthetic_diagnostics(variant, seed):
 
 
 def write_run(root, dataset, variant, protocol, seed):
+    """A run with the writer's keys (fixtures.results); NDCG@10, timings and sizes vary per run."""
     folder = root / dataset / "sasrec" / variant / protocol / f"seed{seed}"
     folder.mkdir(parents=True)
     n = ndcg10(dataset, variant, protocol, seed)
     test = {"hr@5": n, "hr@10": 2 * n, "hr@20": 3 * n, "ndcg@5": n / 2, "ndcg@10": n,
             "ndcg@20": 1.5 * n, "mrr": n / 3}
-    result = {"dataset": dataset, "backbone": "sasrec", "variant": variant, "protocol": protocol,
-              "seed": seed, "metrics": {"test": test, "valid": None if protocol == "faithful" else test},
-              "best_epoch": seed, "selection": "x", "config": {"K": 3} if variant == "mltfr" else {},
-              "code_version": "abc",
-              "dataset_sha256": "f00", "peak_mem_mb": 100.0 + seed, "n_params": 1000 + len(variant),
-              "n_trainable": 900, "timings": {"train_s": 10.0 * seed, "eval_s": 1.0, "epoch_s": 2.0 * seed,
-                                              "seqs_per_s": 50.0, "users_per_s": 70.0}}
-    if variant != "base":
-        result.update(synthetic_diagnostics(variant, seed))
+    result = result_document(
+        dataset, "sasrec", variant, protocol, seed, test, None if protocol == "faithful" else test,
+        best_epoch=seed, selection="x", peak_memory_mb={"host_rss": 100.0 + seed},
+        n_parameters=1000 + len(variant),
+        timings={"train_s": 10.0 * seed, "eval_during_training_s": 0.5, "test_eval_s": 1.0,
+                 "per_epoch_s": [seed, 3.0 * seed], "sequences_per_s": 50.0, "users_per_s": 70.0})
     if variant == "mltfr":
-        result["interp"] = {"router_weights": {"x": 0.6, "y": 0.4},
-                            "top_tokens": {"x": [["Ġthe", 5], ["hello", 3]], "y": [["▁world", 4]]}}
+        result["config"]["K"] = 3
+    if variant != "base":
+        diagnostics = synthetic_diagnostics(variant, seed)
+        llms = list(diagnostics["diagnostics"])
+        tokens = {"x": [["Ġthe", 5, 7], ["hello", 3, 9]], "y": [["▁world", 4, 2]]} if variant == "mltfr" else {}
+        result.update(diagnostics, branch=branch_settings(llms), interp={
+            "router_weights": {"x": 0.6, "y": 0.4} if len(llms) == 2 else {"x": 1.0},
+            "top_tokens": {llm: tokens.get(llm, []) for llm in llms}, "n_positions": 100,
+            "token_format": "[string, count, token id]"})
     (folder / "result.json").write_text(json.dumps(result))
-    np.savez(folder / "ranks.npz", users=np.arange(N_USERS, dtype=np.int64),
+    np.savez(folder / "ranks.npz", test_users=np.arange(N_USERS, dtype=np.int64),
              test_ranks=synthetic_ranks(variant, seed).astype(np.int64))
-    pd.DataFrame({"epoch": [1, 2, 3], "loss": [1.0, 0.8, 0.7], "seconds": [1, 1, 1],
+    pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [1.0, 0.8, 0.7], "seconds": [1, 1, 1],
                   "test_ndcg@10": [0.05, 0.08, n]}).to_csv(folder / "epochs.csv", index=False)
 
 
@@ -112,11 +119,13 @@ def test_runs_table_equals_the_result_files(runs, tree):
     assert keys == sorted(keys)
     for row in runs.sample(10, random_state=0).to_dict("records"):
         result = json.loads((Path(row["run_dir"]) / "result.json").read_text())
-        assert {k: row[k] for k in KEYS} == {k: result[k] for k in KEYS}
+        assert {k: row[k] for k in KEYS} == {**{k: result[k] for k in KEYS}, "dataset": result["dataset"]["name"]}
         assert {m: row[f"test_{m}"] for m in result["metrics"]["test"]} == result["metrics"]["test"]
-        assert row["n_params"] == result["n_params"] and row["peak_mem_mb"] == result["peak_mem_mb"]
-        assert row["epoch_s"] == result["timings"]["epoch_s"]
-        valid = result["metrics"]["valid"]
+        assert row["n_params"] == result["n_parameters"]
+        assert row["peak_mem_mb"] == row["peak_host_rss_mb"] == result["peak_memory_mb"]["host_rss"]
+        assert row["epoch_s"] == 2.0 * row["seed"]            # the mean of per_epoch_s [seed, 3 seed]
+        assert (row["eval_s"], row["seqs_per_s"], row["dataset_sha256"]) == (1.0, 50.0, "0" * 64)
+        valid = result["metrics"].get("valid")         # faithful runs have no valid set
         assert np.isnan(row["valid_ndcg@10"]) if valid is None else row["valid_ndcg@10"] == valid["ndcg@10"]
 
 
@@ -229,9 +238,14 @@ def test_holm_hand_computed():
     assert holm([0.6, 0.9]) == pytest.approx([1.0, 1.0])
 
 
+def hand_ndcg10(ranks):
+    """NDCG@10 of one held-out item per user, by the textbook formula: 1/log2(rank + 1) within the top 10."""
+    return np.array([1 / np.log2(r + 1) if r <= 10 else 0.0 for r in ranks])
+
+
 def pooled(tree, dataset, variant, protocol):
     """Per-user NDCG@10 averaged over seeds, computed here by hand from the ranks."""
-    per_seed = [user_ndcg(synthetic_ranks(variant, s)) for s in SEEDS]
+    per_seed = [hand_ndcg10(synthetic_ranks(variant, s)) for s in SEEDS]
     return np.mean(per_seed, axis=0)
 
 
@@ -332,32 +346,39 @@ def test_misplaced_or_incomplete_result_is_an_error(tmp_path):
     path.write_text(json.dumps(result))
     with pytest.raises(DataError, match="metrics.test lacks mrr"):
         collect_runs(tmp_path)
-    np.savez(path.parent / "ranks.npz", users=np.array([0, 0]), test_ranks=np.array([1, 2]))
+    result["metrics"]["test"]["mrr"] = 0.1
+    del result["timings"]
+    path.write_text(json.dumps(result))
+    with pytest.raises(DataError, match="key timings missing"):
+        collect_runs(tmp_path)
+    np.savez(path.parent / "ranks.npz", test_users=np.array([0, 0]), test_ranks=np.array([1, 2]))
     with pytest.raises(DataError, match="ranks.npz: users and test_ranks"):
         load_user_ndcg(path.parent)
+    np.savez(path.parent / "ranks.npz", users=np.array([0, 1]), test_ranks=np.array([1, 2]))
+    with pytest.raises(DataError, match="lacks arrays test_users/test_ranks"):
+        load_user_ndcg(path.parent)                   # `users` is no name the trainer writes
 
 
 def test_analysis_does_not_import_torch():
     code = ("import sys, mltfr.analysis, mltfr.analysis.pipeline, mltfr.analysis.stats, "
-            "mltfr.analysis.figures, mltfr.analysis.ladder, mltfr.cli.analysis; "
+            "mltfr.analysis.figures, mltfr.analysis.ladder, mltfr.cli.analysis, mltfr.evaluate; "
+            "from mltfr.evaluate import per_user_metrics, metrics_from_ranks; "
             "assert 'torch' not in sys.modules, 'torch'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def write_trainer_run(root, seed, ranks):
-    """A run in the exact layout mltfr.train.run writes (key names as in build_result)."""
-    folder = root / "pantry" / "sasrec" / "mltfr" / "corrected" / f"seed{seed}"
+    """A run in the exact layout mltfr.train.run writes (a GPU run: a CUDA peak too)."""
+    folder = root / "pantry" / "sasrec" / "base" / "corrected" / f"seed{seed}"
     folder.mkdir(parents=True)
     test = {"hr@5": 0.1, "hr@10": 0.2, "hr@20": 0.3, "ndcg@5": 0.05, "ndcg@10": 0.1 + seed / 100,
             "ndcg@20": 0.12, "mrr": 0.04}
-    result = {"metrics": {"test": test, "valid": test}, "n_users": {"test": len(ranks)},
-              "selection": "early-stopping-on-valid-ndcg@10 (corrected)", "best_epoch": 4,
-              "backbone": "sasrec", "variant": "mltfr", "protocol": "corrected", "seed": seed,
-              "config": {}, "code_version": "abc",
-              "dataset": {"name": "pantry", "prepared_sha256": "beef", "raw_sha256": []},
-              "timings": {"train_s": 12.0, "eval_during_training_s": 2.0, "test_eval_s": 0.5,
-                          "per_epoch_s": [2.0, 3.0, 4.0], "sequences_per_s": 99.0, "users_per_s": 80.0},
-              "peak_memory_mb": {"host_rss": 700.0, "cuda_allocated": 300.0}, "n_parameters": 12345}
+    result = result_document(
+        "pantry", "sasrec", "base", "corrected", seed, test, test, best_epoch=4,
+        dataset={"name": "pantry", "prepared_sha256": "be" * 32, "raw_sha256": []},
+        timings={"train_s": 12.0, "eval_during_training_s": 2.0, "test_eval_s": 0.5,
+                 "per_epoch_s": [2.0, 3.0, 4.0], "sequences_per_s": 99.0, "users_per_s": 80.0},
+        peak_memory_mb={"host_rss": 700.0, "cuda_allocated": 300.0}, n_parameters=12345)
     (folder / "result.json").write_text(json.dumps(result))
     np.savez(folder / "ranks.npz", test_users=np.arange(len(ranks)), test_ranks=ranks,
              valid_users=np.arange(len(ranks)), valid_ranks=ranks)
@@ -373,10 +394,11 @@ def test_trainer_layout_and_manifest(tmp_path):
     runs = collect_runs(manifest)
     row = runs.iloc[0]
     assert (row["dataset"], row["seed"], row["n_params"], row["peak_mem_mb"]) == ("pantry", 1, 12345, 300.0)
-    assert (row["epoch_s"], row["eval_s"], row["seqs_per_s"], row["dataset_sha256"]) == (3.0, 0.5, 99.0, "beef")
+    assert (row["epoch_s"], row["eval_s"], row["seqs_per_s"], row["dataset_sha256"]) == (3.0, 0.5, 99.0, "be" * 32)
     assert row["peak_host_rss_mb"] == 700.0 and row["test_ndcg@10"] == 0.11
     ndcg = load_user_ndcg(folders[0])
     assert ndcg.to_numpy() == pytest.approx([1.0, 0.5, 0.0, 1 / np.log2(3)])
+    assert ndcg.to_numpy() == pytest.approx(per_user_metrics(np.array([1, 3, 12, 2]))["ndcg@10"], abs=0)
     from mltfr.analysis.collect import load_epochs
     assert load_epochs(runs)["loss"].tolist() == [0.9, 0.5, 0.9, 0.5]
     assert cli_main(["aggregate", "--runs", str(manifest), "--out", str(tmp_path / "t" / "runs.csv")]) == 0

@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from mltfr.analysis.collect import collect_runs, protocol_runs, user_ndcg
+from fixtures.results import branch_settings, result_document
+from mltfr.analysis.collect import collect_runs, protocol_runs
+from mltfr.evaluate.metrics import per_user_metrics
 from mltfr.analysis.ladder import authors_pick, ladder_table, ladder_tidy, optimism_table, trace_noise
 from mltfr.analysis.stats import StatsConfig, pvalue_table, run_comparisons
 from mltfr.analysis.tables import build_tables, main_table, protocol_table
@@ -23,6 +25,11 @@ N_USERS = 120
 CFG = StatsConfig(n_resamples=300)
 FAITHFUL_RULE = "best-epoch-on-test-not-worse-on-3-of-hr@20/precision@20/recall@20/ndcg@20 (faithful)"
 VALID_RULE = "early-stopping-on-valid-ndcg@10 (corrected)"
+
+
+def user_ndcg(ranks, k=10):
+    """Per-user NDCG@k (the one metric module's definition)."""
+    return per_user_metrics(ranks, (k,))[f"ndcg@{k}"]
 
 
 def ranks_of(variant, rung, seed, protocol="faithful"):
@@ -58,15 +65,15 @@ def write_run(root, variant, rung, seed, protocol="faithful", users=None):
     test = {"hr@5": 0.1, "hr@10": 0.2, "hr@20": 0.3, "ndcg@5": 0.05, "ndcg@10": ndcg, "ndcg@20": 0.1,
             "mrr": 0.05}
     selects_on_valid = protocol == "corrected" or "selection" in (rung_record(rung) or {}).get("factors", [])
-    result = {"dataset": {"name": "alpha", "prepared_sha256": "f00"}, "backbone": "sasrec", "variant": variant,
-              "protocol": protocol, "seed": seed, "metrics": {"test": test, "valid": None},
-              "selection": VALID_RULE if selects_on_valid else FAITHFUL_RULE, "best_epoch": 3,
-              "epoch_budget": 100 if protocol == "faithful" else 200, "rung": rung_record(rung),
-              "select_on": "valid" if selects_on_valid else "test", "holdout_valid": protocol == "corrected",
-              "mask_history": protocol == "corrected",
-              "branch": None if variant == "base" else {"eval_noise": protocol == "faithful",
-                                                        "pooling": "batch" if protocol == "faithful" else "user",
-                                                        "user_vector": "window"}}
+    branch = None if variant == "base" else {**branch_settings(["a", "b"]), "eval_noise": protocol == "faithful",
+                                                "pooling": "batch" if protocol == "faithful" else "user",
+                                                "user_vector": "window"}
+    result = result_document("alpha", "sasrec", variant, protocol, seed, test,
+                             selection=VALID_RULE if selects_on_valid else FAITHFUL_RULE, best_epoch=3,
+                             epoch_budget=100 if protocol == "faithful" else 200, rung=rung_record(rung),
+                             select_on="valid" if selects_on_valid else "test",
+                             holdout_valid=protocol == "corrected", mask_history=protocol == "corrected",
+                             branch=branch)
     (folder / "result.json").write_text(json.dumps(result))
     np.savez(folder / "ranks.npz", test_users=users, test_ranks=ranks)
     write_trace(folder, variant, seed)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from mltfr.analysis.collect import collect_runs, user_ndcg
+from fixtures.results import result_document
+from mltfr.analysis.collect import collect_runs, load_user_ndcg
 from mltfr.analysis.stats import StatsConfig, run_comparisons
 from mltfr.analysis.tables import main_table
 
@@ -32,6 +33,12 @@ def popularity_ranks(train, test):
     return len(items) - np.searchsorted(sorted_scores, target, side="left"), len(items)
 
 
+def user_ndcg(ranks, k=10):
+    """Per-user NDCG@k of one held-out item, by hand: 1/log2(rank + 1) within the top k."""
+    r = np.asarray(ranks, dtype=float)
+    return np.where(r <= k, 1 / np.log2(r + 1), 0.0)
+
+
 def metrics(ranks):
     r = ranks.astype(float)
     out = {f"hr@{k}": float((r <= k).mean()) for k in (5, 10, 20)}
@@ -43,10 +50,9 @@ def metrics(ranks):
 def write(root, variant, seed, ranks):
     folder = root / "pantry" / "pop" / variant / "faithful" / f"seed{seed}"
     folder.mkdir(parents=True)
-    result = {"dataset": "pantry", "backbone": "pop", "variant": variant, "protocol": "faithful",
-              "seed": seed, "metrics": {"test": metrics(ranks), "valid": None}}
+    result = result_document("pantry", "pop", variant, "faithful", seed, metrics(ranks))
     (folder / "result.json").write_text(json.dumps(result))
-    np.savez(folder / "ranks.npz", users=np.arange(len(ranks)), test_ranks=ranks)
+    np.savez(folder / "ranks.npz", test_users=np.arange(len(ranks)), test_ranks=ranks)
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +90,7 @@ def write_rung(root, variant, rung, ranks, users):
     folder.mkdir(parents=True)
     record = None if rung == "faithful" else {"name": rung, "index": 1, "factors": ["selection"],
                                               "previous": "faithful", "order": ["selection"]}
-    result = {"dataset": "pantry", "backbone": "pop", "variant": variant, "protocol": "faithful", "seed": 1,
-              "metrics": {"test": metrics(ranks), "valid": None}, "rung": record}
+    result = result_document("pantry", "pop", variant, "faithful", 1, metrics(ranks), rung=record)
     (folder / "result.json").write_text(json.dumps(result))
     np.savez(folder / "ranks.npz", test_users=users, test_ranks=ranks)
 
@@ -112,3 +117,15 @@ def test_real_pantry_ladder_pairs_users_by_id(pantry_runs, tmp_path):
     assert row["delta_gain_n_users"] == len(pop) - 1
     assert row["delta_gain"] == pytest.approx((gain["rung-selection"] - gain["faithful"]).mean(), rel=1e-12)
     assert row["delta_gain_ci_low"] < row["delta_gain"] < row["delta_gain_ci_high"]
+
+
+def test_analysis_per_user_ndcg_is_evaluates(pantry_runs):
+    """The analysis reads per-user NDCG with mltfr.evaluate's definition: equal on real ranks."""
+    from mltfr.evaluate import per_user_metrics
+
+    root, pop, _ = pantry_runs
+    for k in (5, 10, 20):
+        ndcg = load_user_ndcg(root / "pantry" / "pop" / "mltfr" / "faithful" / "seed1", k)
+        assert ndcg.index.tolist() == list(range(len(pop)))
+        np.testing.assert_array_equal(ndcg.to_numpy(), per_user_metrics(pop, (k,))[f"ndcg@{k}"])
+        assert ndcg.to_numpy() == pytest.approx(user_ndcg(pop, k), rel=1e-15)

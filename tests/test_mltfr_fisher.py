@@ -57,13 +57,36 @@ def test_fisher_is_the_mean_squared_batch_gradient_with_dropout_off():
     assert all(name.startswith("branch.experts.") for name in fisher)
 
 
+def squared_gradient_mean(model, batches, name, seed=0):
+    """The Fisher of one parameter by hand: per batch, loss.backward() in eval mode (the backbone's
+    loss, negatives from one generator seeded `seed`, global RNG seeded `seed`), grad ** 2, then
+    the mean over batches."""
+    param = dict(model.named_parameters())[name]
+    gen = torch.Generator().manual_seed(seed)
+    squares = []
+    model.eval()
+    model.branch.record_interp = False
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for batch in batches:
+            model.zero_grad()
+            model.loss(batch, gen).backward()
+            squares.append(param.grad.clone() ** 2)
+    model.branch.record_interp = True
+    model.train()
+    return torch.stack(squares).mean(0)
+
+
 def test_fisher_with_the_backbone_loss_and_merge_of_the_group():
     model, cfg, _ = round1_model()
-    fisher = fisher_diagonal(model, [windows(8, s) for s in range(3)], seed=0)
+    batches = [windows(8, s) for s in range(3)]
+    fisher = fisher_diagonal(model, batches, seed=0)
     assert len(fisher) == 3 * 8                                          # 3 experts x (4 Linear x w, b)
-    assert all((f >= 0).all() for f in fisher.values())
-    assert fisher["branch.experts.0.value.weight"].sum() > 0
     assert model.branch.interp_stats()["n_positions"] == 0            # the pass does not record
+    for name in ("branch.experts.0.value.weight", "branch.experts.2.out.bias"):
+        by_hand = squared_gradient_mean(model, batches, name)
+        assert by_hand.abs().sum() > 0
+        torch.testing.assert_close(fisher[name], by_hand, rtol=1e-5, atol=0)
     assert per_expert(fisher, 3)[2]["key.weight"].shape == (D_MODEL, 20)
     merged = consensus_state(model, cfg.consensus_group, fisher)
     assert merged["key.weight"].shape == (D_MODEL, 12)

@@ -10,7 +10,8 @@ from torch import nn
 
 from mltfr.errors import ConfigError
 from mltfr.models import BACKBONES, UNTRAINED_BACKBONES, BackboneConfig, build_backbone
-from mltfr.models.base import bce_loss, full_ce_loss, sample_negatives
+from mltfr.models.losses import bce_loss, full_ce_loss
+from mltfr.models.sampling import sample_negatives
 
 torch.set_num_threads(1)
 NAMES = [name for name in BACKBONES if name not in UNTRAINED_BACKBONES]  # pop: tests/test_train.py

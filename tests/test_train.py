@@ -42,7 +42,7 @@ def tiny_cfg(**extra) -> RunConfig:
 
 def run(tmp_path, name, cfg, **kw):
     split = make_split(toy_prepared(), cfg.protocol, cfg.model.max_len)
-    return train_and_evaluate(split, cfg, tmp_path / name, {"dataset": "toy"}, **kw)
+    return train_and_evaluate(split, cfg, tmp_path / name, toy_prepared().meta, **kw)
 
 
 def loss_columns(path):
@@ -114,13 +114,31 @@ def test_same_seed_same_metrics_other_seed_differs(tmp_path):
     assert loss_columns(tmp_path / "a" / "epochs.csv") == loss_columns(tmp_path / "b" / "epochs.csv")
 
 
+def best_epoch_by_majority(epochs: list[dict]) -> int:
+    """The authors' rule over an epochs.csv: an epoch replaces the best when at least as good on 3
+    of {HR, Precision, Recall, NDCG}@20 (one target per user: Precision = HR/20, Recall = HR)."""
+    best_epoch, best = 0, None
+    for row in epochs:
+        hr, ndcg = float(row["test_hr@20"]), float(row["test_ndcg@20"])
+        scores = {"hr@20": hr, "precision@20": hr / 20, "recall@20": hr, "ndcg@20": ndcg}
+        if best is None or wins_majority(scores, best):
+            best_epoch, best = int(row["epoch"]), scores
+    return best_epoch
+
+
 def test_result_fields_and_ranks(tmp_path):
     res = run(tmp_path, "r", tiny_cfg(protocol="faithful", epochs=2))
     saved = json.loads((tmp_path / "r" / "result.json").read_text())
     assert saved["metrics"] == res["metrics"] and set(saved["metrics"]) == {"test"}
     assert saved["selection"] == FAITHFUL_SELECTION and saved["eval_protocol"] == "full-ranking"
-    assert saved["mask_history"] is False and saved["best_epoch"] in (1, 2)
+    assert saved["mask_history"] is False
+    epochs = list(csv.DictReader(open(tmp_path / "r" / "epochs.csv")))
+    assert saved["best_epoch"] == best_epoch_by_majority(epochs)        # the rule, replayed on the log
+    assert [row["selected"] for row in epochs] == [
+        FAITHFUL_SELECTION if int(row["epoch"]) == saved["best_epoch"] else "" for row in epochs]
     best = saved["best_selection_score"]
+    chosen = epochs[saved["best_epoch"] - 1]
+    assert (best["test_hr@20"], best["test_ndcg@20"]) == (float(chosen["test_hr@20"]), float(chosen["test_ndcg@20"]))
     assert set(best) == {"test_hr@20", "test_precision@20", "test_recall@20", "test_ndcg@20"}
     assert best["test_hr@20"] == best["test_recall@20"] == pytest.approx(20 * best["test_precision@20"])
     assert (saved["model"]["n_blocks"], saved["model"]["n_heads"], saved["model"]["d"]) == (2, 8, 8)

@@ -1,7 +1,7 @@
 """Every study variant trains one epoch on Pantry with real offline LLM tables, through the CLI.
 
 Round 1 -> `mltfr fisher` -> round 2 for the consensus variants, exactly as the workflow runs
-them. Small d and L keep it quick; the LLM tables are the real packaged MiniLM pair (the
+them (mltfr.train.rounds.train_variant). Small d and L keep it quick; the LLM tables are the real packaged MiniLM pair (the
 offline consensus group, both 30522 x 384) and their random controls.
 """
 import json
@@ -12,6 +12,7 @@ import yaml
 
 from mltfr.cli import main
 from mltfr.models.variants import needs_round2
+from mltfr.train.rounds import CONSENSUS_FILE, ROUND1, train_variant
 
 LLMS = ("minilm", "paraphrase-minilm")
 FAST = ["--set", "epochs=1", "model.d=16", "model.max_len=10", "--threads", "2"]
@@ -50,12 +51,14 @@ def train(root, variant, out, *extra):
                                      "mltfr-norouter", "mltfr-noconsensus", "mltfr-meanconsensus",
                                      "mltfr-frozen", "mltfr-random"])
 def test_variant_trains_one_epoch(inputs, tmp_path, variant):
-    result = train(inputs, variant, tmp_path / "round1")
+    args = ["--data", inputs / "data", "--backbone", "sasrec", "--protocol", "corrected", "--seed", "0", *FAST]
+    result = train_variant(tmp_path / "run", variant, [*args, *(llm_args(inputs, variant) if variant != "base" else [])])
+    assert result == json.loads((tmp_path / "run" / "result.json").read_text())
+    merged = tmp_path / "run" / ROUND1 / CONSENSUS_FILE
+    assert merged.exists() == needs_round2(variant)
     if needs_round2(variant):
-        merged = tmp_path / "consensus.safetensors"
-        assert main(["fisher", "--run", str(tmp_path / "round1"), "--out", str(merged)]) == 0
-        result = train(inputs, variant, tmp_path / "round2", "--consensus", str(merged))
         assert result["config"]["consensus_file"] == str(merged)
+        assert json.loads((tmp_path / "run" / ROUND1 / "result.json").read_text())["config"]["consensus_file"] is None
     test = result["metrics"]["test"]
     assert result["variant"] == variant and result["epochs_run"] == 1
     assert 0 < test["ndcg@10"] <= test["hr@10"] <= test["hr@20"] <= 1

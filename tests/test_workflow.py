@@ -334,9 +334,10 @@ def write_result(root, variant_folder, recorded):
     """A minimal run folder as the trainer leaves it: it records `mltfr` and the changed setting."""
     folder = root / "pantry" / "sasrec" / variant_folder / "corrected" / "seed1"
     folder.mkdir(parents=True)
+    from fixtures.results import result_document
+
     test = {m: 0.1 for m in ("hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr")}
-    result = {"dataset": "pantry", "backbone": "sasrec", "variant": "mltfr", "protocol": "corrected",
-              "seed": 1, "metrics": {"test": test}, **recorded}
+    result = result_document("pantry", "sasrec", "mltfr", "corrected", 1, test, **recorded)
     (folder / "result.json").write_text(json.dumps(result))
 
 

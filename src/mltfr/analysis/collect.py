@@ -18,9 +18,10 @@ from mltfr.analysis.outputs import (DIAGNOSTIC_KEYS, RUN_DIAGNOSTICS, diagnostic
                                     parse_diagnostic_column)
 from mltfr.analysis.variants import parse_variant
 from mltfr.errors import DataError
+from mltfr.evaluate.metrics import metric_names, per_user_metrics
 
 KEYS = ("dataset", "backbone", "variant", "protocol", "seed")
-METRICS = ("hr@5", "hr@10", "hr@20", "ndcg@5", "ndcg@10", "ndcg@20", "mrr")
+METRICS = tuple(metric_names())  # the keys of result.json's metrics.test / metrics.valid
 RESULT_GLOB = "*/*/*/*/seed*/result.json"
 
 
@@ -74,11 +75,10 @@ def _test_metrics(path: Path, result: dict) -> dict:
 def _identity(path: Path, result: dict) -> dict:
     """(dataset, backbone, variant, protocol, seed) of a result, checked against its folder.
 
-    `dataset` is a name, or the trainer's provenance object {"name": ..., "prepared_sha256": ...}.
+    `dataset` is the name in the trainer's provenance object {"name": ..., "prepared_sha256": ...}.
     """
     ident = {k: result.get(k) for k in KEYS}
-    if isinstance(ident["dataset"], dict):
-        ident["dataset"] = ident["dataset"].get("name")
+    ident["dataset"] = _lookup(result, "dataset.name")
     missing = [k for k, v in ident.items() if v is None]
     if missing:
         raise DataError(f"{path}: missing key(s) {', '.join(missing)}; rerun its training job")
@@ -140,29 +140,30 @@ def _is_sensitivity_run(path: Path, folder_variant: str, result: dict) -> bool:
     return True
 
 
-def _resources(result: dict) -> dict:
-    """Timings, memory, sizes and provenance, from either key spelling the trainer may use.
-
-    Aliases: n_parameters = n_params; peak_memory_mb {"host_rss", "cuda_allocated"} = peak_mem_mb
-    (peak_mem_mb is the CUDA peak on a GPU, else the host's); per_epoch_s list -> epoch_s mean;
-    sequences_per_s = seqs_per_s; test_eval_s = eval_s; dataset.prepared_sha256 = dataset_sha256.
+def _resources(path: Path, result: dict) -> dict:
+    """Timings, memory, sizes and provenance under the names result.json uses (its schema:
+    src/mltfr/schemas/result.schema.yaml), as runs-table columns: eval_s = timings.test_eval_s,
+    epoch_s = mean of timings.per_epoch_s, seqs_per_s = timings.sequences_per_s, peak_mem_mb =
+    the CUDA peak on a GPU, else the host's; dataset_sha256 = dataset.prepared_sha256;
+    n_params = n_parameters.
     """
-    t = result.get("timings") or {}
-    per_epoch = t.get("per_epoch_s") or []
-    memory = result.get("peak_memory_mb") or {}
-    dataset = result.get("dataset") if isinstance(result.get("dataset"), dict) else {}
-    row = {"train_s": t.get("train_s"), "eval_s": t.get("eval_s", t.get("test_eval_s")),
-           "epoch_s": t.get("epoch_s", float(np.mean(per_epoch)) if per_epoch else None),
-           "seqs_per_s": t.get("seqs_per_s", t.get("sequences_per_s")), "users_per_s": t.get("users_per_s")}
-    row = {k: float(v) if v is not None else np.nan for k, v in row.items()}
+    t, memory = _recorded(path, result, "timings"), _recorded(path, result, "peak_memory_mb")
+    row = {"train_s": t["train_s"], "eval_s": t["test_eval_s"], "epoch_s": float(np.mean(t["per_epoch_s"])),
+           "seqs_per_s": t["sequences_per_s"], "users_per_s": t["users_per_s"]}
+    row = {k: float(v) for k, v in row.items()}
     row.update(
-        best_epoch=result.get("best_epoch"), selection=result.get("selection"),
-        code_version=result.get("code_version"),
-        dataset_sha256=result.get("dataset_sha256", dataset.get("prepared_sha256")),
-        peak_mem_mb=result.get("peak_mem_mb", memory.get("cuda_allocated", memory.get("host_rss"))),
-        peak_host_rss_mb=memory.get("host_rss"),
-        n_params=result.get("n_params", result.get("n_parameters")), n_trainable=result.get("n_trainable"))
+        **{key: _recorded(path, result, key) for key in ("best_epoch", "selection", "code_version")},
+        dataset_sha256=_recorded(path, result, "dataset")["prepared_sha256"],
+        peak_mem_mb=memory.get("cuda_allocated", memory["host_rss"]), peak_host_rss_mb=memory["host_rss"],
+        n_params=_recorded(path, result, "n_parameters"))
     return row
+
+
+def _recorded(path: Path, result: dict, key: str):
+    """result[key], or a DataError naming the file and the fix when the writer's key is missing."""
+    if key not in result:
+        raise DataError(f"{path}: key {key} missing (not written by mltfr train); rerun its training job")
+    return result[key]
 
 
 def run_row(path: Path, result: dict) -> dict:
@@ -173,7 +174,7 @@ def run_row(path: Path, result: dict) -> dict:
     row.update(_test_metrics(path, result))
     valid = (result.get("metrics") or {}).get("valid") or {}
     row.update({f"valid_{m}": float(valid.get(m, np.nan)) for m in METRICS})
-    row.update(_resources(result))
+    row.update(_resources(path, result))
     row.update(_diagnostics(result))
     row.update(_ladder_fields(result))
     row["run_dir"] = path.parent.as_posix()
@@ -263,7 +264,7 @@ def collect_runs(source: str | Path | Iterable[str | Path],
     if dup.any():
         raise DataError(f"two result files describe the same run: "
                         f"{', '.join(map(str, np.asarray(files)[dup.to_numpy()]))}; remove one")
-    for col in ("n_params", "n_trainable", "best_epoch", "peak_mem_mb", "peak_host_rss_mb"):
+    for col in ("n_params", "best_epoch", "peak_mem_mb", "peak_host_rss_mb"):
         runs[col] = pd.to_numeric(runs[col], errors="coerce")
     runs = runs.sort_values([*KEYS, "rung_index"], kind="stable").reset_index(drop=True)
     if benchmarks is not None and Path(benchmarks).is_dir():
@@ -350,21 +351,15 @@ def load_dataset_stats(data_root: str | Path) -> pd.DataFrame:
     return frame.reindex(columns=cols + extra)
 
 
-def user_ndcg(ranks: np.ndarray, k: int = 10) -> np.ndarray:
-    """Per-user NDCG@k from 1-based ranks of the single held-out item: 1/log2(rank+1) if rank <= k."""
-    ranks = np.asarray(ranks, dtype=np.float64)
-    return np.where(ranks <= k, 1.0 / np.log2(ranks + 1.0), 0.0)
-
-
 def load_user_ndcg(run_dir: str | Path, k: int = 10) -> pd.Series:
     """Per-user NDCG@k of one run, indexed by the 0-based user index (ranks.npz).
 
-    Arrays: test_users (or users) and test_ranks, 1 = best.
+    Arrays: test_users and test_ranks, 1 = best (mltfr.train.run.write_ranks).
     """
     path = Path(run_dir) / "ranks.npz"
     try:
         with np.load(path) as npz:
-            users = npz["test_users"] if "test_users" in npz.files else npz["users"]
+            users = npz["test_users"]
             ranks = npz["test_ranks"]
     except FileNotFoundError:
         raise DataError(f"{path}: file not found; rerun the run's training job") from None
@@ -374,13 +369,13 @@ def load_user_ndcg(run_dir: str | Path, k: int = 10) -> pd.Series:
     if users.shape != ranks.shape or len(np.unique(users)) != len(users) or (ranks < 1).any():
         raise DataError(f"{path}: users and test_ranks must be equal-length, users unique, "
                         "ranks >= 1; rerun the run's training job")
-    return pd.Series(user_ndcg(ranks, k), index=pd.Index(users, name="user"))
+    return pd.Series(per_user_metrics(ranks, (k,))[f"ndcg@{k}"], index=pd.Index(users, name="user"))
 
 
 def load_epochs(runs: pd.DataFrame) -> pd.DataFrame:
     """Every run's epochs.csv stacked, with the run's identifiers; runs without one are skipped.
 
-    The trainer's `train_loss` column is also available as `loss`.
+    The trainer's `train_loss` column is also available as `loss` (the figures' name for it).
     """
     frames = []
     for run in runs.itertuples(index=False):
@@ -393,20 +388,17 @@ def load_epochs(runs: pd.DataFrame) -> pd.DataFrame:
             raise DataError(f"{path}: not a CSV ({exc}); delete it and rerun the run") from None
         if "epoch" not in epochs.columns:
             raise DataError(f"{path}: lacks column 'epoch'; rerun the run's training job")
-        if "loss" not in epochs.columns and "train_loss" in epochs.columns:
+        if "train_loss" in epochs.columns:
             epochs["loss"] = epochs["train_loss"]
         frames.append(epochs.assign(**{k: getattr(run, k) for k in KEYS}))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*KEYS, "epoch"])
 
 
 def load_interp(runs: pd.DataFrame) -> list[tuple[dict, dict]]:
-    """(run identifiers, interp dict) for runs whose result.json or interp.json has one."""
+    """(run identifiers, interp dict) for runs whose result.json has one (runs with an LLM branch)."""
     found = []
     for run in runs.itertuples(index=False):
-        folder = Path(run.run_dir)
-        interp = read_json(folder / "result.json").get("interp")
-        if interp is None and (folder / "interp.json").exists():
-            interp = read_json(folder / "interp.json")
+        interp = read_json(Path(run.run_dir) / "result.json").get("interp")
         if interp:
             found.append(({k: getattr(run, k) for k in KEYS}, interp))
     return found

@@ -65,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
 
 def recorded_inputs(run_dir: Path) -> dict:
     """The data/LLM folders `mltfr train` recorded in result.json ({} when there is none)."""
-    path = run_dir / "result.json"
+    from mltfr.train.result import RESULT
+
+    path = run_dir / RESULT
     if not path.exists():
         return {}
     try:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mltfr.models.base import (transformer_forward, PAD, BackboneConfig, SequenceEmbedding, SequentialRecommender,
-                               TransformerBlock, full_ce_loss, init_weights)
+from mltfr.models.base import PAD, BackboneConfig, SequentialRecommender
+from mltfr.models.layers import SequenceEmbedding, TransformerBlock, init_weights, transformer_forward
+from mltfr.models.losses import full_ce_loss
 
 
 class BERT4Rec(SequentialRecommender):

@@ -7,8 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mltfr.models.base import (PAD, BackboneConfig, Dropout, SequenceEmbedding, SequentialRecommender,
-                               bce_loss, init_weights, sample_negatives)
+from mltfr.models.base import PAD, BackboneConfig, SequentialRecommender
+from mltfr.models.layers import Dropout, SequenceEmbedding, init_weights
+from mltfr.models.losses import bce_loss
+from mltfr.models.sampling import sample_negatives
 
 
 class FilterBlock(nn.Module):

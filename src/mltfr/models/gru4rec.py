@@ -7,8 +7,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from mltfr.models.base import (PAD, BackboneConfig, Dropout, SequenceEmbedding, SequentialRecommender,
-                               full_ce_loss, init_weights)
+from mltfr.models.base import PAD, BackboneConfig, SequentialRecommender
+from mltfr.models.layers import Dropout, SequenceEmbedding, init_weights
+from mltfr.models.losses import full_ce_loss
 
 
 class GRU4Rec(SequentialRecommender):

@@ -9,9 +9,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mltfr.models.base import (transformer_forward, PAD, BackboneConfig, SequenceEmbedding, SequentialRecommender,
-                               TransformerBlock, bce_loss, full_ce_loss,
-                               init_weights, sample_negatives)
+from mltfr.models.base import PAD, BackboneConfig, SequentialRecommender
+from mltfr.models.layers import SequenceEmbedding, TransformerBlock, init_weights, transformer_forward
+from mltfr.models.losses import bce_loss, full_ce_loss
+from mltfr.models.sampling import sample_negatives
 
 
 class SASRec(SequentialRecommender):

@@ -1,0 +1,71 @@
+"""`BranchConfig`: every setting of the MLTFR LLM branch (each study variant is one of these),
+and the valid values of its choice settings."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mltfr.errors import ConfigError
+
+POOLINGS = ("user", "batch")
+ROUTERS = ("softmax", "mean")
+CONSENSUS = ("none", "fisher", "mean")
+FILTER_GRADS = ("authors", "learn")
+SELECTIONS = ("guided", "random")
+USER_VECTORS = ("window", "causal")
+
+
+@dataclass
+class BranchConfig:
+    """Every setting of the LLM branch; each study variant is one of these."""
+
+    d: int = 64                  # (int) backbone hidden size; the branch outputs (B, L, d)
+    K: int = 1                   # (int) tokens kept per user and LLM (authors: 1 SASRec/BERT4Rec, 10 FMLP-Rec)
+    tau: float = 0.5             # (float) Gumbel-softmax temperature
+    pooling: str = "user"        # "user" (corrected: each user attends to its own K) | "batch" (faithful: all B*K pooled)
+    eval_noise: bool = False     # (bool) Gumbel noise also at evaluation (faithful True, corrected False)
+    filter_grad: str = "authors"  # "authors" (renormalised straight-through weights) | "learn" (gradient 1/K into y)
+    selection: str = "guided"    # "guided" (user-guided top-K) | "random" (control: K tokens uniform per user)
+    user_vector: str = "window"  # "window" (mean over the whole window, authors) | "causal" (prefix mean per position)
+    filtering: bool = True       # (bool) user-guided filtering; False = P learned prototype tokens (direct injection)
+    n_prototypes: int = 50       # (int) P, prototype tokens per LLM when filtering is off (Time-LLM style)
+    router: str = "softmax"      # "softmax" (dense per-position router) | "mean" (uniform 1/M, ablation)
+    router_softmax_twice: bool = False  # (bool) softmax over softmax (authors' BERT4Rec/FMLP-Rec: their
+    #                                     GatingNetwork returns a softmax and their MoE applies another)
+    consensus: str = "none"      # merge for the round-2 consensus expert: "none" | "fisher" | "mean"
+    lambda_s: float = 0.01       # (float) weight of the consensus expert (0.01 SASRec, 0.2 BERT4Rec, 0.05 FMLP-Rec);
+    #                              round 1 adds a frozen random copy of the first group expert with it too
+    consensus_group: list[int] | None = None  # indices of the LLMs merged (same D); None = largest same-D set
+    trainable_tables: bool = True  # (bool) fine-tune the token tables (published) or keep them frozen
+    n_heads: int = 4             # (int) attention heads per expert, head size d / n_heads
+    attn_dropout: float = 0.1    # (float) dropout on the expert's attention weights
+    out_dropout: float = 0.1     # (float) dropout on the expert's output
+    names: list[str] = field(default_factory=list)  # LLM names, for messages and interpretability
+
+    def __post_init__(self):
+        for key, valid in (("pooling", POOLINGS), ("router", ROUTERS), ("consensus", CONSENSUS),
+                           ("filter_grad", FILTER_GRADS), ("selection", SELECTIONS),
+                           ("user_vector", USER_VECTORS)):
+            if getattr(self, key) not in valid:
+                raise ConfigError(f"branch setting {key}={getattr(self, key)!r} is not valid; "
+                                  f"use one of {', '.join(valid)}")
+        if self.user_vector == "causal" and self.pooling == "batch":
+            raise ConfigError("branch setting user_vector='causal' needs pooling='user': batch pooling "
+                              "lets every position attend to the tokens picked for all positions of the "
+                              "batch, later (future) positions included; set pooling=user (the corrected "
+                              "protocol) or user_vector=window")
+        if self.K < 1 or self.n_prototypes < 1:
+            raise ConfigError(f"branch settings K={self.K} and n_prototypes={self.n_prototypes} must be >= 1")
+        if self.tau <= 0:
+            raise ConfigError(f"branch setting tau={self.tau} must be > 0")
+        if self.d % self.n_heads:
+            raise ConfigError(f"hidden size d={self.d} is not divisible by n_heads={self.n_heads}; "
+                              "change one so that d / n_heads is an integer")
+
+    @classmethod
+    def for_protocol(cls, protocol: str, **overrides) -> "BranchConfig":
+        """faithful = batch pooling + noise at evaluation (authors' code); corrected = neither."""
+        if protocol not in ("faithful", "corrected"):
+            raise ConfigError(f"protocol {protocol!r} is unknown; use faithful or corrected")
+        faithful = protocol == "faithful"
+        settings = {"pooling": "batch" if faithful else "user", "eval_noise": faithful}
+        return cls(**{**settings, **overrides})
