@@ -42,6 +42,20 @@ def test_corrected_by_hand():
     assert s.test.inputs.tolist() == [[2, 3, 4], [0, 0, 6]]     # the valid item is input at test time
 
 
+def test_validation_item_kept_in_training_with_a_validation_set_by_hand():
+    # the ladder's selection rung: faithful training data, early stopping on validation
+    s = make_split(_hand(), "faithful", max_len=3, holdout_valid=False, with_valid=True)
+    assert s.train_items.tolist() == [1, 2, 3, 4, 6]              # 4 (user 0's valid item) trains
+    assert s.valid.users.tolist() == [0] and s.valid.targets.tolist() == [4]
+    assert s.valid.inputs.tolist() == [[1, 2, 3]]
+    assert s.test.targets.tolist() == [5, 7]
+    held = make_split(_hand(), "faithful", max_len=3, holdout_valid=True)   # held out: corrected's data
+    corrected = make_split(_hand(), "corrected", max_len=3)
+    assert held.train_items.tolist() == corrected.train_items.tolist() == [1, 2, 3]
+    assert held.valid.targets.tolist() == [4]
+    assert make_split(_hand(), "corrected", max_len=3, with_valid=False).valid is None
+
+
 def test_bad_protocol():
     with pytest.raises(ConfigError, match="protocol 'loo' is unknown; use one of faithful, corrected"):
         make_split(_hand(), "loo", 3)
