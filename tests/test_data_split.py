@@ -70,11 +70,14 @@ def test_pantry_faithful_test_is_authors_test_file(pantry, repo):
     assert len(s.train_items) == 37566 - 7123
 
 
-@pytest.mark.parametrize("protocol", ["faithful", "corrected"])
-def test_pantry_split_invariants(pantry, protocol):
+@pytest.mark.parametrize("protocol, ladder", [("faithful", {}), ("corrected", {}),
+                                             ("faithful", {"with_valid": True}),       # rung-selection
+                                             ("faithful", {"holdout_valid": True})])   # alone-holdout_valid
+def test_pantry_split_invariants(pantry, protocol, ladder):
     L = 4                                                         # short, so truncation happens
-    s = make_split(pantry, protocol, max_len=L)
-    held = 1 if protocol == "faithful" else 2
+    s = make_split(pantry, protocol, max_len=L, **ladder)
+    held = 2 if ladder.get("holdout_valid", protocol == "corrected") else 1
+    assert (s.valid is not None) == (held == 2 or "with_valid" in ladder)
     evals = [(s.test, 1)] + ([(s.valid, 2)] if s.valid is not None else [])
     for u in range(pantry.n_users):
         seq = pantry.sequence(u)
