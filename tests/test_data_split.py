@@ -42,6 +42,20 @@ def test_corrected_by_hand():
     assert s.test.inputs.tolist() == [[2, 3, 4], [0, 0, 6]]     # the valid item is input at test time
 
 
+def test_validation_item_kept_in_training_with_a_validation_set_by_hand():
+    # the ladder's selection rung: faithful training data, early stopping on validation
+    s = make_split(_hand(), "faithful", max_len=3, holdout_valid=False, with_valid=True)
+    assert s.train_items.tolist() == [1, 2, 3, 4, 6]              # 4 (user 0's valid item) trains
+    assert s.valid.users.tolist() == [0] and s.valid.targets.tolist() == [4]
+    assert s.valid.inputs.tolist() == [[1, 2, 3]]
+    assert s.test.targets.tolist() == [5, 7]
+    held = make_split(_hand(), "faithful", max_len=3, holdout_valid=True)   # held out: corrected's data
+    corrected = make_split(_hand(), "corrected", max_len=3)
+    assert held.train_items.tolist() == corrected.train_items.tolist() == [1, 2, 3]
+    assert held.valid.targets.tolist() == [4]
+    assert make_split(_hand(), "corrected", max_len=3, with_valid=False).valid is None
+
+
 def test_bad_protocol():
     with pytest.raises(ConfigError, match="protocol 'loo' is unknown; use one of faithful, corrected"):
         make_split(_hand(), "loo", 3)
@@ -56,11 +70,14 @@ def test_pantry_faithful_test_is_authors_test_file(pantry, repo):
     assert len(s.train_items) == 37566 - 7123
 
 
-@pytest.mark.parametrize("protocol", ["faithful", "corrected"])
-def test_pantry_split_invariants(pantry, protocol):
+@pytest.mark.parametrize("protocol, ladder", [("faithful", {}), ("corrected", {}),
+                                             ("faithful", {"with_valid": True}),       # rung-selection
+                                             ("faithful", {"holdout_valid": True})])   # alone-holdout_valid
+def test_pantry_split_invariants(pantry, protocol, ladder):
     L = 4                                                         # short, so truncation happens
-    s = make_split(pantry, protocol, max_len=L)
-    held = 1 if protocol == "faithful" else 2
+    s = make_split(pantry, protocol, max_len=L, **ladder)
+    held = 2 if ladder.get("holdout_valid", protocol == "corrected") else 1
+    assert (s.valid is not None) == (held == 2 or "with_valid" in ladder)
     evals = [(s.test, 1)] + ([(s.valid, 2)] if s.valid is not None else [])
     for u in range(pantry.n_users):
         seq = pantry.sequence(u)

@@ -52,14 +52,14 @@ def fisher(run_dir, out):
 
 def expected_merge(inputs, run_dir, state_dict):
     """The merge `mltfr fisher` must write when it runs on `state_dict` (same batches, same seed)."""
-    from mltfr.data import load_prepared, make_split
+    from mltfr.data import load_prepared
     from mltfr.models.fisher import merge_round1
     from mltfr.train.batching import train_windows
     from mltfr.train.config import RunConfig
-    from mltfr.train.run import build_model
+    from mltfr.train.run import build_model, split_for_run
 
     cfg = RunConfig.from_dict(torch.load(run_dir / "checkpoint.pt", weights_only=True)["config"])
-    split = make_split(load_prepared(inputs / "data"), cfg.protocol, cfg.model.max_len)
+    split = split_for_run(load_prepared(inputs / "data"), cfg)
     llms = {n: inputs / "llm" / n for n in ("a", "b")}
     model = build_model(cfg, split.n_items, torch.device("cpu"), llms)
     model.load_state_dict(state_dict)
@@ -67,7 +67,11 @@ def expected_merge(inputs, run_dir, state_dict):
     return merge_round1(model, windows.split(cfg.batch_size), seed=cfg.seed)[0]
 
 
-@pytest.mark.parametrize("protocol, label", [("faithful", "last-epoch"), ("corrected", "best-on-valid")])
+# ladder rungs: the state follows the selection (rung-selection: faithful, early stopping on
+# valid) and the batches the training split (alone-holdout_valid: faithful, valid item held out)
+@pytest.mark.parametrize("protocol, label", [("faithful", "last-epoch"), ("corrected", "best-on-valid"),
+                                             ("rung-selection", "best-on-valid"),
+                                             ("alone-holdout_valid", "last-epoch")])
 def test_fisher_uses_the_protocols_round1_state_and_is_seeded(inputs, tmp_path, protocol, label):
     run_dir = tmp_path / "r1"
     ckpt = round1(inputs, run_dir, protocol)
@@ -77,9 +81,10 @@ def test_fisher_uses_the_protocols_round1_state_and_is_seeded(inputs, tmp_path, 
         best[key] = best[key] + 0.5
     torch.save(ckpt, run_dir / "checkpoint.pt")
     merged, meta = fisher(run_dir, tmp_path / "c1.safetensors")
-    epoch = ckpt["state"]["epoch"] if protocol == "faithful" else ckpt["state"]["best_epoch"]
+    last = label == "last-epoch"
+    epoch = ckpt["state"]["epoch"] if last else ckpt["state"]["best_epoch"]
     assert (meta["round1_state"], meta["round1_epoch"], meta["seed"]) == (label, epoch, 0)
-    used, other = (ckpt["model"], best) if protocol == "faithful" else (best, ckpt["model"])
+    used, other = (ckpt["model"], best) if last else (best, ckpt["model"])
     want, not_want = expected_merge(inputs, run_dir, used), expected_merge(inputs, run_dir, other)
     assert all(torch.allclose(merged[k], want[k], atol=1e-6) for k in want)
     assert any(not torch.allclose(merged[k], not_want[k], atol=1e-3) for k in want)

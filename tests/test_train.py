@@ -15,7 +15,7 @@ from mltfr.evaluate import wins_majority
 from mltfr.train.batching import train_windows
 from mltfr.train.config import RunConfig, apply_overrides, load_train_section
 from mltfr.train.loop import Preempted, Trainer
-from mltfr.train.run import build_trainer, train_and_evaluate
+from mltfr.train.run import build_trainer, split_for_run, train_and_evaluate
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +41,7 @@ def tiny_cfg(**extra) -> RunConfig:
 
 
 def run(tmp_path, name, cfg, **kw):
-    split = make_split(toy_prepared(), cfg.protocol, cfg.model.max_len)
+    split = split_for_run(toy_prepared(), cfg)
     return train_and_evaluate(split, cfg, tmp_path / name, toy_prepared().meta, **kw)
 
 
@@ -85,6 +85,21 @@ def test_protocol_defaults_for_history_mask_selection_and_budget():
     assert apply_overrides(corrected, ["protocol=faithful"]).max_epochs == 100   # resolved late
     with pytest.raises(ConfigError, match="train.epochs=0 is invalid"):
         RunConfig(epochs=0)
+
+
+def test_selection_and_holdout_default_by_protocol_and_can_be_set():
+    faithful, corrected = RunConfig(protocol="faithful"), RunConfig(protocol="corrected")
+    assert (faithful.selects_on, faithful.holds_out_valid) == ("test", False)
+    assert (corrected.selects_on, corrected.holds_out_valid) == ("valid", True)
+    ladder = apply_overrides(faithful, ["select_on=valid", "holdout_valid=true"])
+    assert (ladder.selects_on, ladder.holds_out_valid, ladder.max_epochs) == ("valid", True, 100)
+    assert ladder.selection == "early-stopping-on-valid-ndcg@10 (faithful)"   # follows select_on
+    assert apply_overrides(corrected, ["select_on=test"]).selection == FAITHFUL_SELECTION.replace(
+        "(faithful)", "(corrected)")
+    with pytest.raises(ConfigError, match=r"train.select_on='best' is invalid: expected one of test, valid"):
+        RunConfig(select_on="best")
+    with pytest.raises(ConfigError, match=r"override.holdout_valid: expected bool or null, got 'no'"):
+        apply_overrides(faithful, {"holdout_valid": "no"})
 
 
 def test_train_section_of_study_config(tmp_path):
@@ -355,3 +370,38 @@ def test_popularity_run_is_a_baseline_row_of_the_main_table(tmp_path):
     table = main_table(runs).tidy.query("metric == 'ndcg@10'").set_index(["backbone", "variant"])
     assert table.loc[("pop", "base"), "mean"] == pytest.approx(pop["test_ndcg@10"])
     assert list(table.index) == [("pop", "base"), ("sasrec", "base")]
+
+
+# ------------------------------------------------------------------ protocol-ladder settings
+def test_valid_selection_on_faithful_training_data_trains_on_the_validation_item(tmp_path):
+    prepared = toy_prepared()
+    cfg = tiny_cfg(protocol="faithful", select_on="valid", epochs=2)
+    trainer = build_trainer(split_for_run(prepared, cfg), cfg, tmp_path / "v")
+    valid = trainer.split.valid
+    assert len(valid.users) == 120 and (valid.targets == prepared.items[prepared.offsets[1:] - 2]).all()
+    # every window ends with the user's second-to-last item: the validation target is trained on
+    lengths = np.diff(prepared.offsets)
+    last_trained = trainer.windows[:, -1].numpy()
+    assert (last_trained == valid.targets[lengths[valid.users] >= 3]).all()
+    held = tiny_cfg(protocol="faithful", select_on="valid", holdout_valid=True)
+    assert (build_trainer(split_for_run(prepared, held), held, tmp_path / "h").windows[:, -1].numpy()
+            == prepared.items[prepared.offsets[1:] - 3][lengths >= 4]).all()
+
+
+def test_valid_selection_without_a_validation_set_is_refused(tmp_path):
+    cfg = tiny_cfg(protocol="faithful", select_on="valid")
+    with pytest.raises(ConfigError, match="select_on valid needs a validation set.*split_for_run"):
+        build_trainer(make_split(toy_prepared(), "faithful", 8), cfg, tmp_path / "n")
+
+
+def test_trace_test_logs_test_metrics_without_changing_the_selection(tmp_path):
+    plain = run(tmp_path, "plain", tiny_cfg(epochs=4))
+    traced = run(tmp_path, "traced", tiny_cfg(epochs=4, trace_test=True))
+    assert traced["metrics"] == plain["metrics"] and traced["best_epoch"] == plain["best_epoch"]
+    with open(tmp_path / "traced" / "epochs.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert all(row["test_ndcg@10"] and row["valid_ndcg@10"] for row in rows)
+    best = rows[traced["best_epoch"] - 1]   # the traced test row of the selected epoch = its test result
+    assert float(best["test_ndcg@10"]) == pytest.approx(traced["metrics"]["test"]["ndcg@10"], rel=1e-12)
+    assert "test_ndcg@10" not in (tmp_path / "plain" / "epochs.csv").read_text()
+    assert (traced["select_on"], traced["holdout_valid"], traced["rung"]) == ("valid", True, None)

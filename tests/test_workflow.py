@@ -76,7 +76,8 @@ def test_default_config_grid(env):
     # not trained: first seed only) 2 x 2 protocols = 4; single-LLM 4 LLMs x 2 modes = 8 (Pantry, corrected, seed 1); mltfr 2 x 2 x seed 1 = 4;
     # ablations 4 (with the random-selection control); sensitivity 2 (K=5, lambda_s=0.1).
     # Round 1 + merge: mltfr 4, ablations 3 (noconsensus has none), sensitivity 1
-    # (branch.lambda_s acts in round 2 only and reuses mltfr's round 1).
+    # (branch.lambda_s acts in round 2 only and reuses mltfr's round 1). The protocol ladder is off
+    # in the default (its budget); config/test.yaml runs one.
     counts = job_counts(env)
     assert counts["train"] == 24 + 4 + 8 + 4 + 4 + 2
     assert counts["train_round1"] == counts["fisher"] == 4 + 3 + 1
@@ -90,8 +91,10 @@ def test_paper_dry_run_with_slurm_profile(env):
     # main results: 7 datasets x 4 backbones x 2 protocols x 5 seeds = 280 cells x (base, mltfr)
     # + sasrec-ce base 7 x 2 x 5 = 70, + pop base 7 x 2 x seed 1 = 14; single-LLM 7 datasets x 7 LLMs x 2 modes x 3 seeds = 294;
     # ablations 3 datasets x 9 (every ablation and control) x 3 seeds = 81; sensitivity 2 datasets x
-    # 17 values x 3 seeds = 102. Round 1 + merge: mltfr 280, ablations 3 x 8 x 3 = 72, sensitivity 2 x 12 x 3 = 72
-    # (the 5 lambda_s values reuse mltfr's round 1).
+    # 17 values x 3 seeds = 102; protocol ladder (sasrec) 7 datasets x 3 seeds x 3 variants x 6 rungs
+    # = 378, + rung 0 of mltfr-randomselect (faithful) 7 x 3 = 21.
+    # Round 1 + merge: mltfr 280, ablations 3 x 8 x 3 = 72, sensitivity 2 x 12 x 3 = 72
+    # (the 5 lambda_s values reuse mltfr's round 1), ladder 7 x 3 x 2 x 6 + 21 = 273.
     # Timed by the CPU seconds of the snakemake process (user + sys): the machine is shared, so
     # wall time measures the other users as much as the DAG; both are printed.
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -101,10 +104,10 @@ def test_paper_dry_run_with_slurm_profile(env):
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     print(f"paper dry run with --profile slurm: {counts['total']} jobs, {cpu:.1f} s CPU, {wall:.1f} s wall")
-    assert counts["train"] == 280 * 2 + 70 + 14 + 294 + 81 + 102
-    assert counts["train_round1"] == counts["fisher"] == 280 + 72 + 72
+    assert counts["train"] == 280 * 2 + 70 + 14 + 294 + 81 + 102 + 378 + 21
+    assert counts["train_round1"] == counts["fisher"] == 280 + 72 + 72 + 273
     assert counts["extract_llm"] == 12 and counts["prepare_dataset"] == 7
-    assert counts["total"] == 1121 + 2 * 424 + 12 + 7 + 5
+    assert counts["total"] == 1520 + 2 * 697 + 12 + 7 + 5
     assert cpu < DAG_BUDGET_S, f"{counts['total']} jobs took {cpu:.1f} s CPU ({wall:.1f} s wall)"
 
 
@@ -259,6 +262,55 @@ def shell_commands(env, configfile, *targets) -> list[str]:
     """The `mltfr train` command lines a dry run would execute for `targets`."""
     out = snakemake(env, *targets, "-n", "-p", "--configfile", configfile).stdout
     return [line[line.index("mltfr train"):] for line in out.splitlines() if "mltfr train" in line]
+
+
+LADDER_RUN = "results/runs/pantry-u10/sasrec/{variant}/{rung}/seed1/result.json"
+
+
+def settings(command: str) -> dict:
+    """The `--set key=value` arguments of a command line."""
+    return dict(m.groups() for m in re.finditer(r"--set '?([\w.]+)=([^' ]+)", command))
+
+
+@pytest.mark.parametrize("variant", ["base", "mltfr"])
+def test_ladder_rungs_differ_from_the_previous_in_one_setting(env, variant):
+    from mltfr.study import ladder
+
+    rungs = ladder.rungs()
+    commands = shell_commands(env, "config/test.yaml", *(LADDER_RUN.format(variant=variant, rung=r.name)
+                                                          for r in rungs))
+    final = {re.search(r"--protocol (\S+)", c)[1]: c for c in commands if "/round1 " not in c}
+    assert set(final) == {r.name for r in rungs}          # rung 0 is the ordinary faithful run
+    assert "--rung-order" not in final["faithful"] and "trace_test" not in final["faithful"]
+    for rung in rungs[1:]:
+        now, before = settings(final[rung.name]), settings(final[rung.previous])
+        assert now.pop("trace_test") == "true" and before.pop("trace_test", "true") == "true"
+        assert len(set(now.items()) ^ set(before.items())) == 1, rung.name   # one setting added
+        key, value = ladder.FACTORS[rung.factors[-1]]
+        assert now[key] == str(value).lower() and key not in before
+        assert f"--out results/runs/pantry-u10/sasrec/{variant}/{rung.name}/seed1 " in final[rung.name]
+    if variant == "mltfr":   # round 1 of each rung in the rung's folder, with the same settings
+        rounds1 = [c for c in commands if "/round1 " in c]
+        assert len(rounds1) == len(rungs)
+        assert all(settings(c) == settings(final[re.search(r"--protocol (\S+)", c)[1]]) for c in rounds1)
+
+
+@pytest.mark.parametrize("edit, named", [
+    (lambda block: block.update(order=["selection", "noise"]), ["study.blocks.protocol_ladder.order.1"]),
+    (lambda block: block.update(order=["selection", "selection"]), ["study.blocks.protocol_ladder.order"]),
+    (lambda block: block.update(alone="yes"), ["study.blocks.protocol_ladder.alone"]),
+    (lambda block: block.update(variants=["base", "mltfr-nothing"]),
+     ["config key `study.blocks.protocol_ladder.variants`: names 'mltfr-nothing'"]),
+    (lambda block: block.update(order=["user_vector", "pooling"]),
+     ["config key `study.blocks.protocol_ladder.order`", "put pooling earlier"]),
+])
+def test_ladder_config_errors_name_the_key(env, tmp_path, edit, named):
+    path = write_config(tmp_path, "config/test.yaml", lambda cfg: edit(cfg["study"]["blocks"]["protocol_ladder"]))
+    proc = snakemake(env, "-n", "--configfile", path, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Job stats" not in out
+    for text in named:
+        assert text in out, out
 
 
 def test_paper_config_gives_each_backbone_the_authors_llms_and_group(env):

@@ -9,6 +9,8 @@ Variant names, their LLMs and rounds come from the one registry, `mltfr.study.va
 three jobs: round 1 (`mltfr train`), the merge (`mltfr fisher`), round 2 (`mltfr train
 --consensus FILE`). The mltfr LLM set and its consensus group may differ per backbone
 (`study.blocks.mltfr.llms` and `.consensus_group`: one list, or a mapping backbone -> list).
+The protocol ladder's rungs (`mltfr.study.ladder`) are values of the `protocol` wildcard: a
+rung's jobs run `mltfr train --protocol <rung>` with the rung's settings as `--set` arguments.
 
 DAG speed (the paper grid has thousands of jobs): every job declares as few inputs as possible
 (one marker file per dataset and per LLM: its meta.json, written last), each rule has at most
@@ -32,6 +34,8 @@ from snakemake.exceptions import WorkflowError
 from snakemake.io import report as report_item  # `report` alone is a directive keyword
 
 from mltfr.analysis import outputs as aggregate_outputs
+from mltfr.errors import ConfigError
+from mltfr.study import ladder
 from mltfr.study import variants as registry
 
 # ---------------------------------------------------------------- layout (docs/architecture.md)
@@ -275,11 +279,40 @@ def block_runs(name):
 
 
 @functools.cache
+def ladder_rungs():
+    """The protocol ladder's rungs in the configured order (faithful first)."""
+    block = study_block("protocol_ladder")
+    try:
+        return tuple(ladder.rungs(block["order"], block["alone"]))
+    except ConfigError as exc:
+        raise config_error(
+            "study.blocks.protocol_ladder.order",
+            exc,
+            "order each factor after those it needs (mltfr.study.ladder.REQUIRES)",
+        )
+
+
+def ladder_runs():
+    """Every variant on every rung; rung `faithful` is the ordinary faithful run."""
+    block = study_block("protocol_ladder")
+    if not block["enabled"]:
+        return []
+    grid = itertools.product(
+        block_values("protocol_ladder", "datasets"),
+        block_values("protocol_ladder", "backbones"),
+        block["variants"],
+        [rung.name for rung in ladder_rungs()],
+        block_values("protocol_ladder", "seeds"),
+    )
+    return [Run(*cell) for cell in grid]
+
+
+@functools.cache
 def study_runs():
     """Every final run of the study (duplicates across blocks removed), in a stable order."""
     names = ("baselines", "single_llm", "mltfr", "ablations", "sensitivity")
     runs = itertools.chain.from_iterable(block_runs(name) for name in names)
-    return tuple(dict.fromkeys(runs))
+    return tuple(dict.fromkeys(itertools.chain(runs, ladder_runs())))
 
 
 def run_path(run, template=RUN_DIR):
@@ -458,7 +491,7 @@ def check_random_seeds():
 
 def check_untrained_backbones():
     """pop is counted, not trained: it has no hidden states, so no LLM block may run it."""
-    for name in ("single_llm", "mltfr", "ablations", "sensitivity"):
+    for name in ("single_llm", "mltfr", "ablations", "sensitivity", "protocol_ladder"):
         block = study_block(name)
         wrong = [b for b in block_values(name, "backbones") if b in UNTRAINED_BACKBONES]
         if block["enabled"] and wrong:
@@ -556,8 +589,20 @@ def check_ablation_names():
             )
 
 
+def check_ladder_variants():
+    for name in study_block("protocol_ladder")["variants"]:
+        if registry.parse(name) is None:
+            raise config_error(
+                "study.blocks.protocol_ladder.variants",
+                f"names '{name}', which is not in mltfr.study.variants",
+                f"use names from {', '.join(registry.names(['<llm>']))}",
+            )
+
+
 def check_variants():
     check_ablation_names()
+    check_ladder_variants()
+    ladder_rungs()
     pairs = {(run.variant, run.backbone) for run in study_runs()}
     check_n_llms()
     random_backbones = {
@@ -737,10 +782,27 @@ def variant_args(variant, backbone):
     return " ".join(args)
 
 
+@functools.cache
+def rung_args(protocol):
+    """A ladder rung's settings as `--set` arguments, trace_test and the order (else nothing)."""
+    if not ladder.is_rung(protocol):
+        return ""
+    order = study_block("protocol_ladder")["order"]
+    settings = ladder.overrides(protocol, order) | {"trace_test": True}
+    sets = [f"--set {key}={cli_value(value)}" for key, value in settings.items()]
+    return " ".join(["", *sets, f"--rung-order {','.join(order)}"])
+
+
+def cli_value(value):
+    """A setting as `--set` reads it (YAML): booleans lower case."""
+    return str(value).lower() if isinstance(value, bool) else value
+
+
 def run_args(wildcards, folder):
     """`--data D --out FOLDER --variant V ...` of a training job (FOLDER: a run template)."""
     data, out = DATA_DIR.format(**wildcards), folder.format(**wildcards)
-    return f"--data {data} --out {out} {variant_args(wildcards.variant, wildcards.backbone)}"
+    variant = variant_args(wildcards.variant, wildcards.backbone)
+    return f"--data {data} --out {out} {variant}{rung_args(wildcards.protocol)}"
 
 
 def round1_args(wildcards):
@@ -769,5 +831,5 @@ wildcard_constraints:
     llm=alternatives(all_llms()),
     backbone=alternatives(sorted({run.backbone for run in study_runs()})),
     variant=alternatives(all_variants()),
-    protocol="faithful|corrected",
+    protocol=alternatives(sorted({run.protocol for run in study_runs()})),
     seed=r"\d+",

@@ -37,11 +37,11 @@ def _non_negative(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mltfr.data import load_prepared, make_split
+    from mltfr.data import load_prepared
     from mltfr.io import atomic_write_json
     from mltfr.train.checkpoint import load_checkpoint
     from mltfr.train.config import RunConfig, apply_overrides
-    from mltfr.train.run import evaluate_checkpoint
+    from mltfr.train.run import evaluate_checkpoint, split_for_run
 
     ckpt = args.run / "checkpoint.pt"
     if not ckpt.exists():
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if not data:
         raise MltfrError(f"{args.run}: no data folder recorded (no result.json yet); pass --data DIR")
     prepared = load_prepared(data)
-    split = make_split(prepared, cfg.protocol, cfg.model.max_len)
+    split = split_for_run(prepared, cfg)
     llm = {k: Path(v) for k, v in inputs.get("llm", {}).items()}
     result = evaluate_checkpoint(args.run, split, cfg, llm)
     out = args.out or args.run / f"eval-{result['eval_protocol']}.json"

@@ -1,7 +1,7 @@
 """`mltfr fisher --run ROUND1_DIR --out consensus.safetensors`
 
 The step between the two rounds of a consensus variant: loads round 1's state (by the run's
-protocol, see `round1_state`), runs one pass over the training batches (in their stored order,
+selection, see `round1_state`), runs one pass over the training batches (in their stored order,
 every random draw from the run's seed) with dropout off to get the diagonal empirical Fisher of
 every expert parameter, merges the experts of the same-dimension group (Fisher-weighted, or plain
 mean for `mltfr-meanconsensus`) and writes the merged expert for `mltfr train --consensus`. The
@@ -29,12 +29,12 @@ def run(args: argparse.Namespace) -> int:
 
     from mltfr.cli.evaluate import recorded_inputs
     from mltfr.cli.train import set_threads
-    from mltfr.data import load_prepared, make_split
+    from mltfr.data import load_prepared
     from mltfr.models.fisher import merge_round1, save_consensus
     from mltfr.train import batching
     from mltfr.train.checkpoint import load_checkpoint
     from mltfr.train.config import RunConfig, apply_overrides
-    from mltfr.train.run import build_model, resolve_device
+    from mltfr.train.run import build_model, resolve_device, split_for_run
 
     set_threads(args.threads)
     ckpt = args.run / "checkpoint.pt"
@@ -47,9 +47,9 @@ def run(args: argparse.Namespace) -> int:
     if args.device:
         cfg = apply_overrides(cfg, {"device": args.device})
     device = resolve_device(cfg.device)
-    split = make_split(load_prepared(inputs["data"]), cfg.protocol, cfg.model.max_len)
+    split = split_for_run(load_prepared(inputs["data"]), cfg)
     model = build_model(cfg, split.n_items, device, {k: Path(v) for k, v in inputs["llm"].items()})
-    state_dict, meta_state = round1_state(payload, cfg.protocol)
+    state_dict, meta_state = round1_state(payload, cfg.selects_on)
     model.load_state_dict(state_dict)
     windows = torch.from_numpy(batching.train_windows(split.train_offsets, split.train_items,
                                                       cfg.model.max_len)).to(device)
@@ -63,13 +63,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def round1_state(payload: dict, protocol: str) -> tuple[dict, dict]:
+def round1_state(payload: dict, selects_on: str) -> tuple[dict, dict]:
     """(model state, its metadata) of the round-1 checkpoint the Fisher pass runs on.
 
-    faithful: the state after the last epoch (the checkpoint's `model`), as the authors compute the
-    Fisher right after training with no selection; corrected: the best-on-validation state.
+    select_on test (faithful): the state after the last epoch (the checkpoint's `model`), as the
+    authors compute the Fisher right after training with no selection; select_on valid
+    (corrected): the best-on-validation state.
     """
     state = payload["state"]
-    if protocol == "faithful":
+    if selects_on == "test":
         return payload["model"], {"round1_state": "last-epoch", "round1_epoch": state.epoch}
     return state.best_state, {"round1_state": "best-on-valid", "round1_epoch": state.best_epoch}

@@ -3,7 +3,8 @@
 Trains one run and evaluates it: writes checkpoint.pt and epochs.csv while training, then
 ranks.npz and result.json into RUN_DIR. Rerunning the same command resumes from the checkpoint.
 Settings, lowest precedence first: RunConfig defaults, the `train:` section of --config, the
-flags below, then --set key=value.
+flags below (a protocol-ladder rung as --protocol: faithful + the rung's settings), then
+--set key=value.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from mltfr.errors import ConfigError
+from mltfr.study import ladder
 
 # Mirrors mltfr.models.BACKBONES (kept literal so `mltfr --help` does not import torch;
 # tests/test_train_cli.py checks that the two agree).
@@ -23,9 +25,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path, help="prepared dataset folder (mltfr prepare --out)")
     parser.add_argument("--out", required=True, type=Path, help="run folder for checkpoint, logs and results")
     parser.add_argument("--backbone", required=True, choices=BACKBONE_CHOICES, help="backbone model")
-    parser.add_argument("--protocol", required=True, choices=PROTOCOL_CHOICES,
+    parser.add_argument("--protocol", required=True, type=protocol_or_rung, metavar="PROTOCOL",
                         help="faithful: authors' protocol (best epoch on test, labelled); "
-                             "corrected: early stopping on validation, test once")
+                             "corrected: early stopping on validation, test once; or a protocol-ladder "
+                             "rung (rung-<factor>, alone-<factor>; mltfr.study.ladder): faithful with "
+                             "the rung's factors set to their corrected values")
+    parser.add_argument("--rung-order", type=rung_order, metavar="F1,F2,...",
+                        help=f"the ladder's factor order for rung-<factor> (default: {','.join(ladder.DEFAULT_ORDER)})")
     parser.add_argument("--seed", required=True, type=int, help="random seed of the run")
     parser.add_argument("--variant", default="base", help="model variant; 'base' = ID-only (default)")
     parser.add_argument("--config", type=Path, help="study config YAML; its `train:` section overrides defaults")
@@ -43,17 +49,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mltfr.data import load_prepared, make_split
-    from mltfr.train.run import train_and_evaluate
+    from mltfr.data import load_prepared
+    from mltfr.train.run import split_for_run, train_and_evaluate
 
     cfg = build_config(args)
     set_threads(args.threads)
     llm_tables = parse_llm(args.llm)
     prepared = load_prepared(args.data)
-    split = make_split(prepared, cfg.protocol, cfg.model.max_len)
+    split = split_for_run(prepared, cfg)
     inputs = {"data": str(args.data), "llm": {k: str(v) for k, v in llm_tables.items()}}
+    rung = ladder_rung(args)
     result = train_and_evaluate(split, cfg, args.out, prepared.meta, llm_tables=llm_tables,
-                                resume=not args.no_resume, inputs=inputs)
+                                resume=not args.no_resume, inputs=inputs,
+                                rung=rung.record(args.rung_order or ladder.DEFAULT_ORDER) if rung else None)
     test = result["metrics"]["test"]
     print(f"{args.out}: test NDCG@10 {test['ndcg@10']:.4f} HR@10 {test['hr@10']:.4f} "
           f"({result['eval_protocol']}, best epoch {result['best_epoch']}, {result['selection']})")
@@ -61,17 +69,51 @@ def run(args: argparse.Namespace) -> int:
 
 
 def build_config(args: argparse.Namespace):
-    """RunConfig from defaults, the config's train: section, the flags, then --set."""
+    """RunConfig from defaults, the config's train: section, the flags (a rung: faithful + its
+    settings), then --set, which must leave a rung's settings as the rung sets them."""
     from mltfr.train.config import RunConfig, apply_overrides, load_train_section
 
     section = load_train_section(args.config) if args.config else {}
     cfg = RunConfig.from_dict(section, where=f"{args.config}: train" if args.config else "train")
-    flags = {"backbone": args.backbone, "protocol": args.protocol, "seed": args.seed, "variant": args.variant}
+    rung = ladder_rung(args)
+    protocol = ladder.FAITHFUL if rung else args.protocol
+    flags = {"backbone": args.backbone, "protocol": protocol, "seed": args.seed, "variant": args.variant}
     if args.device:
         flags["device"] = args.device
     if args.consensus:
         flags["consensus_file"] = str(args.consensus)
-    return apply_overrides(apply_overrides(cfg, flags), args.overrides)
+    cfg = apply_overrides(apply_overrides(cfg, {**flags, **(rung.overrides if rung else {})}), args.overrides)
+    if rung and apply_overrides(cfg, rung.overrides) != cfg:
+        raise ConfigError(f"--set changes a setting of rung {rung.name} ({rung.overrides}); drop that "
+                          f"--set or run another rung")
+    return cfg
+
+
+def ladder_rung(args: argparse.Namespace):
+    """The protocol-ladder rung --protocol names (mltfr.study.ladder.Rung), or None."""
+    if not ladder.is_rung(args.protocol):
+        if args.rung_order:
+            raise ConfigError(f"--rung-order applies to protocol-ladder rungs only, not to --protocol "
+                              f"{args.protocol}; drop it or give a rung (rung-<factor>)")
+        return None
+    return ladder.rung(args.protocol, args.rung_order or ladder.DEFAULT_ORDER)
+
+
+def protocol_or_rung(text: str) -> str:
+    """--protocol: faithful, corrected, or a ladder rung name (rung-<factor>, alone-<factor>)."""
+    if text in PROTOCOL_CHOICES or ladder.is_rung(text):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"invalid choice: {text!r} (choose from {', '.join(PROTOCOL_CHOICES)}, or a ladder rung "
+        f"rung-<factor> / alone-<factor> with a factor of {', '.join(ladder.FACTORS)})")
+
+
+def rung_order(text: str) -> tuple:
+    """--rung-order selection,eval_noise,...: the factors in ladder order (checked)."""
+    try:
+        return ladder.check_order(f.strip() for f in text.split(","))
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def set_threads(n: int | None) -> None:

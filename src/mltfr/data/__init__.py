@@ -2,7 +2,7 @@
 
     prepare_dataset(entry, name, cache_dir) -> Prepared      # registry entry -> sequences
     save_prepared(folder, p) / load_prepared(folder)         # prepared.npz + meta.json
-    make_split(p, protocol, max_len) -> Split                # faithful | corrected
+    make_split(p, protocol, max_len[, holdout_valid, with_valid]) -> Split   # faithful | corrected
 Knows nothing of models (no torch import).
 """
 from __future__ import annotations

@@ -3,6 +3,9 @@
 faithful:  train = all but the last item; test = last item (input = all before it); no validation.
 corrected: train = all but the last two; valid = second-to-last (input = all before it);
            test = last (input = all before it, so the validation item is part of the input).
+The protocol ladder sets the two apart: `holdout_valid` (whether the second-to-last item leaves
+training) and `with_valid` (whether the validation set is built; a faithful split that early-stops
+on validation trains on all but the last item and still has one).
 A user is evaluated when it has >= 1 input item. Inputs keep the most recent `max_len` items,
 left-padded with 0 so that the most recent item is in the last column.
 """
@@ -33,7 +36,7 @@ class Split:
     n_items: int
     train_offsets: np.ndarray   # (U+1,) CSR of the training sequences (targets allowed)
     train_items: np.ndarray
-    valid: EvalSet | None       # None under faithful
+    valid: EvalSet | None       # None under faithful (unless with_valid)
     test: EvalSet
 
 
@@ -68,18 +71,24 @@ def eval_set(p: Prepared, holdout: int, max_len: int) -> EvalSet:
                    hist_offsets=hist_offsets, hist_items=hist_items)
 
 
-def make_split(prepared: Prepared, protocol: str, max_len: int) -> Split:
-    """Leave-one-out split under `protocol` with inputs of length `max_len`."""
+def make_split(prepared: Prepared, protocol: str, max_len: int, holdout_valid: bool | None = None,
+               with_valid: bool | None = None) -> Split:
+    """Leave-one-out split under `protocol` with inputs of length `max_len`.
+
+    holdout_valid: train without the second-to-last item too (None = by protocol: corrected);
+    with_valid: build the validation set (None = when the item is held out)."""
     if protocol not in PROTOCOLS:
         raise ConfigError(f"protocol {protocol!r} is unknown; use one of {', '.join(PROTOCOLS)}")
     if max_len < 1:
         raise ConfigError(f"max_len must be >= 1, got {max_len}")
-    held_out = 1 if protocol == "faithful" else 2
+    holdout_valid = protocol == "corrected" if holdout_valid is None else holdout_valid
+    with_valid = holdout_valid if with_valid is None else with_valid
+    held_out = 2 if holdout_valid else 1
     lengths = np.diff(prepared.offsets)
     all_users = np.arange(len(lengths), dtype=np.int64)
     train_offsets, train_items = prefix_csr(prepared.offsets, prepared.items, all_users,
                                             np.maximum(lengths - held_out, 0))
     return Split(protocol=protocol, n_items=prepared.n_items,
                  train_offsets=train_offsets, train_items=train_items,
-                 valid=eval_set(prepared, 2, max_len) if protocol == "corrected" else None,
+                 valid=eval_set(prepared, 2, max_len) if with_valid else None,
                  test=eval_set(prepared, 1, max_len))

@@ -25,6 +25,7 @@ PROTOCOLS = ("faithful", "corrected")  # method.md: the authors' protocol and th
 FAITHFUL_EPOCHS = 100   # the authors' confs: num.max.epoch=100, no early stopping
 CORRECTED_EPOCHS = 200  # an upper bound; early stopping on validation ends runs long before
 DEVICES = ("auto", "cpu", "cuda")       # auto = CUDA when available
+SELECTION_SETS = ("test", "valid")      # select_on: the authors' best-on-test, or early stopping on valid
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # 5e-4: a float YAML 1.1 misses
 
 
@@ -42,15 +43,22 @@ class RunConfig:
     batch_size: int = 128  # (int) training windows per step (method.md)
     epochs: int | None = None  # (int) faithful: the fixed budget; corrected: the maximum before early
     #                            stopping; None = by protocol: faithful 100 (authors' confs), corrected 200
-    patience: int = 10  # (int) corrected: stop after this many evaluations without a better valid score
+    patience: int = 10  # (int) select_on valid: stop after this many evaluations without a better valid score
     eval_every: int = 1  # (int) evaluate every this many epochs (and always after the last one)
     mask_history: bool | None = None  # (bool) exclude history items from the ranking; None = by
     #                                   protocol: faithful False (authors' code), corrected True
+    select_on: str | None = None  # (str) "test": best epoch on test by the authors' majority rule over
+    #                               the whole budget; "valid": early stopping on valid metric_for_selection
+    #                               with patience; None = by protocol: faithful test, corrected valid
+    holdout_valid: bool | None = None  # (bool) hold the validation (second-to-last) item out of
+    #                                    training; None = by protocol: faithful False, corrected True
+    trace_test: bool = False  # (bool) also evaluate test at every evaluation (test_* in epochs.csv),
+    #                           never used for selection: measures the optimism of best-on-test
     eval_batch_size: int = 1024  # (int) users per evaluation block
     eval_item_block: int = 2048  # (int) items per score tile (a 1024 x 2048 tile stays in CPU cache)
     sampled_negatives: int = 0  # (int) 0 = full ranking (the study); N = the labelled sampled-N protocol
-    metric_for_selection: str = "ndcg@10"  # (str) corrected: the metric early stopping uses (faithful
-    #                                        selects by the authors' majority rule, see `selection`)
+    metric_for_selection: str = "ndcg@10"  # (str) select_on valid: the metric early stopping uses
+    #                                        (select_on test: the authors' majority rule, see `selection`)
     device: str = "auto"  # (str) auto | cpu | cuda
     bf16: bool = False  # (bool) bf16 autocast for training; only takes effect on CUDA
     log_every: int = 100  # (int) steps between loss read-backs (each is a device sync)
@@ -64,6 +72,9 @@ class RunConfig:
             self.model = BackboneConfig.from_dict(self.model, where="train.model")
         _require(self.protocol in PROTOCOLS, "protocol", self.protocol, f"one of {', '.join(PROTOCOLS)}")
         _require(self.device in DEVICES, "device", self.device, f"one of {', '.join(DEVICES)}")
+        _require(self.select_on in (None, *SELECTION_SETS), "select_on", self.select_on,
+                 f"one of {', '.join(SELECTION_SETS)}, or null for the protocol's (faithful test, "
+                 "corrected valid)")
         _require(self.metric_for_selection in metric_names(), "metric_for_selection",
                  self.metric_for_selection, f"one of {', '.join(metric_names())}")
         for key in ("batch_size", "epochs", "patience", "eval_every", "eval_batch_size",
@@ -95,6 +106,18 @@ class RunConfig:
         return self.protocol == "corrected" if self.mask_history is None else self.mask_history
 
     @property
+    def selects_on(self) -> str:
+        """The set the reported epoch is chosen on: "test" or "valid" (the protocol's when unset)."""
+        if self.select_on is not None:
+            return self.select_on
+        return "test" if self.protocol == "faithful" else "valid"
+
+    @property
+    def holds_out_valid(self) -> bool:
+        """Whether training leaves out the validation item (the protocol's default when unset)."""
+        return self.protocol == "corrected" if self.holdout_valid is None else self.holdout_valid
+
+    @property
     def max_epochs(self) -> int:
         """The epoch budget: `epochs`, or the protocol's default when unset."""
         if self.epochs is not None:
@@ -103,16 +126,17 @@ class RunConfig:
 
     @property
     def selection(self) -> str:
-        """How the reported epoch is chosen, written into every output (no commas: a CSV cell).
+        """How the reported epoch is chosen (follows `selects_on`; the protocol the run started
+        from in parentheses), written into every output (no commas: a CSV cell).
 
-        faithful, the authors' rule: an epoch replaces the best one when it is at least as good on
-        3 or more of {HR, Precision, Recall, NDCG}@20 on the test set (mltfr.evaluate.wins_majority).
+        select_on test, the authors' rule: an epoch replaces the best one when it is at least as
+        good on 3 or more of {HR, Precision, Recall, NDCG}@20 on the test set (wins_majority).
         """
         if not self.trains:
             return f"no-training-counts-evaluated-once ({self.protocol})"
-        if self.protocol == "faithful":
-            return f"best-epoch-on-test-not-worse-on-3-of-{'/'.join(MAJORITY_KEYS)} (faithful)"
-        return f"early-stopping-on-valid-{self.metric_for_selection} (corrected)"
+        if self.selects_on == "test":
+            return f"best-epoch-on-test-not-worse-on-3-of-{'/'.join(MAJORITY_KEYS)} ({self.protocol})"
+        return f"early-stopping-on-valid-{self.metric_for_selection} ({self.protocol})"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,8 +1,10 @@
 """The training loop: epochs of shuffled windows, evaluation, model selection, checkpoints.
 
-corrected: evaluate on validation every `eval_every` epochs, keep the best state, stop after
-`patience` evaluations without improvement; the test set is touched once, at the end, by the
-caller (mltfr.train.run). faithful: a fixed epoch budget, the test set evaluated at every
+Selection follows `RunConfig.selects_on` (by protocol unless `select_on` is set).
+valid (corrected): evaluate on validation every `eval_every` epochs, keep the best state, stop
+after `patience` evaluations without improvement; the test set is touched once, at the end, by
+the caller (mltfr.train.run), unless `trace_test` also logs it at every evaluation (never used
+for selection). test (faithful): a fixed epoch budget, the test set evaluated at every
 evaluation and the best epoch picked on it by the authors' majority rule over
 {HR, Precision, Recall, NDCG}@20 (mltfr.evaluate.wins_majority; labelled so in outputs).
 
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mltfr.errors import MltfrError
+from mltfr.errors import ConfigError, MltfrError
 from mltfr.evaluate import (majority_metrics, metric_names, metrics_from_ranks, rank, rank_sampled,
                             wins_majority)
 from mltfr.io import atomic_write_text
@@ -51,6 +53,9 @@ class Trainer:
     def __init__(self, model, split, cfg: RunConfig, run_dir: Path, gens: Generators,
                  device: torch.device):
         self.model, self.split, self.cfg, self.gens, self.device = model, split, cfg, gens, device
+        if cfg.selects_on == "valid" and split.valid is None:
+            raise ConfigError("select_on valid needs a validation set but the split has none; build "
+                              "the split with mltfr.train.run.split_for_run(prepared, cfg)")
         self.run_dir = Path(run_dir)
         keep_freed_memory()  # no page faults for per-step gradient buffers (CPU)
         self.optimizer = make_optimizer(model, cfg) if cfg.trains else None  # pop: nothing to optimise
@@ -109,7 +114,7 @@ class Trainer:
         if s.epoch % self.cfg.eval_every == 0 or s.epoch == self.cfg.max_epochs:
             row.update(self.evaluate_and_select())
         s.finished = s.epoch >= self.cfg.max_epochs or (
-            self.cfg.protocol == "corrected" and s.bad_evals >= self.cfg.patience)
+            self.cfg.selects_on == "valid" and s.bad_evals >= self.cfg.patience)
         s.history.append(row)
         self.write_epoch_log()
         self.save()
@@ -118,8 +123,8 @@ class Trainer:
     def evaluate_untrained(self) -> None:
         """A model without trainable parameters (pop): no epochs, one evaluation as "epoch 0".
 
-        The selection set is evaluated once (valid: corrected, test: faithful), so the result,
-        the ranks and epochs.csv are written like any run's; corrected adds the test pass."""
+        The selection set (`selects_on`) is evaluated once, so the result, the ranks and
+        epochs.csv are written like any run's; select_on valid adds the test pass."""
         s = self.state
         row = {"epoch": 0, "train_loss": None, "seconds": 0.0, **self.evaluate_and_select()}
         s.finished = True
@@ -192,11 +197,12 @@ class Trainer:
 
     # ----------------------------------------------------------------- evaluation and selection
     def evaluate_and_select(self) -> dict[str, float]:
-        """Evaluate the selection set (valid: corrected, test: faithful), update the best state.
+        """Evaluate the selection set (`selects_on`), update the best state.
 
-        Returns the metrics for the epoch log, keys prefixed by the set's name."""
+        Returns the metrics for the epoch log, keys prefixed by the set's name (with trace_test
+        the test metrics too)."""
         s, cfg = self.state, self.cfg
-        which = "valid" if cfg.protocol == "corrected" else "test"
+        which = cfg.selects_on
         ranks, seconds = evaluate_ranks(self.model, getattr(self.split, which), cfg, self.device)
         s.eval_seconds += seconds
         metrics = metrics_from_ranks(ranks)
@@ -208,14 +214,25 @@ class Trainer:
             s.best_ranks = {which: torch.from_numpy(ranks)}
         else:
             s.bad_evals += 1
-        return {f"{which}_{name}": value for name, value in metrics.items()}
+        row = {f"{which}_{name}": value for name, value in metrics.items()}
+        if cfg.trace_test and which == "valid":
+            row.update(self.trace_test())
+        return row
+
+    def trace_test(self) -> dict[str, float]:
+        """Test metrics for the epoch log only (trace_test): never compared, never kept. The RNG
+        is restored after, so evaluation noise drawn here leaves the training draws unchanged."""
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            ranks, seconds = evaluate_ranks(self.model, self.split.test, self.cfg, self.device)
+        self.state.eval_seconds += seconds
+        return {f"test_{name}": value for name, value in metrics_from_ranks(ranks).items()}
 
     def improves(self, scores: dict[str, float]) -> bool:
         """Whether an evaluation with these selection scores replaces the best one so far."""
         best = self.state.best_scores
         if not best:
             return True
-        if self.cfg.protocol == "faithful":
+        if self.cfg.selects_on == "test":
             return wins_majority(scores, best)
         key = self.cfg.metric_for_selection
         return scores[key] > best[key]
@@ -268,9 +285,9 @@ def make_optimizer(model, cfg: RunConfig) -> torch.optim.Optimizer:
 
 
 def selection_scores(cfg: RunConfig, ranks: np.ndarray, metrics: dict[str, float]) -> dict[str, float]:
-    """The metrics the selection compares: the authors' four @20 metrics (faithful), or
-    metric_for_selection (corrected)."""
-    if cfg.protocol == "faithful":
+    """The metrics the selection compares: the authors' four @20 metrics (select_on test), or
+    metric_for_selection (select_on valid)."""
+    if cfg.selects_on == "test":
         return majority_metrics(ranks)
     return {cfg.metric_for_selection: metrics[cfg.metric_for_selection]}
 

@@ -28,7 +28,7 @@ SCHEMA = "result"   # src/mltfr/schemas/result.schema.yaml
 
 
 def build_result(trainer, ranks: dict[str, np.ndarray], test_seconds: float, dataset_meta: dict,
-                 inputs: dict, llm_tables: dict) -> dict:
+                 inputs: dict, llm_tables: dict, rung: dict | None = None) -> dict:
     """The result.json document: metrics per set, how they were selected, provenance and, with an
     LLM branch, interpretability and the filter diagnostics. Validated before it is returned."""
     s, cfg = trainer.state, trainer.cfg
@@ -36,11 +36,10 @@ def build_result(trainer, ranks: dict[str, np.ndarray], test_seconds: float, dat
         **evaluation_fields(cfg, ranks),
         "n_users": {which: int(len(r)) for which, r in ranks.items()},
         "best_epoch": s.best_epoch,
-        "best_selection_score": {f"{'valid' if cfg.protocol == 'corrected' else 'test'}_{key}": value
-                                 for key, value in s.best_scores.items()},
+        "best_selection_score": {f"{cfg.selects_on}_{key}": value for key, value in s.best_scores.items()},
         "epochs_run": s.epoch,
         "epoch_budget": cfg.max_epochs,   # train.epochs, or the protocol's default when unset
-        "early_stopped": cfg.trains and cfg.protocol == "corrected" and s.epoch < cfg.max_epochs,
+        "early_stopped": cfg.trains and cfg.selects_on == "valid" and s.epoch < cfg.max_epochs,
         "backbone": cfg.backbone, "variant": cfg.variant, "protocol": cfg.protocol, "seed": cfg.seed,
         "config": cfg.to_dict(),
         "model": dataclasses.asdict(trainer.model.cfg),   # backbone settings, defaults resolved
@@ -53,6 +52,7 @@ def build_result(trainer, ranks: dict[str, np.ndarray], test_seconds: float, dat
         "device": str(trainer.device), "torch_version": torch.__version__,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "inputs": inputs,
+        "rung": rung,   # a protocol-ladder run's rung (mltfr.study.ladder), else null
     }
     if trainer.model.branch is not None:
         doc["interp"] = interpretability(trainer, llm_tables)
@@ -73,6 +73,7 @@ def evaluation_fields(cfg: RunConfig, ranks: dict[str, np.ndarray]) -> dict:
     return {"metrics": {which: metrics_from_ranks(r) for which, r in ranks.items()},
             "eval_protocol": label,
             "mask_history": cfg.masks_history if not cfg.sampled_negatives else None,
+            "select_on": cfg.selects_on, "holdout_valid": cfg.holds_out_valid,   # resolved by protocol
             "selection": cfg.selection}
 
 

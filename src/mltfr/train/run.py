@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mltfr.data import make_split
 from mltfr.errors import ConfigError, MltfrError
 from mltfr.io import atomic_path
 from mltfr.models import build_backbone
@@ -33,6 +34,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def split_for_run(prepared, cfg: RunConfig):
+    """The leave-one-out split `cfg` trains and evaluates on: the validation item held out of
+    training by `holds_out_valid`; a validation set whenever it is held out or selected on."""
+    return make_split(prepared, cfg.protocol, cfg.model.max_len, holdout_valid=cfg.holds_out_valid,
+                      with_valid=cfg.holds_out_valid or cfg.selects_on == "valid")
+
+
 def build_trainer(split, cfg: RunConfig, run_dir: Path, llm_tables: dict | None = None) -> Trainer:
     """Seed everything, then build the model (its init draws from the seeded RNG) and trainer."""
     device = resolve_device(cfg.device)
@@ -52,10 +60,12 @@ def build_model(cfg: RunConfig, n_items: int, device: torch.device, llm_tables: 
 
 def train_and_evaluate(split, cfg: RunConfig, run_dir: str | Path, dataset_meta: dict,
                        llm_tables: dict | None = None, resume: bool = True,
-                       stop_after_epoch: int | None = None, inputs: dict | None = None) -> dict | None:
+                       stop_after_epoch: int | None = None, inputs: dict | None = None,
+                       rung: dict | None = None) -> dict | None:
     """Train (resuming a matching checkpoint), evaluate the test set once, write the results.
 
-    `inputs` (the data and LLM folders, as given) is recorded so `mltfr evaluate` can rebuild the run.
+    `inputs` (the data and LLM folders, as given) is recorded so `mltfr evaluate` can rebuild the run;
+    `rung` (mltfr.study.ladder.Rung.record) names a protocol-ladder run's rung (None otherwise).
     Returns the result dict, or None when `stop_after_epoch` (a test hook) stopped training."""
     run_dir = Path(run_dir)
     trainer = build_trainer(split, cfg, run_dir, llm_tables)
@@ -65,7 +75,7 @@ def train_and_evaluate(split, cfg: RunConfig, run_dir: str | Path, dataset_meta:
     if not state.finished:
         return None
     ranks, seconds = final_ranks(trainer)
-    result = build_result(trainer, ranks, seconds, dataset_meta, inputs or {}, llm_tables or {})
+    result = build_result(trainer, ranks, seconds, dataset_meta, inputs or {}, llm_tables or {}, rung)
     with reporting_write_errors(run_dir / RANKS):
         write_ranks(run_dir / RANKS, split, ranks, result["eval_protocol"], result["selection"])
     write_result(run_dir, result)   # last: it marks the run complete
@@ -75,12 +85,12 @@ def train_and_evaluate(split, cfg: RunConfig, run_dir: str | Path, dataset_meta:
 def final_ranks(trainer: Trainer) -> tuple[dict[str, np.ndarray], float]:
     """Per-user ranks of the best state: ({"test": ..., ["valid": ...]}, test evaluation seconds).
 
-    corrected: the test set is evaluated here, once, with the best-on-valid state.
-    faithful: the test ranks of the best-on-test epoch were kept during training."""
+    select_on valid: the test set is evaluated here, once, with the best-on-valid state.
+    select_on test: the test ranks of the best-on-test epoch were kept during training."""
     s, cfg = trainer.state, trainer.cfg
     trainer.model.load_state_dict(s.best_state)
     ranks = {k: v.numpy() for k, v in s.best_ranks.items()}
-    if cfg.protocol == "faithful":
+    if cfg.selects_on == "test":
         n_evals = sum("test_mrr" in row for row in s.history)
         return ranks, s.eval_seconds / max(n_evals, 1)
     ranks["test"], seconds = evaluate_ranks(trainer.model, trainer.split.test, cfg, trainer.device)
