@@ -30,6 +30,6 @@ def test_no_file_points_outside_the_repository():
 
 
 def test_the_guard_catches_a_pointer():
-    assert OUTSIDE.search("see " + ".." + "/shared/docs/method.md")
+    assert OUTSIDE.search("see " + ".." + "/shared" + "/docs/method.md")
     assert OUTSIDE.search("data in " + "shared/" + "data/beauty.txt")
     assert not OUTSIDE.search("the shared expert; shared_state; results/shared_x")

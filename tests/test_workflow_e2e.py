@@ -27,7 +27,8 @@ from mltfr.analysis import outputs
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DATASET = "pantry-u10"
-# The 17 final runs of config/test.yaml: variant -> protocols (backbone sasrec unless noted).
+LADDER = ("selection", "eval_noise", "pooling", "mask_history", "holdout_valid", "user_vector")
+# The 29 final runs of config/test.yaml: (backbone, variant, protocol or ladder rung).
 EXPECTED_RUNS = sorted(
     [("sasrec", "base", p) for p in ("faithful", "corrected")]
     + [("sasrec-ce", "base", p) for p in ("faithful", "corrected")]
@@ -36,6 +37,7 @@ EXPECTED_RUNS = sorted(
     + [("sasrec", "mltfr", p) for p in ("faithful", "corrected")]
     + [("sasrec", v, "corrected") for v in ("mltfr-noconsensus", "mltfr-meanconsensus", "mltfr-random", "mltfr-randomselect")]
     + [("sasrec", "mltfr@branch.tau=1.0", "corrected")]
+    + [("sasrec", v, f"rung-{factor}") for v in ("base", "mltfr") for factor in LADDER]
 )
 AGGREGATION = {"run_manifest": 1, "tables": 1, "stats": 1, "figures": 1, "all": 1}
 
@@ -126,8 +128,10 @@ def test_main_table_holds_the_runs_means(workdir):
         pop = runs[(runs.protocol == protocol) & (runs.backbone == "pop")]
         assert ndcg.loc[(protocol, "pop", "base")]["mean"] == pytest.approx(pop["test_ndcg@10"].item())
         assert pop["best_epoch"].item() == 0
-    assert "**" in (workdir / "results/tables/main.md").read_text()  # best per column in bold
-    assert "\\textbf" in (workdir / "results/tables/main.tex").read_text()
+    # one seed: no cell is bold, none has a spread, no comparison is marked significant
+    assert "**" not in (workdir / "results/tables/main.md").read_text()
+    assert "\\textbf" not in (workdir / "results/tables/main.tex").read_text()
+    assert "±" not in (workdir / "results/tables/main.md").read_text()
     for name in outputs.TABLES:
         assert (workdir / f"results/tables/{name}.md").stat().st_size > 0
 
@@ -150,6 +154,21 @@ def test_pvalue_table_compares_with_base_and_mltfr(workdir):
     assert 0 <= row.p_wilcoxon_holm.item() <= 1 and row.p_wilcoxon.item() <= row.p_wilcoxon_holm.item()
     assert row.ci_low.item() <= row.mean_diff.item() <= row.ci_high.item()
     assert (workdir / "results/stats/pvalues.md").stat().st_size > 0
+
+
+def test_ladder_table_walks_from_faithful_to_corrected(workdir):
+    """Rungs in the configured order per variant, each rung's NDCG@10 the run's, gains with CIs."""
+    ladder = pd.read_csv(workdir / "results/tables/ladder.csv")
+    runs = pd.read_csv(workdir / "results/tables/runs.csv")
+    for variant in ("base", "mltfr"):
+        rows = ladder[(ladder.variant == variant) & (ladder.backbone == "sasrec")]
+        assert list(rows.rung) == ["faithful", *(f"rung-{f}" for f in LADDER)]
+        for row in rows.to_dict("records"):
+            rung = "faithful" if row["rung"] == "faithful" else row["rung"]
+            folder = f"results/runs/{DATASET}/sasrec/{variant}/{rung}/seed1"
+            run = runs[runs.run_dir == folder]
+            assert row["ndcg@10"] == pytest.approx(run["test_ndcg@10"].item())
+    assert "±" not in (workdir / "results/tables/ladder.md").read_text()   # one seed
 
 
 @pytest.mark.parametrize("name", outputs.FIGURES)
