@@ -27,11 +27,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+class CurrentStderr(logging.StreamHandler):
+    """A handler writing to whatever sys.stderr is when a message is emitted (not when the handler
+    was made): a second `main()` in one process (tests, notebooks) still shows its messages."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def _log_to_stderr() -> None:
     """Show the library's progress and cache messages (extracted / up to date / rebuilt)."""
     logger = logging.getLogger("mltfr.llm")
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = CurrentStderr()
         handler.setFormatter(logging.Formatter("mltfr extract-llm: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
