@@ -42,7 +42,7 @@ rule tables:
         "../../envs/mltfr.yaml"
     threads: 1
     shell:
-        "mltfr aggregate --only tables --runs {input.manifest} --data results/data"
+        "{MLTFR} aggregate --only tables --runs {input.manifest} --data results/data"
         f" --tables {TABLES} --benchmarks {BENCHMARKS} > {{log}} 2>&1"
 
 
@@ -59,7 +59,7 @@ rule stats:
         "../../envs/mltfr.yaml"
     threads: 1
     shell:
-        "mltfr aggregate --only stats --runs {input.manifest}"
+        "{MLTFR} aggregate --only stats --runs {input.manifest}"
         f" --stats {STATS} > {{log}} 2>&1"
 
 
@@ -76,5 +76,5 @@ rule figures:
         "../../envs/mltfr.yaml"
     threads: 1
     shell:
-        "mltfr aggregate --only figures --runs {input.manifest}"
+        "{MLTFR} aggregate --only figures --runs {input.manifest}"
         f" --figures {FIGURES} > {{log}} 2>&1"

@@ -26,11 +26,11 @@ rule train_round1:
         "../../envs/mltfr.yaml"
     threads: 1
     params:
-        config=cli_config(),
+        config=CLI_CONFIG,
         args=round1_args,
         train=train_settings(),
     shell:
-        "mltfr train --config {params.config} {params.args}"
+        "{MLTFR} train --config {params.config} {params.args}"
         " --backbone {wildcards.backbone} --protocol {wildcards.protocol}"
         " --seed {wildcards.seed} --threads {threads} --device auto > {log} 2>&1"
 
@@ -48,7 +48,7 @@ rule fisher:
         "../../envs/mltfr.yaml"
     threads: 1
     shell:
-        "mltfr fisher --run $(dirname {input.round1}) --out {output.consensus}"
+        "{MLTFR} fisher --run $(dirname {input.round1}) --out {output.consensus}"
         " --threads {threads} --device auto > {log} 2>&1"
 
 
@@ -65,10 +65,10 @@ rule train:
         "../../envs/mltfr.yaml"
     threads: 1
     params:
-        config=cli_config(),
+        config=CLI_CONFIG,
         args=round2_args,
         train=train_settings(),
     shell:
-        "mltfr train --config {params.config} {params.args}"
+        "{MLTFR} train --config {params.config} {params.args}"
         " --backbone {wildcards.backbone} --protocol {wildcards.protocol}"
         " --seed {wildcards.seed} --threads {threads} --device auto > {log} 2>&1"
