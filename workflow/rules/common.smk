@@ -8,7 +8,6 @@ as possible (one marker file per dataset and per LLM: its meta.json, written las
 has at most one params function (each costs every job a signature inspection).
 """
 
-import functools
 import shlex
 import sys
 from pathlib import Path
@@ -38,8 +37,8 @@ def config_path():
 def load_study():
     """The validated run grid; a config error stops the workflow before any job is built."""
     try:
-        study = study_config.load_study(config, config_path())
         study_config.check_cli_sections(config, config_path())
+        study = study_config.load_study(config, config_path())
     except ConfigError as exc:
         raise WorkflowError(str(exc)) from None
     return study
@@ -111,15 +110,10 @@ def figure_outputs():
 
 def report_tables(files):
     """The output list of an aggregate step, with the report's tables wrapped as report items."""
-    caption = lambda f: f"../report/table_{f.stem}.rst"
-    return [
-        (
-            report_item(str(f), category="Tables", caption=caption(f))
-            if f.name in REPORT_TABLES
-            else str(f)
-        )
-        for f in files
-    ]
+    table = lambda f: report_item(
+        str(f), category="Tables", caption=f"../report/table_{f.stem}.rst"
+    )
+    return [table(f) if f.name in REPORT_TABLES else str(f) for f in files]
 
 
 def get_final_output():
@@ -133,17 +127,11 @@ def get_final_output():
 
 
 # ---------------------------------------------------------------- input functions
-@functools.cache
-def llm_markers(variant, backbone):
-    return [LLM_MARKER.format(llm=llm) for llm in STUDY.variant_llms(variant, backbone)]
-
-
 def train_inputs(wildcards):
     """Round 1 and single-round runs: the dataset's and the variant's LLMs' markers."""
-    return [
-        DATA_MARKER.format(dataset=wildcards.dataset),
-        *llm_markers(wildcards.variant, wildcards.backbone),
-    ]
+    llms = STUDY.variant_llms(wildcards.variant, wildcards.backbone)  # cached
+    data = DATA_MARKER.format(dataset=wildcards.dataset)
+    return [data, *(LLM_MARKER.format(llm=llm) for llm in llms)]
 
 
 def round2_inputs(wildcards):
