@@ -56,11 +56,12 @@ def test_run_arguments_of_a_sensitivity_and_a_ladder_run():
     assert grid.run_args(run, "out/{variant}") == (
         "--data results/data/pantry-u10 --out out/mltfr@branch.tau=1.0 --variant mltfr --llm "
         "minilm=results/llm/minilm --llm paraphrase-minilm=results/llm/paraphrase-minilm --set branch.tau=1.0")
-    assert grid.rung_args("rung-eval_noise") == (" --set select_on=valid --set branch.eval_noise=false "
-                                                 "--set trace_test=true --rung-order " + ",".join(
-                                                     TEST_CONFIG["study"]["blocks"]["protocol_ladder"]["order"]))
-    lam = run | {"variant": "mltfr@branch.lambda_s=0.1"}
-    assert grid.consensus_file(lam) == "results/runs/pantry-u10/sasrec/mltfr/corrected/seed1/round1/consensus.safetensors"
+    order = ",".join(TEST_CONFIG["study"]["blocks"]["protocol_ladder"]["order"])
+    assert grid.rung_args("rung-eval_noise") == (
+        f" --set select_on=valid --set branch.eval_noise=false --set trace_test=true --rung-order {order}")
+    lam = run | {"variant": "mltfr@branch.lambda_s=0.1"}   # round 2 only: starts from mltfr's round 1
+    assert grid.consensus_file(lam) == ("results/runs/pantry-u10/sasrec/mltfr/corrected/seed1/round1/"
+                                        "consensus.safetensors")
 
 
 def test_per_backbone_llms_and_group_positions():
