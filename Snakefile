@@ -2,8 +2,9 @@
 
 Embedded default: `snakemake --cores all`; full study on Slurm: `snakemake --cores all
 --profile slurm` (config/paper.yaml); CI-sized: `--configfile config/test.yaml`.
-The config is validated by workflow/schemas/config.schema.yaml (registry entries by the
-schemas of mltfr.data and mltfr.llm) in common.smk, before any job is built.
+The config (its registries merged: config/registry.yaml) is loaded and validated by the
+torch-free mltfr.study.config (src/mltfr/schemas/study.schema.yaml, `train:` by RunConfig) in
+common.smk, before any job is built.
 """
 
 from snakemake.utils import min_version

@@ -26,9 +26,10 @@ import yaml
 
 import beauty
 from mltfr.cli import main
-from mltfr.data import get_entry, load_config
+from mltfr.data import get_entry
 from mltfr.errors import MltfrError
 from mltfr.llm.registry import load_llm_entry
+from mltfr.study.config import load_registries
 from mltfr.train.rounds import train_variant
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +40,7 @@ DATASETS = ("pantry",)   # entries of STUDY_CONFIG the benchmark trains on (besi
 def write_config(out: Path, llms: list[str], beauty_file: Path | None) -> Path:
     """out/config.yaml: the study config's entries of these datasets and LLMs, as written there
     (checked first), and Beauty's."""
-    study = load_config(STUDY_CONFIG)
+    study = load_registries(STUDY_CONFIG)
     for name in DATASETS:
         get_entry(study, name, where=str(STUDY_CONFIG))
     datasets = {name: study["datasets"][name] for name in DATASETS}

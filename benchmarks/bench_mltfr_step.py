@@ -42,10 +42,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mltfr.data import get_entry, load_config, make_split, prepare_dataset
+from mltfr.data import get_entry, make_split, prepare_dataset
 from mltfr.models import build_backbone
 from mltfr.models.mltfr import BranchConfig, attach, build_branch, resolve_consensus_group
 from mltfr.models.variants import variant_config, variant_names
+from mltfr.study.config import load_registries
 from mltfr.train.allocator import keep_freed_memory
 from mltfr.train.batching import train_windows
 
@@ -74,7 +75,7 @@ CASES = {  # name -> (variant, table set)
 
 def pantry_batch(device: str) -> tuple[torch.Tensor, int]:
     """128 training windows (B, L+1) of the embedded Pantry data, drawn with a fixed seed; n_items."""
-    entry = get_entry(load_config(STUDY_CONFIG), "pantry", where=str(STUDY_CONFIG))
+    entry = get_entry(load_registries(STUDY_CONFIG), "pantry", where=str(STUDY_CONFIG))
     split = make_split(prepare_dataset(entry, "pantry"), "corrected", MAX_LEN)
     windows = train_windows(split.train_offsets, split.train_items, MAX_LEN)
     rows = np.random.default_rng(0).choice(len(windows), BATCH, replace=False)

@@ -154,4 +154,5 @@ def test_cli_extracts_then_reuses_and_reports_errors_in_one_line(tmp_path, capsy
     assert "up to date" in capsys.readouterr().err
     assert main(["extract-llm", "--config", str(config), "--llm", "nope", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "unknown LLM 'nope'" in err and "known: smollm2, tiny" in err
+    # smollm2's random twin is derived by the study config loader (mltfr.study.config)
+    assert err.count("\n") == 0 and "unknown LLM 'nope'" in err and "known: random-smollm2, smollm2, tiny" in err

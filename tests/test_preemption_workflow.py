@@ -26,9 +26,9 @@ EPOCHS = 3
 
 
 def base_on_full_pantry(cfg: dict) -> None:
-    """One `base` run, 3 epochs of the default model on the embedded Pantry (config/config.yaml's
+    """One `base` run, 3 epochs of the default model on the embedded Pantry (config/registry.yaml's
     entry: ~1 s per epoch, so the kill lands between epoch 1's checkpoint and the end)."""
-    embedded = yaml.safe_load((REPO / "config/config.yaml").read_text())["datasets"]["pantry"]
+    embedded = yaml.safe_load((REPO / "config/registry.yaml").read_text())["datasets"]["pantry"]
     cfg["datasets"] = {"pantry": embedded}
     cfg["study"]["datasets"] = ["pantry"]
     for name, block in cfg["study"]["blocks"].items():

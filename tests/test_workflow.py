@@ -52,8 +52,12 @@ def job_counts(env, *args) -> dict[str, int]:
 
 
 def write_config(tmp_path, base: str, edit) -> str:
-    """A copy of a shipped config with `edit(cfg)` applied, as a temp file."""
+    """A copy of a shipped config with `edit(cfg)` applied, as a temp file. The registry entries
+    the edits touch are copied into the config first (an entry there replaces the registry's)."""
     cfg = yaml.safe_load((REPO / base).read_text())
+    registry = yaml.safe_load((REPO / "config/registry.yaml").read_text())
+    for section in ("datasets", "llms"):
+        cfg[section] = registry[section] | (cfg.get(section) or {})
     edit(cfg)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -169,9 +173,9 @@ def test_unknown_variant_names_the_registry(env, tmp_path):
     [
         (lambda cfg: cfg["study"]["llms"].append("nosuchllm"), ["study.llms", "nosuchllm"]),
         (lambda cfg: cfg["study"].update(datasets=["pantry-u10", "nosuchdata"]), ["study.datasets", "nosuchdata"]),
-        (lambda cfg: cfg["llms"]["random-minilm"].update(like="nosuchllm"), ["llms.random-minilm.like", "nosuchllm"]),
-        (lambda cfg: cfg["study"]["blocks"]["ablations"]["random_controls"].pop("minilm"),
-         ["study.blocks.ablations.random_controls", "minilm"]),
+        (lambda cfg: controls(cfg) and cfg["llms"]["random-minilm"].update(like="nosuchllm"),
+         ["llms.random-minilm.like", "nosuchllm"]),
+        (lambda cfg: controls(cfg).pop("minilm"), ["study.blocks.ablations.random_controls", "minilm"]),
         (lambda cfg: cfg["study"]["blocks"]["sensitivity"].update(n_llms=[3]), ["study.blocks.sensitivity.n_llms"]),
     ],
 )
@@ -184,7 +188,12 @@ def test_unknown_names_error_naming_the_key(env, tmp_path, edit, named):
 
 
 def controls(cfg) -> dict:
-    return cfg["study"]["blocks"]["ablations"]["random_controls"]
+    """An explicit random_controls mapping with written random entries (seeds 1 and 2)."""
+    cfg["llms"].update({f"random-{llm}": {"source": "random", "like": llm, "seed": seed, "dim": 384}
+                        for seed, llm in enumerate(["minilm", "paraphrase-minilm"], start=1)})
+    block = cfg["study"]["blocks"]["ablations"]
+    block["random_controls"] = {llm: f"random-{llm}" for llm in ("minilm", "paraphrase-minilm")}
+    return block["random_controls"]
 
 
 def pop_in_mltfr_block_only(cfg) -> None:
@@ -202,7 +211,7 @@ def pop_in_mltfr_block_only(cfg) -> None:
          ["config key `study.blocks.ablations.random_controls.minilm`", "not a `source: random` entry"]),
         (lambda cfg: controls(cfg).update(minilm="random-paraphrase-minilm"),
          ["config key `study.blocks.ablations.random_controls.minilm`", "copies the shape of 'paraphrase-minilm'"]),
-        (lambda cfg: cfg["llms"]["random-paraphrase-minilm"].update(seed=1),
+        (lambda cfg: controls(cfg) and cfg["llms"]["random-paraphrase-minilm"].update(seed=1),
          ["config key `llms.random-paraphrase-minilm.seed`", "1 is also the seed of the random entry 'random-minilm'",
           "give every `source: random` entry its own seed"]),
         (lambda cfg: cfg["study"].update(backbones=["sasrec", "pop"]),
@@ -248,9 +257,8 @@ def test_registry_entries_are_not_given_schema_defaults(env, tmp_path):
 
 
 def test_consensus_group_that_cannot_form_is_an_error(env, tmp_path):
-    def no_shared_dim(cfg):
+    def no_shared_dim(cfg):   # the derived twin random-paraphrase-minilm takes the new dim too
         cfg["llms"]["paraphrase-minilm"]["dim"] = 576
-        cfg["llms"]["random-paraphrase-minilm"]["dim"] = 576
 
     proc = snakemake(env, "-n", "--configfile", write_config(tmp_path, "config/test.yaml", no_shared_dim), check=False)
     out = proc.stdout + proc.stderr
@@ -407,3 +415,18 @@ def test_sensitivity_folders_are_read_as_their_variant(tmp_path):
     write_result(tmp_path, "mltfr@branch.K=5", {"config": {"branch": {"K": 3}}})
     with pytest.raises(DataError, match=r"folder says branch.K=5 but the run recorded 3"):
         collect_runs(tmp_path)
+
+
+def test_bad_train_key_fails_the_dry_run_naming_it(env, tmp_path):
+    # `train:` is checked against RunConfig (torch-free) when the DAG is built, not in the first job
+    path = write_config(tmp_path, "config/test.yaml", lambda cfg: cfg["train"].update(epochz=2))
+    proc = snakemake(env, "-n", "--configfile", path, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Job stats" not in out
+    assert "train: unknown key 'epochz'" in out, out
+
+
+def test_jobs_run_the_library_with_snakemakes_interpreter(env):
+    # no PATH change while parsing: the command names the interpreter running Snakemake
+    out = snakemake(env, "results/data/pantry-u10/meta.json", "-n", "-p", "--configfile", "config/test.yaml").stdout
+    assert f"{BIN / 'python'} -m mltfr prepare --config config/test.yaml --dataset pantry-u10" in out, out

@@ -11,3 +11,8 @@ class ConfigError(MltfrError):
 
 class DataError(MltfrError):
     """A malformed, empty or corrupted input file (dataset, cache, checkpoint)."""
+
+
+def key_error(key: str, problem: str, fix: str) -> ConfigError:
+    """A study config error naming its dotted key, the problem and the fix (mltfr.study)."""
+    return ConfigError(f"config key `{key}`: {problem}. Fix: {fix}.")

@@ -1,7 +1,7 @@
 """Registries in study configs: reading the YAML file and checking entries against a schema.
 
 Shared by the dataset (`datasets:`) and LLM (`llms:`) registries; the schemas live in
-src/mltfr/schemas/ so that the workflow's config schema can reference the same files.
+src/mltfr/schemas/ beside the study config's schema (study.schema.yaml), which references them.
 """
 from __future__ import annotations
 

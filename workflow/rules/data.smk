@@ -18,8 +18,9 @@ rule prepare_dataset:
         "../../envs/mltfr.yaml"
     threads: 1
     params:
-        config=cli_config(),
+        mltfr=MLTFR,
+        config=CLI_CONFIG,
         entry=dataset_entry,
     shell:
-        "mltfr prepare --config {params.config} --dataset {wildcards.dataset}"
+        "{params.mltfr} prepare --config {params.config} --dataset {wildcards.dataset}"
         " --out results/data/{wildcards.dataset} > {log} 2>&1"

@@ -20,8 +20,9 @@ rule extract_llm:
         "../../envs/mltfr.yaml"
     threads: 1
     params:
-        config=cli_config(),
+        mltfr=MLTFR,
+        config=CLI_CONFIG,
         entry=llm_entry,
     shell:
-        "mltfr extract-llm --config {params.config} --llm {wildcards.llm}"
+        "{params.mltfr} extract-llm --config {params.config} --llm {wildcards.llm}"
         " --out results/llm/{wildcards.llm} > {log} 2>&1"

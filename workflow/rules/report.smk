@@ -41,8 +41,10 @@ rule tables:
     conda:
         "../../envs/mltfr.yaml"
     threads: 1
+    params:
+        mltfr=MLTFR,
     shell:
-        "mltfr aggregate --only tables --runs {input.manifest} --data results/data"
+        "{params.mltfr} aggregate --only tables --runs {input.manifest} --data results/data"
         f" --tables {TABLES} --benchmarks {BENCHMARKS} > {{log}} 2>&1"
 
 
@@ -58,8 +60,10 @@ rule stats:
     conda:
         "../../envs/mltfr.yaml"
     threads: 1
+    params:
+        mltfr=MLTFR,
     shell:
-        "mltfr aggregate --only stats --runs {input.manifest}"
+        "{params.mltfr} aggregate --only stats --runs {input.manifest}"
         f" --stats {STATS} > {{log}} 2>&1"
 
 
@@ -75,6 +79,8 @@ rule figures:
     conda:
         "../../envs/mltfr.yaml"
     threads: 1
+    params:
+        mltfr=MLTFR,
     shell:
-        "mltfr aggregate --only figures --runs {input.manifest}"
+        "{params.mltfr} aggregate --only figures --runs {input.manifest}"
         f" --figures {FIGURES} > {{log}} 2>&1"

@@ -26,11 +26,12 @@ rule train_round1:
         "../../envs/mltfr.yaml"
     threads: 1
     params:
-        config=cli_config(),
+        mltfr=MLTFR,
+        config=CLI_CONFIG,
         args=round1_args,
         train=train_settings(),
     shell:
-        "mltfr train --config {params.config} {params.args}"
+        "{params.mltfr} train --config {params.config} {params.args}"
         " --backbone {wildcards.backbone} --protocol {wildcards.protocol}"
         " --seed {wildcards.seed} --threads {threads} --device auto > {log} 2>&1"
 
@@ -47,8 +48,10 @@ rule fisher:
     conda:
         "../../envs/mltfr.yaml"
     threads: 1
+    params:
+        mltfr=MLTFR,
     shell:
-        "mltfr fisher --run $(dirname {input.round1}) --out {output.consensus}"
+        "{params.mltfr} fisher --run $(dirname {input.round1}) --out {output.consensus}"
         " --threads {threads} --device auto > {log} 2>&1"
 
 
@@ -65,10 +68,11 @@ rule train:
         "../../envs/mltfr.yaml"
     threads: 1
     params:
-        config=cli_config(),
+        mltfr=MLTFR,
+        config=CLI_CONFIG,
         args=round2_args,
         train=train_settings(),
     shell:
-        "mltfr train --config {params.config} {params.args}"
+        "{params.mltfr} train --config {params.config} {params.args}"
         " --backbone {wildcards.backbone} --protocol {wildcards.protocol}"
         " --seed {wildcards.seed} --threads {threads} --device auto > {log} 2>&1"

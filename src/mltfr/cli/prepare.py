@@ -1,6 +1,6 @@
 """`mltfr prepare --config C --dataset NAME --out results/data/NAME`
 
-Reads `datasets.NAME` from the study config, fetches/locates and parses the raw files,
+Reads `datasets.NAME` from the study config (its registries merged: mltfr.study.config), fetches/locates and parses the raw files,
 preprocesses them and writes prepared.npz, meta.json and stats.json (each atomically),
 then prints the statistics row.
 """
@@ -21,10 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mltfr.data import format_stats, get_entry, load_config, prepare_dataset, save_prepared
+    from mltfr.data import format_stats, get_entry, prepare_dataset, save_prepared
     from mltfr.data.prepared import STATS
+    from mltfr.study.config import load_registries
 
-    config = load_config(args.config)
+    config = load_registries(args.config)
     entry = get_entry(config, args.dataset, where=str(args.config))
     prepared = prepare_dataset(entry, args.dataset, args.cache_dir)
     out = Path(args.out)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 
 from mltfr.errors import ConfigError
-from mltfr.registry import check_entry, load_config
+from mltfr.registry import check_entry
+from mltfr.study.config import load_registries
 
 
 
@@ -39,14 +40,9 @@ class LlmEntry:
 
 
 def load_llm_entry(config_path: str | Path, name: str) -> LlmEntry:
-    """The validated entry `llms.NAME` of a study config file."""
-    config_path = Path(config_path)
-    config = load_config(config_path)
-    registry = (config or {}).get("llms") if isinstance(config, dict) else None
-    if not isinstance(registry, dict):
-        raise ConfigError(f"{config_path}: no `llms:` mapping; add one entry per LLM "
-                          "(see llm.schema.yaml)")
-    return entry_from_registry(registry, name, str(config_path))
+    """The validated entry `llms.NAME` of a study config file (its registries merged and the
+    random twins derived: mltfr.study.config, the workflow's loader too)."""
+    return entry_from_registry(load_registries(config_path)["llms"], name, str(config_path))
 
 
 def entry_from_registry(registry: dict, name: str, where: str = "config") -> LlmEntry:

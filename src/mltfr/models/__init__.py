@@ -16,10 +16,22 @@ trainer counts them from the training split and evaluates them once (mltfr.train
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from mltfr.errors import ConfigError
-from mltfr.models.base import BackboneConfig, SequentialRecommender
+from mltfr.models.backbone_config import BackboneConfig
+
+if TYPE_CHECKING:
+    from mltfr.models.base import SequentialRecommender
+
+
+def __getattr__(name: str):
+    """`SequentialRecommender` on first use: importing this package (for its names and
+    BackboneConfig, e.g. while the workflow validates `train:`) does not import torch."""
+    if name == "SequentialRecommender":
+        from mltfr.models.base import SequentialRecommender
+        return SequentialRecommender
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _sasrec(n_items: int, cfg: BackboneConfig, loss_type: str) -> SequentialRecommender:

@@ -2,5 +2,11 @@
 
 Torch-free, so the workflow (while it builds the DAG) and the analysis can import it.
 
+    config     the ONE loader of study configs (registries merged, random twins derived, schema,
+               `train:` checked by RunConfig) for the workflow and the CLI's --config
+    grid       the run grid of a loaded study, each variant's LLMs, each job's CLI arguments
+    checks     the cross-key checks run before any job is built
+    layout     where the workflow writes (result folder templates)
     variants   every variant name, what it changes, its LLMs and rounds
+    ladder     the protocol ladder's rungs
 """

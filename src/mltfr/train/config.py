@@ -19,7 +19,7 @@ import yaml
 from mltfr.errors import ConfigError
 from mltfr.evaluate.metrics import MAJORITY_KEYS, metric_names
 from mltfr.models import UNTRAINED_BACKBONES
-from mltfr.models.base import BackboneConfig
+from mltfr.models.backbone_config import BackboneConfig
 
 PROTOCOLS = ("faithful", "corrected")  # method.md: the authors' protocol and the clean one
 FAITHFUL_EPOCHS = 100   # the authors' confs: num.max.epoch=100, no early stopping

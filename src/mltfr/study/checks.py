@@ -1,0 +1,187 @@
+"""The study config's cross-key checks, run before any job is built (after the schema). Torch-free.
+
+Each failure is a ConfigError naming the dotted key, the problem and the fix (`key_error`).
+"""
+from __future__ import annotations
+
+from mltfr.errors import key_error
+from mltfr.models import UNTRAINED_BACKBONES
+from mltfr.study import variants as registry
+from mltfr.study.grid import Study, parsed_variant, uses_consensus
+
+RANDOM_CONTROLS = "study.blocks.ablations.random_controls"
+
+
+def check_study(study: Study) -> None:
+    """Names, subsets, random controls, backbones, variants and consensus groups."""
+    config = study.config
+    check_names("study.datasets", study.study["datasets"], config["datasets"], "datasets")
+    check_names("study.llms", study.study["llms"], study.llms, "llms")
+    check_mltfr_llm_names(study)
+    check_like_entries(study)
+    check_random_seeds(study.llms)
+    check_block_subsets(study.study)
+    check_untrained_backbones(study)
+    check_variants(study)
+
+
+def check_names(key: str, names, known, registry_name: str) -> None:
+    for name in names:
+        if name not in known:
+            raise key_error(key, f"names '{name}', which is not in `{registry_name}` "
+                            f"(known: {', '.join(sorted(known)) or 'none'})",
+                            f"add an entry '{name}' under `{registry_name}` or remove it from `{key}`")
+
+
+def check_mltfr_llm_names(study: Study) -> None:
+    """Every LLM named by the mltfr block (one list, or one per backbone) is in `llms`."""
+    llms = study.block("mltfr")["llms"]
+    for backbone, names in llms.items() if isinstance(llms, dict) else [(None, llms)]:
+        if names is not None:
+            check_names(study.mltfr_llms_key(backbone), names, study.llms, "llms")
+
+
+def check_like_entries(study: Study) -> None:
+    """A random table's `like:` must name another registry entry (its shape comes from it)."""
+    for llm in study.llms:
+        like = study.like_llm(llm)
+        if like is not None and (like == llm or like not in study.llms):
+            raise key_error(f"llms.{llm}.like", f"names '{like}', which is not another entry of `llms`",
+                            "name the registry entry whose table shape, mean and std to copy")
+
+
+def check_random_seeds(llms: dict) -> None:
+    """Each random table must be its own Gaussian draw: no two random entries share a seed."""
+    owner = {}
+    for llm, entry in llms.items():
+        if entry["source"] != "random":
+            continue
+        seed = entry["seed"]
+        if seed in owner:
+            raise key_error(f"llms.{llm}.seed", f"{seed} is also the seed of the random entry '{owner[seed]}'; "
+                            "two controls of one seed would be the same Gaussian draw, rescaled",
+                            "give every `source: random` entry its own seed")
+        owner[seed] = llm
+
+
+def check_block_subsets(study: dict) -> None:
+    for name, block in study["blocks"].items():
+        for key in ("datasets", "backbones", "protocols", "seeds"):
+            extra = [v for v in block.get(key) or [] if v not in study[key]]
+            if extra:
+                raise key_error(f"study.blocks.{name}.{key}", f"{extra} not in `study.{key}`",
+                                f"add them to `study.{key}` or remove them from the block")
+
+
+def check_untrained_backbones(study: Study) -> None:
+    """pop is counted, not trained: it has no hidden states, so no LLM block may run it."""
+    for name in ("single_llm", "mltfr", "ablations", "sensitivity", "protocol_ladder"):
+        block = study.block(name)
+        wrong = [b for b in study.block_values(name, "backbones") if b in UNTRAINED_BACKBONES]
+        if block["enabled"] and wrong:
+            key = f"study.blocks.{name}.backbones" if block["backbones"] is not None else "study.backbones"
+            raise key_error(key, f"lists {wrong}, a popularity ranking that takes no LLM branch, so block "
+                            f"`{name}` cannot run its LLM variants on it",
+                            "list it under `study.blocks.baselines.extra_backbones` (variant base) instead")
+
+
+def check_variants(study: Study) -> None:
+    check_variant_names(study)
+    study.ladder_rungs  # noqa: B018  (raises on a bad ladder order)
+    pairs = {(run.variant, run.backbone) for run in study.runs}
+    check_n_llms(study)
+    random_backbones = {b for v, b in pairs if parsed_variant(v).variant.llms == "random"}
+    if random_backbones:
+        check_random_controls(study, random_backbones)
+    for variant, backbone in sorted(p for p in pairs if uses_consensus(p[0])):
+        group = study.consensus_group(backbone)
+        if group is None:
+            check_consensus(study, study.variant_llms(variant, backbone), consensus_key(study, variant, backbone))
+        else:
+            check_consensus_group(study, group, study.mltfr_set(variant, backbone), backbone)
+
+
+def check_variant_names(study: Study) -> None:
+    """Ablation names and the ladder's variants are names of mltfr.study.variants."""
+    known = registry.ABLATIONS + registry.CONTROLS
+    for name in study.block("ablations")["variants"] or []:
+        if name not in known:
+            raise key_error("study.blocks.ablations.variants",
+                            f"names '{name}', which is not an ablation or control variant",
+                            f"use names from {', '.join(known)} (mltfr.study.variants)")
+    for name in study.block("protocol_ladder")["variants"]:
+        if registry.parse(name) is None:
+            raise key_error("study.blocks.protocol_ladder.variants",
+                            f"names '{name}', which is not in mltfr.study.variants",
+                            f"use names from {', '.join(registry.names(['<llm>']))}")
+
+
+def check_n_llms(study: Study) -> None:
+    block = study.block("sensitivity")
+    for backbone in study.block_values("sensitivity", "backbones") if block["enabled"] else []:
+        n_max = len(study.mltfr_llms(backbone))
+        for n in block["n_llms"]:
+            if n > n_max:
+                raise key_error("study.blocks.sensitivity.n_llms",
+                                f"asks for {n} LLMs but the mltfr set of {backbone} has {n_max}",
+                                f"use values from 2 to {n_max}")
+
+
+def check_random_controls(study: Study, backbones) -> None:
+    """mltfr-random: each mltfr LLM has a `random-<...>` entry copying its shape."""
+    controls = study.random_controls()
+    for llm in {llm for backbone in backbones for llm in study.mltfr_llms(backbone)}:
+        if llm not in controls:
+            raise key_error(RANDOM_CONTROLS, f"mltfr-random needs a random table for '{llm}'",
+                            f"add `{llm}: <name of a random-table entry in llms>` or drop mltfr-random")
+    check_names(RANDOM_CONTROLS, controls.values(), study.llms, "llms")
+    for llm, control in controls.items():
+        check_random_control(study.llms, f"{RANDOM_CONTROLS}.{llm}", llm, control)
+
+
+def check_random_control(llms: dict, key: str, llm: str, control: str) -> None:
+    """A control must be a `random` entry named random-<...> (the CLI's convention) copying `llm`."""
+    entry = llms[control]
+    prefix = registry.RANDOM_PREFIX
+    if entry["source"] != "random" or not control.startswith(prefix):
+        raise key_error(key, f"names '{control}', which is not a `source: random` entry named {prefix}<...>",
+                        f"add an entry `{prefix}{llm}: {{source: random, like: {llm}, seed: <its own>}}` "
+                        "under `llms` and name it here")
+    if entry.get("like") not in (None, llm):
+        raise key_error(key, f"names '{control}', which copies the shape of '{entry['like']}', not of '{llm}'",
+                        f"name the random entry with `like: {llm}`")
+
+
+def consensus_key(study: Study, variant: str, backbone: str) -> str:
+    """The config key that decides a consensus variant's LLM set (named in its error)."""
+    if parsed_variant(variant).variant.llms == "random":
+        return RANDOM_CONTROLS
+    if variant.startswith("mltfr@n_llms="):
+        return "study.blocks.sensitivity.n_llms"
+    return study.mltfr_llms_key(backbone)
+
+
+def check_consensus(study: Study, llms, key: str) -> None:
+    """A Fisher consensus needs two LLMs of equal token dimension (when dims are declared)."""
+    dims = [study.llms[llm].get("dim") for llm in llms]
+    if None in dims or len(set(dims)) < len(dims):
+        return  # undeclared dims are checked by the CLI once the tables exist
+    raise key_error(key, f"no two of the LLMs {list(llms)} share a token dimension (dims {dims}), so the "
+                    "Fisher consensus expert cannot be formed",
+                    "add an LLM of the same `dim` as another one, or run only mltfr-noconsensus")
+
+
+def check_consensus_group(study: Study, group, llms, backbone: str) -> None:
+    """A configured group: >= 2 of the variant's mltfr LLMs, of one declared token dimension."""
+    per_backbone = isinstance(study.block("mltfr")["consensus_group"], dict)
+    key = "study.blocks.mltfr.consensus_group" + (f".{backbone}" if per_backbone else "")
+    mltfr_llms = study.mltfr_llms(backbone)
+    unknown = [llm for llm in group if llm not in mltfr_llms]
+    if unknown:
+        raise key_error(key, f"names {unknown}, not in the mltfr LLMs {mltfr_llms}", "name mltfr LLMs only")
+    present = [llm for llm in group if llm in llms]
+    dims = {study.llms[llm].get("dim") for llm in present}
+    if len(present) < 2 or len(dims - {None}) > 1:
+        raise key_error(key, f"leaves {present} of the LLMs {list(llms)} (dims {sorted(dims, key=str)}), so "
+                        "the Fisher consensus expert cannot be formed",
+                        "name at least two LLMs of one `dim`, among the first n of every sensitivity n_llms")

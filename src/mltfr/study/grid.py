@@ -1,0 +1,256 @@
+"""The run grid of a validated study config, and each run's LLMs and CLI arguments. Torch-free.
+
+The grid is computed from `config["study"]` only, so adding a dataset or an LLM to the registries
+and to `study` adds its jobs and nothing else. Variant names, their LLMs and rounds come from
+`mltfr.study.variants`. Variants with a consensus expert take three jobs: round 1 (`mltfr
+train`), the merge (`mltfr fisher`), round 2 (`mltfr train --consensus FILE`). The mltfr LLM set
+and its consensus group may differ per backbone (`study.blocks.mltfr.llms` and
+`.consensus_group`: one list, or a mapping backbone -> list). The protocol ladder's rungs
+(`mltfr.study.ladder`) are values of the `protocol` wildcard.
+
+DAG speed (the paper grid has thousands of jobs): everything derived from a variant name is cached.
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+import re
+from collections import namedtuple
+from typing import Mapping
+
+from mltfr.errors import ConfigError, key_error
+from mltfr.models import UNTRAINED_BACKBONES
+from mltfr.study import ladder
+from mltfr.study import variants as registry
+from mltfr.study.layout import DATA_DIR, LLM_DIR, ROUND1_DIR
+
+Run = namedtuple("Run", "dataset backbone variant protocol seed")
+BLOCKS = ("baselines", "single_llm", "mltfr", "ablations", "sensitivity")
+# Settings that only act in round 2 (the consensus expert's weight): such variants reuse the
+# round 1 and merged expert of plain `mltfr` instead of retraining an identical round 1.
+# (mltfr-meanconsensus cannot: `mltfr fisher` merges by the round-1 run's variant.)
+ROUND2_ONLY = ("mltfr@branch.lambda_s=",)
+
+
+@functools.cache
+def parsed_variant(variant: str) -> registry.Parsed:
+    """The registry entry of a variant name (the config checks reject unknown names first)."""
+    parsed = registry.parse(variant)
+    if parsed is None:
+        raise key_error("study.blocks", f"runs variant '{variant}', which is not in mltfr.study.variants",
+                        f"use one of {', '.join(registry.names(['<llm>']))} or mltfr@<key>=<value>")
+    return parsed
+
+
+def uses_consensus(variant: str) -> bool:
+    """Sensitivity runs are mltfr with a setting changed: two rounds, like mltfr."""
+    return parsed_variant(variant).variant.rounds == 2
+
+
+def round1_variant(variant: str) -> str:
+    """The variant whose round 1 (and Fisher file) a consensus variant's round 2 starts from."""
+    return "mltfr" if variant.startswith(ROUND2_ONLY) else variant
+
+
+def cli_value(value) -> str:
+    """A setting as `--set` reads it (YAML): booleans lower case."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def alternatives(names) -> str:
+    """A regex matching exactly one of the names (never matching when there are none)."""
+    return "|".join(re.escape(str(name)) for name in names) or "(?!)"
+
+
+class Study:
+    """The runs of a validated study config (mltfr.study.config.load_study) and their settings."""
+
+    def __init__(self, config: dict):
+        self.config = config
+        self.study = config["study"]
+        self.llms = config["llms"]
+
+    # ------------------------------------------------------------ blocks
+    def block(self, name: str) -> dict:
+        return self.study["blocks"][name]
+
+    def block_values(self, name: str, key: str) -> list:
+        """A block's list for `key` (datasets, backbones, protocols, seeds); null inherits study's."""
+        value = self.block(name)[key]
+        return self.study[key] if value is None else value
+
+    def per_backbone(self, key: str, backbone: str):
+        """A mltfr block setting: one value for every backbone, or a mapping backbone -> value."""
+        value = self.block("mltfr")[key]
+        if not isinstance(value, dict):
+            return value
+        if backbone not in value:
+            raise key_error(f"study.blocks.mltfr.{key}",
+                            f"has no entry for backbone '{backbone}', which runs mltfr variants",
+                            f"add `{backbone}: [...]` under it, or give one list for every backbone")
+        return value[backbone]
+
+    def mltfr_llms(self, backbone: str) -> list:
+        """The LLMs mltfr and its ablations combine on `backbone`, in order."""
+        llms = self.per_backbone("llms", backbone)
+        return self.study["llms"] if llms is None else llms
+
+    def mltfr_llms_key(self, backbone: str | None) -> str:
+        llms = self.block("mltfr")["llms"]
+        if llms is None:
+            return "study.llms"
+        return "study.blocks.mltfr.llms" + (f".{backbone}" if isinstance(llms, dict) else "")
+
+    def consensus_group(self, backbone: str):
+        """The configured consensus group (LLM names of the mltfr set) on `backbone`, or None
+        (the CLI's default: the largest set of LLMs sharing a token dimension)."""
+        return self.per_backbone("consensus_group", backbone)
+
+    def random_controls(self) -> dict:
+        """mltfr LLM -> its random table: `auto` maps each x to its twin random-x."""
+        controls = self.block("ablations")["random_controls"]
+        if controls != "auto":
+            return controls
+        llms = self.block("mltfr")["llms"]
+        lists = llms.values() if isinstance(llms, dict) else [llms or self.study["llms"]]
+        return {x: registry.RANDOM_PREFIX + x for names in lists for x in names}
+
+    # ------------------------------------------------------------ the grid
+    def block_variants(self, name: str) -> list:
+        """Variant names of one study block, in a stable order."""
+        block = self.block(name)
+        if name == "baselines":
+            return ["base"]
+        if name == "single_llm":
+            return [f"{mode}-{llm}" for llm in self.study["llms"] for mode in block["modes"]]
+        if name == "mltfr":
+            return ["mltfr"]
+        if name == "ablations":
+            chosen = block["variants"]
+            return list(registry.ABLATIONS + registry.CONTROLS if chosen is None else chosen)
+        variants = [f"mltfr@{key}={value}" for key, values in block["grid"].items() for value in values]
+        return variants + [f"mltfr@n_llms={n}" for n in block["n_llms"]]
+
+    def block_runs(self, name: str) -> list:
+        block = self.block(name)
+        if not block["enabled"]:
+            return []
+        backbones = self.block_values(name, "backbones")
+        if name == "baselines":
+            backbones = list(dict.fromkeys(backbones + block["extra_backbones"]))
+        seeds = self.block_values(name, "seeds")
+        grid = itertools.product(self.block_values(name, "datasets"), backbones, self.block_variants(name),
+                                 self.block_values(name, "protocols"), seeds)
+        # a counted backbone (pop) gives the same ranks under every seed: run the first one only
+        return [Run(*cell) for cell in grid if cell[1] not in UNTRAINED_BACKBONES or cell[4] == seeds[0]]
+
+    @functools.cached_property
+    def ladder_rungs(self) -> tuple:
+        """The protocol ladder's rungs in the configured order (faithful first)."""
+        block = self.block("protocol_ladder")
+        try:
+            return tuple(ladder.rungs(block["order"], block["alone"]))
+        except ConfigError as exc:
+            raise key_error("study.blocks.protocol_ladder.order", str(exc),
+                            "order each factor after those it needs (mltfr.study.ladder.REQUIRES)") from None
+
+    def ladder_runs(self) -> list:
+        """Every variant on every rung; rung `faithful` is the ordinary faithful run."""
+        block = self.block("protocol_ladder")
+        if not block["enabled"]:
+            return []
+        name = "protocol_ladder"
+        grid = itertools.product(self.block_values(name, "datasets"), self.block_values(name, "backbones"),
+                                 block["variants"], [rung.name for rung in self.ladder_rungs],
+                                 self.block_values(name, "seeds"))
+        return [Run(*cell) for cell in grid]
+
+    @functools.cached_property
+    def runs(self) -> tuple:
+        """Every final run of the study (duplicates across blocks removed), in a stable order."""
+        runs = itertools.chain.from_iterable(self.block_runs(name) for name in BLOCKS)
+        return tuple(dict.fromkeys(itertools.chain(runs, self.ladder_runs())))
+
+    # ------------------------------------------------------------ variants and their LLMs
+    @functools.cache
+    def mltfr_set(self, variant: str, backbone: str) -> tuple:
+        """The mltfr LLMs a mltfr-family variant stands on (n_llms: the first n), in order."""
+        parsed = parsed_variant(variant)
+        llms = self.mltfr_llms(backbone)
+        return tuple(llms[: int(parsed.value)] if parsed.key == "n_llms" else llms)
+
+    @functools.cache
+    def variant_llms(self, variant: str, backbone: str) -> tuple:
+        """LLM names a variant's model uses on `backbone` (its `--llm` arguments), in order."""
+        parsed = parsed_variant(variant)
+        kind = parsed.variant.llms
+        if kind == "none":
+            return ()
+        if kind == "one":
+            return (parsed.llm,)
+        if kind == "random":
+            controls = self.random_controls()
+            return tuple(controls[llm] for llm in self.mltfr_set(variant, backbone))
+        return self.mltfr_set(variant, backbone)
+
+    @functools.cached_property
+    def variant_backbones(self) -> list:
+        """Every (variant, backbone) a job may carry: final runs plus the round-1 runs they start from."""
+        finals = {(run.variant, run.backbone) for run in self.runs}
+        return sorted(finals | {(round1_variant(v), b) for v, b in finals if uses_consensus(v)})
+
+    def like_llm(self, llm: str) -> str | None:
+        """The LLM whose table a `random` entry copies the shape of (`like:`), or None."""
+        entry = self.llms[llm]
+        return entry.get("like") if entry["source"] == "random" else None
+
+    def all_llms(self) -> list:
+        """Every table the study extracts: the variants' LLMs and the tables random ones copy."""
+        used = {llm for v, b in self.variant_backbones for llm in self.variant_llms(v, b)}
+        return sorted(used | {self.like_llm(llm) for llm in used} - {None})
+
+    def all_datasets(self) -> list:
+        return sorted({run.dataset for run in self.runs})
+
+    def all_variants(self) -> list:
+        return sorted({variant for variant, _ in self.variant_backbones})
+
+    # ------------------------------------------------------------ CLI arguments of a run
+    @functools.cache
+    def variant_args(self, variant: str, backbone: str) -> str:
+        """`--variant V [--llm NAME=DIR ...] [--set key=value ...]` of a variant on `backbone`."""
+        parsed = parsed_variant(variant)
+        args = [f"--variant {'mltfr' if parsed.key else variant}"]   # sensitivity: mltfr + --set
+        args += [f"--llm {llm}={LLM_DIR.format(llm=llm)}" for llm in self.variant_llms(variant, backbone)]
+        if parsed.key not in (None, "n_llms"):  # n_llms acts through the LLM list instead
+            args.append(f"--set {parsed.key}={parsed.value}")
+        group = self.consensus_group(backbone) if uses_consensus(variant) else None
+        # the CLI takes positions in its --llm list (the random controls keep the same order)
+        if group is not None:
+            llms = self.mltfr_set(variant, backbone)
+            positions = ",".join(str(llms.index(llm)) for llm in group if llm in llms)
+            args.append(f"--set 'branch.consensus_group=[{positions}]'")
+        return " ".join(args)
+
+    @functools.cache
+    def rung_args(self, protocol: str) -> str:
+        """A ladder rung's settings as `--set` arguments, trace_test and the order (else nothing)."""
+        if not ladder.is_rung(protocol):
+            return ""
+        order = self.block("protocol_ladder")["order"]
+        settings = ladder.overrides(protocol, order) | {"trace_test": True}
+        sets = [f"--set {key}={cli_value(value)}" for key, value in settings.items()]
+        return " ".join(["", *sets, f"--rung-order {','.join(order)}"])
+
+    def run_args(self, wildcards: Mapping, folder: str) -> str:
+        """`--data D --out FOLDER --variant V ...` of a training job (FOLDER: a run template)."""
+        run = dict(wildcards)
+        data, out = DATA_DIR.format(**run), folder.format(**run)
+        variant = self.variant_args(run["variant"], run["backbone"])
+        return f"--data {data} --out {out} {variant}{self.rung_args(run['protocol'])}"
+
+    def consensus_file(self, wildcards: Mapping) -> str:
+        """The merged expert a consensus variant's round 2 reads (round 1 of round1_variant)."""
+        run = dict(wildcards)
+        run["variant"] = round1_variant(run["variant"])
+        return f"{ROUND1_DIR.format(**run)}/consensus.safetensors"

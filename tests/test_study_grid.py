@@ -1,0 +1,111 @@
+"""The run grid and the cross-key checks (mltfr.study.grid, mltfr.study.checks) on small configs."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mltfr.errors import ConfigError
+from mltfr.study.config import load_study
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_CONFIG = yaml.safe_load((REPO / "config/test.yaml").read_text())
+
+
+@pytest.fixture(autouse=True)
+def at_repo(monkeypatch):
+    monkeypatch.chdir(REPO)   # registries are relative to the working directory
+
+
+def study(edit=None):
+    cfg = copy.deepcopy(TEST_CONFIG)
+    if edit:
+        edit(cfg)
+    return load_study(cfg, "t.yaml")
+
+
+def only(*blocks):
+    """An edit that keeps only these study blocks enabled."""
+    def edit(cfg):
+        for name, block in cfg["study"]["blocks"].items():
+            block["enabled"] = name in blocks
+    return edit
+
+
+def test_test_config_runs_by_block():
+    grid = study()
+    assert len(grid.runs) == 29                                  # tests/test_workflow_e2e.py's 29 runs
+    baselines = [r for r in grid.runs if r.variant == "base" and r.protocol in ("faithful", "corrected")]
+    assert sorted({r.backbone for r in baselines}) == ["pop", "sasrec", "sasrec-ce"]
+    assert grid.all_llms() == ["minilm", "paraphrase-minilm", "random-minilm", "random-paraphrase-minilm"]
+
+
+def test_random_controls_auto_maps_each_mltfr_llm_to_its_twin():
+    grid = study(only("ablations"))
+    assert grid.random_controls() == {"minilm": "random-minilm", "paraphrase-minilm": "random-paraphrase-minilm"}
+    assert grid.variant_llms("mltfr-random", "sasrec") == ("random-minilm", "random-paraphrase-minilm")
+    assert grid.like_llm("random-minilm") == "minilm"
+
+
+def test_run_arguments_of_a_sensitivity_and_a_ladder_run():
+    grid = study()
+    run = {"dataset": "pantry-u10", "backbone": "sasrec", "variant": "mltfr@branch.tau=1.0",
+           "protocol": "corrected", "seed": "1"}
+    assert grid.run_args(run, "out/{variant}") == (
+        "--data results/data/pantry-u10 --out out/mltfr@branch.tau=1.0 --variant mltfr --llm "
+        "minilm=results/llm/minilm --llm paraphrase-minilm=results/llm/paraphrase-minilm --set branch.tau=1.0")
+    order = ",".join(TEST_CONFIG["study"]["blocks"]["protocol_ladder"]["order"])
+    assert grid.rung_args("rung-eval_noise") == (
+        f" --set select_on=valid --set branch.eval_noise=false --set trace_test=true --rung-order {order}")
+    lam = run | {"variant": "mltfr@branch.lambda_s=0.1"}   # round 2 only: starts from mltfr's round 1
+    assert grid.consensus_file(lam) == ("results/runs/pantry-u10/sasrec/mltfr/corrected/seed1/round1/"
+                                        "consensus.safetensors")
+
+
+def test_per_backbone_llms_and_group_positions():
+    def edit(cfg):
+        cfg["study"]["blocks"]["mltfr"]["llms"] = {"sasrec": ["paraphrase-minilm", "minilm"]}
+        cfg["study"]["blocks"]["mltfr"]["consensus_group"] = ["minilm", "paraphrase-minilm"]
+
+    grid = study(edit)
+    assert grid.variant_args("mltfr-random", "sasrec").endswith(
+        "--llm random-paraphrase-minilm=results/llm/random-paraphrase-minilm "
+        "--llm random-minilm=results/llm/random-minilm --set 'branch.consensus_group=[1,0]'")
+
+
+def written_random(cfg, seed_a=1, seed_b=2, like_b="paraphrase-minilm"):
+    cfg["llms"] = {"random-minilm": {"source": "random", "like": "minilm", "seed": seed_a},
+                   "random-paraphrase-minilm": {"source": "random", "like": like_b, "seed": seed_b}}
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda cfg: written_random(cfg, seed_b=1),
+     "config key `llms.random-paraphrase-minilm.seed`: 1 is also the seed of the random entry 'random-minilm'"),
+    (lambda cfg: written_random(cfg, like_b="minilm"),
+     "config key `study.blocks.ablations.random_controls.paraphrase-minilm`: names 'random-paraphrase-minilm', "
+     "which copies the shape of 'minilm'"),
+    (lambda cfg: cfg["study"]["blocks"]["ablations"].update(random_controls={"minilm": "random-minilm"}),
+     "config key `study.blocks.ablations.random_controls`: mltfr-random needs a random table for 'paraphrase-minilm'"),
+    (lambda cfg: cfg["study"]["blocks"]["mltfr"].update(llms=["minilm", "random-minilm"]),
+     "config key `study.blocks.ablations.random_controls`: names 'random-random-minilm', which is not in `llms`"),
+    (lambda cfg: cfg["study"].update(backbones=["sasrec", "pop"]),
+     "config key `study.backbones`: lists ['pop'], a popularity ranking"),
+    (lambda cfg: cfg["study"]["blocks"]["sensitivity"].update(n_llms=[3]),
+     "config key `study.blocks.sensitivity.n_llms`: asks for 3 LLMs but the mltfr set of sasrec has 2"),
+    (lambda cfg: cfg["study"]["blocks"]["protocol_ladder"].update(order=["user_vector", "pooling"]),
+     "config key `study.blocks.protocol_ladder.order`"),
+])
+def test_checks_name_the_key(edit, message):
+    with pytest.raises(ConfigError) as info:
+        study(edit)
+    assert message in str(info.value)
+
+
+def test_consensus_needs_two_llms_of_one_dim():
+    def edit(cfg):
+        cfg["llms"] = {"paraphrase-minilm": {"source": "package", "package": "paraphrase-minilm", "dim": 576}}
+
+    with pytest.raises(ConfigError, match=r"config key `study.llms`: no two of the LLMs .* share a token dimension"):
+        study(edit)
