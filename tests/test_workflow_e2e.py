@@ -79,7 +79,8 @@ def workdir(tmp_path_factory, env) -> Path:
     """A working directory holding the test config and the repository's data, after a full run."""
     work = tmp_path_factory.mktemp("e2e")
     (work / "config").mkdir()
-    shutil.copy(REPO / "config" / "test.yaml", work / "config" / "test.yaml")
+    for name in ("test.yaml", "registry.yaml"):   # the study config and the registry it names
+        shutil.copy(REPO / "config" / name, work / "config" / name)
     (work / "data").symlink_to(REPO / "data", target_is_directory=True)  # entries: data/... paths
     start = time.perf_counter()
     run_snakemake(work, env, "--cores", "2")
