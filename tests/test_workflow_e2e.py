@@ -207,7 +207,8 @@ def test_adding_an_llm_adds_exactly_its_jobs(workdir, env):
     config = workdir / "config" / "test.yaml"
     original = config.read_text()
     cfg = yaml.safe_load(original)
-    cfg["llms"]["minilm-b"] = dict(cfg["llms"]["minilm"])
+    registry = yaml.safe_load((workdir / "config" / "registry.yaml").read_text())
+    cfg.setdefault("llms", {})["minilm-b"] = dict(registry["llms"]["minilm"])   # a study config may add entries
     cfg["study"]["llms"].append("minilm-b")
     cfg["study"]["blocks"]["mltfr"]["llms"] = ["minilm", "paraphrase-minilm"]  # mltfr unchanged
     try:
