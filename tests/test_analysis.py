@@ -20,7 +20,6 @@ from mltfr.analysis.stats import StatsConfig, bootstrap_ci, holm, rank_biserial,
 from mltfr.analysis.tables import diagnostics_table, main_table, render_latex, render_markdown
 from mltfr.cli import main as cli_main
 from mltfr.errors import DataError
-from mltfr.evaluate.metrics import per_user_metrics
 
 DATASETS = {"alpha": 0.0, "beta": 0.05}          # dataset -> NDCG@10 offset
 PROTOCOLS = {"faithful": 0.01, "corrected": 0.0}  # protocol -> NDCG@10 offset
@@ -398,7 +397,6 @@ def test_trainer_layout_and_manifest(tmp_path):
     assert row["peak_host_rss_mb"] == 700.0 and row["test_ndcg@10"] == 0.11
     ndcg = load_user_ndcg(folders[0])
     assert ndcg.to_numpy() == pytest.approx([1.0, 0.5, 0.0, 1 / np.log2(3)])
-    assert ndcg.to_numpy() == pytest.approx(per_user_metrics(np.array([1, 3, 12, 2]))["ndcg@10"], abs=0)
     from mltfr.analysis.collect import load_epochs
     assert load_epochs(runs)["loss"].tolist() == [0.9, 0.5, 0.9, 0.5]
     assert cli_main(["aggregate", "--runs", str(manifest), "--out", str(tmp_path / "t" / "runs.csv")]) == 0

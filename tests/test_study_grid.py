@@ -59,9 +59,9 @@ def test_run_arguments_of_a_sensitivity_and_a_ladder_run():
     order = ",".join(TEST_CONFIG["study"]["blocks"]["protocol_ladder"]["order"])
     assert grid.rung_args("rung-eval_noise") == (
         f" --set select_on=valid --set branch.eval_noise=false --set trace_test=true --rung-order {order}")
-    lam = run | {"variant": "mltfr@branch.lambda_s=0.1"}   # round 2 only: starts from mltfr's round 1
-    assert grid.consensus_file(lam) == ("results/runs/pantry-u10/sasrec/mltfr/corrected/seed1/round1/"
-                                        "consensus.safetensors")
+    lam = run | {"variant": "mltfr@branch.lambda_s=0.1"}   # lambda_s acts in round 1 too: its own round 1
+    assert grid.consensus_file(lam) == ("results/runs/pantry-u10/sasrec/mltfr@branch.lambda_s=0.1/corrected/"
+                                        "seed1/round1/consensus.safetensors")
 
 
 def test_per_backbone_llms_and_group_positions():

@@ -92,7 +92,8 @@ def test_selection_and_holdout_default_by_protocol_and_can_be_set():
     assert (faithful.selects_on, faithful.holds_out_valid) == ("test", False)
     assert (corrected.selects_on, corrected.holds_out_valid) == ("valid", True)
     ladder = apply_overrides(faithful, ["select_on=valid", "holdout_valid=true"])
-    assert (ladder.selects_on, ladder.holds_out_valid, ladder.max_epochs) == ("valid", True, 100)
+    # the budget follows the selection rule: early stopping on valid runs up to 200, as corrected
+    assert (ladder.selects_on, ladder.holds_out_valid, ladder.max_epochs) == ("valid", True, 200)
     assert ladder.selection == "early-stopping-on-valid-ndcg@10 (faithful)"   # follows select_on
     assert apply_overrides(corrected, ["select_on=test"]).selection == FAITHFUL_SELECTION.replace(
         "(faithful)", "(corrected)")

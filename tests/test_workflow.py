@@ -79,16 +79,16 @@ def test_default_config_grid(env):
     # 2 datasets; baselines 2 x (sasrec, sasrec-ce) x 2 protocols x 3 seeds = 24, + pop (counted,
     # not trained: first seed only) 2 x 2 protocols = 4; single-LLM 4 LLMs x 2 modes = 8 (Pantry, corrected, seed 1); mltfr 2 x 2 x seed 1 = 4;
     # ablations 4 (with the random-selection control); sensitivity 2 (K=5, lambda_s=0.1).
-    # Round 1 + merge: mltfr 4, ablations 3 (noconsensus has none), sensitivity 1
-    # (branch.lambda_s acts in round 2 only and reuses mltfr's round 1). The protocol ladder is off
-    # in the default (its budget); config/test.yaml runs one.
+    # Round 1 + merge: mltfr 4, ablations 3 (noconsensus has none), sensitivity 2 (lambda_s weights
+    # round 1's random consensus expert too). The protocol ladder is off in the default (its
+    # budget); config/test.yaml runs one.
     counts = job_counts(env)
     assert counts["train"] == 24 + 4 + 8 + 4 + 4 + 2
-    assert counts["train_round1"] == counts["fisher"] == 4 + 3 + 1
+    assert counts["train_round1"] == counts["fisher"] == 4 + 3 + 2
     assert counts["extract_llm"] == 5  # 4 study LLMs + random-paraphrase-minilm for mltfr-random
     assert counts["prepare_dataset"] == 2
     # + run_manifest, tables, stats, figures, all
-    assert counts["total"] == 46 + 8 + 8 + 5 + 2 + 5
+    assert counts["total"] == 46 + 9 + 9 + 5 + 2 + 5
 
 
 def test_paper_dry_run_with_slurm_profile(env):
@@ -97,8 +97,8 @@ def test_paper_dry_run_with_slurm_profile(env):
     # ablations 3 datasets x 9 (every ablation and control) x 3 seeds = 81; sensitivity 2 datasets x
     # 17 values x 3 seeds = 102; protocol ladder (sasrec) 7 datasets x 3 seeds x 3 variants x 6 rungs
     # = 378, + rung 0 of mltfr-randomselect (faithful) 7 x 3 = 21.
-    # Round 1 + merge: mltfr 280, ablations 3 x 8 x 3 = 72, sensitivity 2 x 12 x 3 = 72
-    # (the 5 lambda_s values reuse mltfr's round 1), ladder 7 x 3 x 2 x 6 + 21 = 273.
+    # Round 1 + merge: mltfr 280, ablations 3 x 8 x 3 = 72, sensitivity 2 x 17 x 3 = 102
+    # (lambda_s too: it weights round 1's random consensus expert), ladder 7 x 3 x 2 x 6 + 21 = 273.
     # Timed by the CPU seconds of the snakemake process (user + sys): the machine is shared, so
     # wall time measures the other users as much as the DAG; both are printed.
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -109,9 +109,9 @@ def test_paper_dry_run_with_slurm_profile(env):
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     print(f"paper dry run with --profile slurm: {counts['total']} jobs, {cpu:.1f} s CPU, {wall:.1f} s wall")
     assert counts["train"] == 280 * 2 + 70 + 14 + 294 + 81 + 102 + 378 + 21
-    assert counts["train_round1"] == counts["fisher"] == 280 + 72 + 72 + 273
+    assert counts["train_round1"] == counts["fisher"] == 280 + 72 + 102 + 273
     assert counts["extract_llm"] == 12 and counts["prepare_dataset"] == 7
-    assert counts["total"] == 1520 + 2 * 697 + 12 + 7 + 5
+    assert counts["total"] == 1520 + 2 * 727 + 12 + 7 + 5
     assert cpu < DAG_BUDGET_S, f"{counts['total']} jobs took {cpu:.1f} s CPU ({wall:.1f} s wall)"
 
 

@@ -19,6 +19,7 @@ from mltfr.analysis.outputs import (DIAGNOSTIC_KEYS, RUN_DIAGNOSTICS, diagnostic
 from mltfr.analysis.variants import parse_variant
 from mltfr.errors import DataError
 from mltfr.evaluate.metrics import metric_names, per_user_metrics
+from mltfr.study.ladder import FAITHFUL
 
 KEYS = ("dataset", "backbone", "variant", "protocol", "seed")
 METRICS = tuple(metric_names())  # the keys of result.json's metrics.test / metrics.valid
@@ -181,7 +182,7 @@ def run_row(path: Path, result: dict) -> dict:
     return row
 
 
-FAITHFUL_RUNG = "faithful"   # rung 0 of the protocol ladder: the ordinary faithful run
+FAITHFUL_RUNG = FAITHFUL   # rung 0 of the protocol ladder: the ordinary faithful run
 
 
 def _rung_name(result: dict) -> str | None:

@@ -23,13 +23,15 @@ import pandas as pd
 from scipy import stats as sps
 
 from mltfr.analysis.collect import FAITHFUL_RUNG, KEYS, is_ladder_run, load_epochs, load_user_ndcg
+from mltfr.evaluate.metrics import wins_majority
+from mltfr.study.ladder import DEFAULT_ORDER
 from mltfr.analysis.stats import (FEW_SEEDS, MIN_SEEDS, StatsConfig, add_holm, bootstrap_ci, compare_pair,
                                   format_p, pooled_users)
 from mltfr.analysis.tables import Table, empty_table, mean_std, with_run_settings
 from mltfr.analysis.variants import BASE, FULL
 from mltfr.errors import DataError
 
-FACTORS = ("selection", "eval_noise", "pooling", "mask_history", "holdout_valid", "user_vector")
+FACTORS = DEFAULT_ORDER   # the ladder's default factor order (mltfr.study.ladder)
 GAIN_PAIRS = ((FULL, BASE), ("mltfr-randomselect", BASE))   # (variant, reference) of a claimed gain
 LADDER_CELL = ["dataset", "backbone"]
 SELECTION_RUNG = "rung-selection"   # selects on validation, traces test: the optimism's runs
@@ -216,17 +218,10 @@ def ladder_table(runs: pd.DataFrame, cfg: StatsConfig = StatsConfig()) -> Table:
 
 
 # ---------------------------------------------------------------- optimism of best-on-test selection
-def wins_majority(new: dict[str, float], best: dict[str, float]) -> bool:
-    """The authors' best-epoch rule, as mltfr.evaluate.metrics.wins_majority states it (that
-    package imports torch, which the analysis must not): each metric where the best epoch is
-    strictly higher counts +1, every other one -1; the new epoch replaces the best when the sum is
-    negative (at least as good on 3 or more of the 4 metrics)."""
-    return sum(1 if best[key] > new[key] else -1 for key in best) < 0
-
-
 def majority_scores(row: pd.Series, k: int = 20) -> dict[str, float]:
     """HR, Precision, Recall and NDCG @k of one traced test evaluation (one target per user:
-    Precision@k = HR@k / k and Recall@k = HR@k, as mltfr.evaluate.majority_metrics)."""
+    Precision@k = HR@k / k and Recall@k = HR@k, as mltfr.evaluate.majority_metrics computes them
+    from ranks; the trace holds only the means). Compared by mltfr.evaluate.wins_majority."""
     hr = float(row[f"test_hr@{k}"])
     return {f"hr@{k}": hr, f"precision@{k}": hr / k, f"recall@{k}": hr, f"ndcg@{k}": float(row[f"test_ndcg@{k}"])}
 
@@ -322,8 +317,9 @@ def optimism_table(runs: pd.DataFrame) -> Table:
         "test traced at every evaluation): test NDCG@10 at the epoch the authors' rule picks on "
         "test (not worse on 3 of HR/Precision/Recall/NDCG@20) minus test NDCG@10 at the epoch "
         f"validation picked, mean ± std over the n seeds; noise = std of the change of test NDCG@10 "
-        f"between successive evaluations over the last {NOISE_EVALS}, / sqrt(2). "
-        f"{noise_correlation(tidy)}", runs[runs["rung"] == SELECTION_RUNG])
+        f"between successive evaluations over the last {NOISE_EVALS}, / sqrt(2). These runs stop "
+        "early on validation, so the authors' rule searches only the epochs they ran: the optimism "
+        f"is a lower bound. {noise_correlation(tidy)}", runs[runs["rung"] == SELECTION_RUNG])
     return Table("optimism", tidy, display, None, caption)
 
 

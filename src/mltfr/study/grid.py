@@ -26,10 +26,6 @@ from mltfr.study.layout import DATA_DIR, LLM_DIR, ROUND1_DIR
 
 Run = namedtuple("Run", "dataset backbone variant protocol seed")
 BLOCKS = ("baselines", "single_llm", "mltfr", "ablations", "sensitivity")
-# Settings that only act in round 2 (the consensus expert's weight): such variants reuse the
-# round 1 and merged expert of plain `mltfr` instead of retraining an identical round 1.
-# (mltfr-meanconsensus cannot: `mltfr fisher` merges by the round-1 run's variant.)
-ROUND2_ONLY = ("mltfr@branch.lambda_s=",)
 
 
 @functools.cache
@@ -45,11 +41,6 @@ def parsed_variant(variant: str) -> registry.Parsed:
 def uses_consensus(variant: str) -> bool:
     """Sensitivity runs are mltfr with a setting changed: two rounds, like mltfr."""
     return parsed_variant(variant).variant.rounds == 2
-
-
-def round1_variant(variant: str) -> str:
-    """The variant whose round 1 (and Fisher file) a consensus variant's round 2 starts from."""
-    return "mltfr" if variant.startswith(ROUND2_ONLY) else variant
 
 
 def cli_value(value) -> str:
@@ -195,9 +186,9 @@ class Study:
 
     @functools.cached_property
     def variant_backbones(self) -> list:
-        """Every (variant, backbone) a job may carry: final runs plus the round-1 runs they start from."""
-        finals = {(run.variant, run.backbone) for run in self.runs}
-        return sorted(finals | {(round1_variant(v), b) for v, b in finals if uses_consensus(v)})
+        """Every (variant, backbone) a job may carry (a consensus variant's round 1 is its own: even
+        lambda_s acts in round 1, through the random frozen consensus expert)."""
+        return sorted({(run.variant, run.backbone) for run in self.runs})
 
     def like_llm(self, llm: str) -> str | None:
         """The LLM whose table a `random` entry copies the shape of (`like:`), or None."""
@@ -250,7 +241,5 @@ class Study:
         return f"--data {data} --out {out} {variant}{self.rung_args(run['protocol'])}"
 
     def consensus_file(self, wildcards: Mapping) -> str:
-        """The merged expert a consensus variant's round 2 reads (round 1 of round1_variant)."""
-        run = dict(wildcards)
-        run["variant"] = round1_variant(run["variant"])
-        return f"{ROUND1_DIR.format(**run)}/consensus.safetensors"
+        """The merged expert a consensus variant's round 2 reads (from its own round 1)."""
+        return f"{ROUND1_DIR.format(**dict(wildcards))}/consensus.safetensors"

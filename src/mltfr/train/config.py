@@ -119,10 +119,12 @@ class RunConfig:
 
     @property
     def max_epochs(self) -> int:
-        """The epoch budget: `epochs`, or the protocol's default when unset."""
+        """The epoch budget: `epochs`, or the selection rule's default when unset: the authors'
+        fixed 100 when selecting on test, at most 200 with early stopping on validation (so the
+        ladder's selection factor switches the rule and its budget together)."""
         if self.epochs is not None:
             return self.epochs
-        return FAITHFUL_EPOCHS if self.protocol == "faithful" else CORRECTED_EPOCHS
+        return FAITHFUL_EPOCHS if self.selects_on == "test" else CORRECTED_EPOCHS
 
     @property
     def selection(self) -> str:
