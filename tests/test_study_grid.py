@@ -81,8 +81,6 @@ def written_random(cfg, seed_a=1, seed_b=2, like_b="paraphrase-minilm"):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda cfg: written_random(cfg, seed_b=1),
-     "config key `llms.random-paraphrase-minilm.seed`: 1 is also the seed of the random entry 'random-minilm'"),
     (lambda cfg: written_random(cfg, like_b="minilm"),
      "config key `study.blocks.ablations.random_controls.paraphrase-minilm`: names 'random-paraphrase-minilm', "
      "which copies the shape of 'minilm'"),

@@ -19,7 +19,6 @@ def check_study(study: Study) -> None:
     check_names("study.llms", study.study["llms"], study.llms, "llms")
     check_mltfr_llm_names(study)
     check_like_entries(study)
-    check_random_seeds(study.llms)
     check_block_subsets(study.study)
     check_untrained_backbones(study)
     check_variants(study)
@@ -48,20 +47,6 @@ def check_like_entries(study: Study) -> None:
         if like is not None and (like == llm or like not in study.llms):
             raise key_error(f"llms.{llm}.like", f"names '{like}', which is not another entry of `llms`",
                             "name the registry entry whose table shape, mean and std to copy")
-
-
-def check_random_seeds(llms: dict) -> None:
-    """Each random table must be its own Gaussian draw: no two random entries share a seed."""
-    owner = {}
-    for llm, entry in llms.items():
-        if entry["source"] != "random":
-            continue
-        seed = entry["seed"]
-        if seed in owner:
-            raise key_error(f"llms.{llm}.seed", f"{seed} is also the seed of the random entry '{owner[seed]}'; "
-                            "two controls of one seed would be the same Gaussian draw, rescaled",
-                            "give every `source: random` entry its own seed")
-        owner[seed] = llm
 
 
 def check_block_subsets(study: dict) -> None:

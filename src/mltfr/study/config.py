@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 from pathlib import Path
 
 from jsonschema import Draft202012Validator, validators
@@ -102,15 +101,11 @@ def derive_random_twins(llms: dict) -> None:
         twin = RANDOM_PREFIX + name
         if not isinstance(entry, dict) or entry.get("source") == "random" or twin in llms:
             continue
-        llms[twin] = {"source": "random", "like": name, "seed": twin_seed(twin),
+        # seed 0 for every twin: the builder mixes the entry's name into it (draw_seed)
+        llms[twin] = {"source": "random", "like": name, "seed": 0,
                       "description": f"random twin of {name}: its shape, mean and std (derived)"}
         if "dim" in entry:
             llms[twin]["dim"] = entry["dim"]
-
-
-def twin_seed(name: str) -> int:
-    """A derived twin's seed: 31 bits of sha256(name) (the same on every machine)."""
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little") >> 1
 
 
 # ---------------------------------------------------------------- schema and train:
