@@ -24,8 +24,15 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
-include: "workflow/rules/llm.smk"
-include: "workflow/rules/train.smk"
+
+
+# `--config rebuild_only=true`: the reports from the run results on disk, no training rules.
+if not REBUILD_ONLY:
+
+    include: "workflow/rules/llm.smk"
+    include: "workflow/rules/train.smk"
+
+
 include: "workflow/rules/report.smk"
 
 

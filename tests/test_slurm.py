@@ -151,7 +151,7 @@ def test_preempted_job_is_rerun_and_resumes_from_its_checkpoint(runs):
 
 
 def test_outputs_equal_the_local_run(runs):
-    results = sorted(p.relative_to(runs.slurm) for p in (runs.slurm / "results/runs").rglob("result.json"))
+    results = sorted(p.relative_to(runs.slurm) for p in (runs.slurm / "results/test/runs").rglob("result.json"))
     assert len(results) == 3                                 # base, mltfr round 1, mltfr
     for path in results:
         on_slurm, local = (json.loads((root / path).read_text()) for root in (runs.slurm, runs.local))
@@ -160,8 +160,8 @@ def test_outputs_equal_the_local_run(runs):
         ranks = [np.load(root / path.parent / "ranks.npz") for root in (runs.slurm, runs.local)]
         for key in ranks[0].files:
             np.testing.assert_array_equal(ranks[0][key], ranks[1][key])
-    for path in (f"results/data/{DATASET}/prepared.npz", "results/llm/minilm/table.safetensors",
-                 "results/llm/paraphrase-minilm/table.safetensors"):
+    for path in (f"results/test/data/{DATASET}/prepared.npz", "results/test/llm/minilm/table.safetensors",
+                 "results/test/llm/paraphrase-minilm/table.safetensors"):
         assert sha256_file(runs.slurm / path) == sha256_file(runs.local / path), path
     merged = f"{MLTFR}/round1/consensus.safetensors"
     a, b = load_file(runs.slurm / merged), load_file(runs.local / merged)

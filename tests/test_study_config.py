@@ -66,7 +66,7 @@ def test_the_shipped_configs_share_one_registry():
 
 
 def study_doc(**train) -> dict:
-    return {"registries": ["config/registry.yaml"], "study": {"datasets": ["pantry"], "llms": ["minilm"]},
+    return {"registries": ["config/registry.yaml"], "study": {"name": "t", "datasets": ["pantry"], "llms": ["minilm"]},
             "train": train}
 
 
@@ -86,7 +86,7 @@ def test_a_bad_train_key_fails_the_loader_naming_it(train, named, monkeypatch):
 def test_schema_error_in_a_registry_entry_names_the_file_and_key(in_tmp):
     write(in_tmp / "r.yaml", {"llms": {"x": {**MINILM, "dim": 0}}})
     with pytest.raises(ConfigError, match=r"Error validating config file r.yaml: config key `llms.x.dim`"):
-        load_study({"registries": ["r.yaml"]}, "s.yaml")
+        load_study({"registries": ["r.yaml"], "study": {"name": "t"}}, "s.yaml")
 
 
 @pytest.mark.parametrize("doc, named", [

@@ -54,13 +54,13 @@ def test_run_arguments_of_a_sensitivity_and_a_ladder_run():
     run = {"dataset": "pantry-u10", "backbone": "sasrec", "variant": "mltfr@branch.tau=1.0",
            "protocol": "corrected", "seed": "1"}
     assert grid.run_args(run, "out/{variant}") == (
-        "--data results/data/pantry-u10 --out out/mltfr@branch.tau=1.0 --variant mltfr --llm "
-        "minilm=results/llm/minilm --llm paraphrase-minilm=results/llm/paraphrase-minilm --set branch.tau=1.0")
+        "--data results/test/data/pantry-u10 --out out/mltfr@branch.tau=1.0 --variant mltfr --llm "
+        "minilm=results/test/llm/minilm --llm paraphrase-minilm=results/test/llm/paraphrase-minilm --set branch.tau=1.0")
     order = ",".join(TEST_CONFIG["study"]["blocks"]["protocol_ladder"]["order"])
     assert grid.rung_args("rung-eval_noise") == (
         f" --set select_on=valid --set branch.eval_noise=false --set trace_test=true --rung-order {order}")
     lam = run | {"variant": "mltfr@branch.lambda_s=0.1"}   # lambda_s acts in round 1 too: its own round 1
-    assert grid.consensus_file(lam) == ("results/runs/pantry-u10/sasrec/mltfr@branch.lambda_s=0.1/corrected/"
+    assert grid.consensus_file(lam) == ("results/test/runs/pantry-u10/sasrec/mltfr@branch.lambda_s=0.1/corrected/"
                                         "seed1/round1/consensus.safetensors")
 
 
@@ -71,8 +71,8 @@ def test_per_backbone_llms_and_group_positions():
 
     grid = study(edit)
     assert grid.variant_args("mltfr-random", "sasrec").endswith(
-        "--llm random-paraphrase-minilm=results/llm/random-paraphrase-minilm "
-        "--llm random-minilm=results/llm/random-minilm --set 'branch.consensus_group=[1,0]'")
+        "--llm random-paraphrase-minilm=results/test/llm/random-paraphrase-minilm "
+        "--llm random-minilm=results/test/llm/random-minilm --set 'branch.consensus_group=[1,0]'")
 
 
 def written_random(cfg, seed_a=1, seed_b=2, like_b="paraphrase-minilm"):
@@ -107,3 +107,41 @@ def test_consensus_needs_two_llms_of_one_dim():
 
     with pytest.raises(ConfigError, match=r"config key `study.llms`: no two of the LLMs .* share a token dimension"):
         study(edit)
+
+
+def seeds_per_protocol(cfg):
+    cfg["study"]["seeds"] = [1, 2, 3, 4, 5]
+    cfg["study"]["blocks"]["baselines"]["seeds"] = {"corrected": [1, 2, 3, 4, 5], "faithful": [2, 3]}
+
+
+def test_a_block_can_run_more_seeds_under_one_protocol():
+    grid = study(lambda cfg: (only("baselines")(cfg), seeds_per_protocol(cfg)))
+    seeds = {(r.backbone, r.protocol): sorted(s.seed for s in grid.runs if (s.backbone, s.protocol) ==
+                                              (r.backbone, r.protocol)) for r in grid.runs}
+    assert seeds[("sasrec", "corrected")] == [1, 2, 3, 4, 5] and seeds[("sasrec", "faithful")] == [2, 3]
+    assert seeds[("pop", "corrected")] == [1] and seeds[("pop", "faithful")] == [2]   # counted: first seed
+
+
+@pytest.mark.parametrize("seeds, message", [
+    ({"corrected": [1]}, "config key `study.blocks.baselines.seeds`: maps protocols to seeds but has no entry "
+                         "for 'faithful'"),
+    ({"corrected": [1], "faithful": [9]}, "config key `study.blocks.baselines.seeds`: [9] not in `study.seeds`"),
+    ({"valid": [1]}, "config key `study.blocks.baselines.seeds`"),
+])
+def test_seeds_per_protocol_are_checked(seeds, message):
+    with pytest.raises(ConfigError) as info:
+        study(lambda cfg: cfg["study"]["blocks"]["baselines"].update(seeds=seeds))
+    assert message in str(info.value)
+
+
+def test_outputs_go_under_the_study_name():
+    grid = study(lambda cfg: cfg["study"].update(name="other", findings="docs/other.md"))
+    assert grid.layout.run_dir == "results/other/runs/{dataset}/{backbone}/{variant}/{protocol}/seed{seed}"
+    assert (grid.layout.figures, grid.layout.logs, grid.layout.findings) == ("figures/other", "logs/other",
+                                                                             "docs/other.md")
+    assert study().layout.findings == "results/test/findings.md"
+
+
+def test_a_study_needs_a_name():
+    with pytest.raises(ConfigError, match=r"config key `study`: 'name' is a required property"):
+        study(lambda cfg: cfg["study"].pop("name"))

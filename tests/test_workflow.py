@@ -87,8 +87,8 @@ def test_default_config_grid(env):
     assert counts["train_round1"] == counts["fisher"] == 4 + 3 + 2
     assert counts["extract_llm"] == 5  # 4 study LLMs + random-paraphrase-minilm for mltfr-random
     assert counts["prepare_dataset"] == 2
-    # + run_manifest, tables, stats, figures, all
-    assert counts["total"] == 46 + 9 + 9 + 5 + 2 + 5
+    # + run_manifest, tables, stats, figures, findings, all
+    assert counts["total"] == 46 + 9 + 9 + 5 + 2 + 6
 
 
 def test_paper_dry_run_with_slurm_profile(env):
@@ -111,7 +111,7 @@ def test_paper_dry_run_with_slurm_profile(env):
     assert counts["train"] == 280 * 2 + 70 + 14 + 294 + 81 + 102 + 378 + 21
     assert counts["train_round1"] == counts["fisher"] == 280 + 72 + 102 + 273
     assert counts["extract_llm"] == 12 and counts["prepare_dataset"] == 7
-    assert counts["total"] == 1520 + 2 * 727 + 12 + 7 + 5
+    assert counts["total"] == 1520 + 2 * 727 + 12 + 7 + 6
     assert cpu < DAG_BUDGET_S, f"{counts['total']} jobs took {cpu:.1f} s CPU ({wall:.1f} s wall)"
 
 
@@ -265,7 +265,7 @@ def shell_commands(env, configfile, *targets) -> list[str]:
     return [line[line.index("mltfr train"):] for line in out.splitlines() if "mltfr train" in line]
 
 
-LADDER_RUN = "results/runs/pantry-u10/sasrec/{variant}/{rung}/seed1/result.json"
+LADDER_RUN = "results/test/runs/pantry-u10/sasrec/{variant}/{rung}/seed1/result.json"
 
 
 def settings(command: str) -> dict:
@@ -289,7 +289,7 @@ def test_ladder_rungs_differ_from_the_previous_in_one_setting(env, variant):
         assert len(set(now.items()) ^ set(before.items())) == 1, rung.name   # one setting added
         key, value = ladder.FACTORS[rung.factors[-1]]
         assert now[key] == str(value).lower() and key not in before
-        assert f"--out results/runs/pantry-u10/sasrec/{variant}/{rung.name}/seed1 " in final[rung.name]
+        assert f"--out results/test/runs/pantry-u10/sasrec/{variant}/{rung.name}/seed1 " in final[rung.name]
     if variant == "mltfr":   # round 1 of each rung in the rung's folder, with the same settings
         rounds1 = [c for c in commands if "/round1 " in c]
         assert len(rounds1) == len(rungs)
@@ -320,8 +320,8 @@ def assert_dry_run_fails(env, tmp_path, edit, named):
 
 def test_paper_config_gives_each_backbone_the_authors_llms_and_group(env):
     bert4rec, sasrec = shell_commands(
-        env, "config/paper.yaml", "results/runs/beauty/bert4rec/mltfr/faithful/seed1/round1/result.json",
-        "results/runs/beauty/sasrec/mltfr/faithful/seed1/round1/result.json")
+        env, "config/paper.yaml", "results/paper/runs/beauty/bert4rec/mltfr/faithful/seed1/round1/result.json",
+        "results/paper/runs/beauty/sasrec/mltfr/faithful/seed1/round1/result.json")
     if "--backbone sasrec" in bert4rec:
         bert4rec, sasrec = sasrec, bert4rec
     llms = lambda cmd: re.findall(r"--llm ([\w.-]+)=", cmd)  # noqa: E731
@@ -338,8 +338,8 @@ def test_per_backbone_llms_and_group_in_a_small_config(env, tmp_path):
 
     path = write_config(tmp_path, "config/test.yaml", per_backbone)
     noconsensus, random_round1 = sorted(shell_commands(
-        env, path, "results/runs/pantry-u10/sasrec/mltfr-noconsensus/corrected/seed1/result.json",
-        "results/runs/pantry-u10/sasrec/mltfr-random/corrected/seed1/round1/result.json"))
+        env, path, "results/test/runs/pantry-u10/sasrec/mltfr-noconsensus/corrected/seed1/result.json",
+        "results/test/runs/pantry-u10/sasrec/mltfr-random/corrected/seed1/round1/result.json"))
     assert "--llm paraphrase-minilm=" in noconsensus and "consensus_group" not in noconsensus
     assert "--llm random-paraphrase-minilm=" in random_round1
     assert "--set 'branch.consensus_group=[1,0]'" in random_round1
@@ -420,5 +420,30 @@ def test_bad_train_key_fails_the_dry_run_naming_it(env, tmp_path):
 
 def test_jobs_run_the_library_with_snakemakes_interpreter(env):
     # no PATH change while parsing: the command names the interpreter running Snakemake
-    out = snakemake(env, "results/data/pantry-u10/meta.json", "-n", "-p", "--configfile", "config/test.yaml").stdout
+    out = snakemake(env, "results/test/data/pantry-u10/meta.json", "-n", "-p", "--configfile", "config/test.yaml").stdout
     assert f"{BIN / 'python'} -m mltfr prepare --config config/test.yaml --dataset pantry-u10" in out, out
+
+
+def written_paths(env, config: str) -> set[str]:
+    """Every output, log and benchmark file of a study's jobs, from its dry run (forced: the
+    jobs whose files are present or committed are listed too)."""
+    out = snakemake(env, "-n", "--forceall", "--configfile", config).stdout
+    fields = re.findall(r"^\s+(?:output|log|benchmark): (.+)$", out, re.M)
+    return {path for field in fields for path in field.split(", ")}
+
+
+def test_each_study_writes_only_under_its_own_name(env):
+    # issue 14: the demo, the CI study and the committed CPU study never overwrite each other
+    written = {}
+    for config in ("config/config.yaml", "config/test.yaml", "config/cpu.yaml"):
+        study = yaml.safe_load((REPO / config).read_text())["study"]
+        name, findings = study["name"], study.get("findings")
+        paths = written_paths(env, config)
+        roots = (f"results/{name}/", f"figures/{name}/", f"logs/{name}/")
+        assert paths and not [p for p in paths if not p.startswith(roots) and p != findings], config
+        assert findings is None or findings in paths
+        written[name] = paths
+    assert sorted(written) == ["cpu", "demo", "test"]
+    demo, test, cpu = written["demo"], written["test"], written["cpu"]
+    assert not (demo & test) and not (demo & cpu) and not (test & cpu)
+    assert "docs/findings.md" in cpu and "results/demo/findings.md" in demo

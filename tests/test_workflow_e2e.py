@@ -39,7 +39,7 @@ EXPECTED_RUNS = sorted(
     + [("sasrec", "mltfr@branch.tau=1.0", "corrected")]
     + [("sasrec", v, f"rung-{factor}") for v in ("base", "mltfr") for factor in LADDER]
 )
-AGGREGATION = {"run_manifest": 1, "tables": 1, "stats": 1, "figures": 1, "all": 1}
+AGGREGATION = {"run_manifest": 1, "tables": 1, "stats": 1, "figures": 1, "findings": 1, "all": 1}
 
 pytestmark = pytest.mark.slow
 
@@ -90,7 +90,7 @@ def workdir(tmp_path_factory, env) -> Path:
 
 
 def run_dirs(workdir: Path) -> list[Path]:
-    return sorted(p.parent for p in (workdir / "results/runs").glob("*/*/*/*/seed*/result.json"))
+    return sorted(p.parent for p in (workdir / "results/test/runs").glob("*/*/*/*/seed*/result.json"))
 
 
 def test_every_run_has_its_result_log_and_benchmark(workdir):
@@ -98,13 +98,13 @@ def test_every_run_has_its_result_log_and_benchmark(workdir):
     assert found == EXPECTED_RUNS
     for backbone, variant, protocol in EXPECTED_RUNS:
         run = f"{DATASET}/{backbone}/{variant}/{protocol}/seed1"
-        assert (workdir / "logs/train" / f"{run}.log").is_file()
-        assert (workdir / "benchmarks/out/train" / f"{run}.tsv").is_file()
-        assert (workdir / "results/runs" / run / "ranks.npz").is_file()
+        assert (workdir / "logs/test/train" / f"{run}.log").is_file()
+        assert (workdir / "results/test/benchmarks/train" / f"{run}.tsv").is_file()
+        assert (workdir / "results/test/runs" / run / "ranks.npz").is_file()
 
 
 def test_runs_table_equals_the_result_files(workdir):
-    runs = pd.read_csv(workdir / "results/tables/runs.csv")
+    runs = pd.read_csv(workdir / "results/test/tables/runs.csv")
     assert len(runs) == len(EXPECTED_RUNS)
     for row in runs.to_dict("records"):
         test = json.loads((workdir / row["run_dir"] / "result.json").read_text())["metrics"]["test"]
@@ -112,13 +112,13 @@ def test_runs_table_equals_the_result_files(workdir):
         assert row["test_hr@10"] == pytest.approx(test["hr@10"], abs=1e-12)
         assert row["test_mrr"] == pytest.approx(test["mrr"], abs=1e-12)
         assert (row["dataset"], row["seed"]) == (DATASET, 1)
-    manifest = (workdir / "results/tables/runs.txt").read_text().split()
+    manifest = (workdir / "results/test/tables/runs.txt").read_text().split()
     assert sorted(manifest) == sorted(runs.run_dir)
 
 
 def test_main_table_holds_the_runs_means(workdir):
-    main = pd.read_csv(workdir / "results/tables/main.csv")
-    runs = pd.read_csv(workdir / "results/tables/runs.csv")
+    main = pd.read_csv(workdir / "results/test/tables/main.csv")
+    runs = pd.read_csv(workdir / "results/test/tables/runs.csv")
     assert len(main) > 0
     ndcg = main[main.metric == "ndcg@10"].set_index(["protocol", "backbone", "variant"])
     study = runs[runs.rung.isna() | (runs.rung == "faithful")]   # ladder rungs stay out of the main table
@@ -131,16 +131,16 @@ def test_main_table_holds_the_runs_means(workdir):
         assert ndcg.loc[(protocol, "pop", "base")]["mean"] == pytest.approx(pop["test_ndcg@10"].item())
         assert pop["best_epoch"].item() == 0
     # one seed: no cell is bold, none has a spread, no comparison is marked significant
-    assert not any("**" in row or "±" in row for row in table_rows(workdir / "results/tables/main.md"))
-    assert "\\textbf" not in (workdir / "results/tables/main.tex").read_text().split("\\midrule")[1]
+    assert not any("**" in row or "±" in row for row in table_rows(workdir / "results/test/tables/main.md"))
+    assert "\\textbf" not in (workdir / "results/test/tables/main.tex").read_text().split("\\midrule")[1]
     for name in outputs.TABLES:
-        assert (workdir / f"results/tables/{name}.md").stat().st_size > 0
+        assert (workdir / f"results/test/tables/{name}.md").stat().st_size > 0
 
 
 def test_sensitivity_table_holds_the_sweep_and_the_default(workdir):
     # the sweep ran tau = 1.0; mltfr ran the corrected default tau = 0.5, read from its result
-    sens = pd.read_csv(workdir / "results/tables/sensitivity.csv").set_index("value")
-    runs = pd.read_csv(workdir / "results/tables/runs.csv").query("protocol == 'corrected'")
+    sens = pd.read_csv(workdir / "results/test/tables/sensitivity.csv").set_index("value")
+    runs = pd.read_csv(workdir / "results/test/tables/runs.csv").query("protocol == 'corrected'")
     assert sorted(sens.index) == [0.5, 1.0] and set(sens["param"]) == {"branch.tau"}
     for value, variant in ((0.5, "mltfr"), (1.0, "mltfr@branch.tau=1.0")):
         run = runs[(runs.variant == variant) & (runs.backbone == "sasrec")]
@@ -148,28 +148,28 @@ def test_sensitivity_table_holds_the_sweep_and_the_default(workdir):
 
 
 def test_pvalue_table_compares_with_base_and_mltfr(workdir):
-    pvalues = pd.read_csv(workdir / "results/stats/pvalues.csv")
+    pvalues = pd.read_csv(workdir / "results/test/stats/pvalues.csv")
     assert {"base", "mltfr"} <= set(pvalues.reference)
     row = pvalues[(pvalues.reference == "base") & (pvalues.variant == "mltfr") & (pvalues.protocol == "corrected")]
     assert row.n_users.item() == 543  # every user of pantry-u10 is evaluated
     assert 0 <= row.p_wilcoxon_holm.item() <= 1 and row.p_wilcoxon.item() <= row.p_wilcoxon_holm.item()
     assert row.ci_low.item() <= row.mean_diff.item() <= row.ci_high.item()
-    assert (workdir / "results/stats/pvalues.md").stat().st_size > 0
+    assert (workdir / "results/test/stats/pvalues.md").stat().st_size > 0
 
 
 def test_ladder_table_walks_from_faithful_to_corrected(workdir):
     """Rungs in the configured order per variant, each rung's NDCG@10 the run's, gains with CIs."""
-    ladder = pd.read_csv(workdir / "results/tables/ladder.csv")
-    runs = pd.read_csv(workdir / "results/tables/runs.csv")
+    ladder = pd.read_csv(workdir / "results/test/tables/ladder.csv")
+    runs = pd.read_csv(workdir / "results/test/tables/runs.csv")
     for variant in ("base", "mltfr"):
         rows = ladder[(ladder.variant == variant) & (ladder.backbone == "sasrec")]
         assert list(rows.rung) == ["faithful", *(f"rung-{f}" for f in LADDER)]
         for row in rows.to_dict("records"):
             rung = "faithful" if row["rung"] == "faithful" else row["rung"]
-            folder = f"results/runs/{DATASET}/sasrec/{variant}/{rung}/seed1"
+            folder = f"results/test/runs/{DATASET}/sasrec/{variant}/{rung}/seed1"
             run = runs[runs.run_dir == folder]
             assert row["ndcg@10"] == pytest.approx(run["test_ndcg@10"].item())
-    assert not any("±" in row or "*" in row for row in table_rows(workdir / "results/tables/ladder.md"))  # one seed
+    assert not any("±" in row or "*" in row for row in table_rows(workdir / "results/test/tables/ladder.md"))  # one seed
 
 
 def table_rows(path: Path) -> list[str]:
@@ -179,10 +179,10 @@ def table_rows(path: Path) -> list[str]:
 
 @pytest.mark.parametrize("name", outputs.FIGURES)
 def test_figure_is_drawn_as_png_and_pdf(workdir, name):
-    image = imread(workdir / "figures" / f"{name}.png")  # (H, W, 3|4) floats
+    image = imread(workdir / "figures/test" / f"{name}.png")  # (H, W, 3|4) floats
     colours = np.unique(image.reshape(-1, image.shape[-1]), axis=0)
     assert len(colours) > 1, f"{name}.png is blank"
-    assert (workdir / "figures" / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
+    assert (workdir / "figures/test" / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
 
 
 def test_html_report_holds_every_figure(workdir):
@@ -192,13 +192,22 @@ def test_html_report_holds_every_figure(workdir):
         assert f"{name}.png" in html
 
 
+def test_a_short_study_says_it_is_a_demonstration(workdir):
+    # test.yaml trains 1 epoch: the report, the findings and every table caption say so
+    html = (workdir / "report.html").read_text(errors="replace")
+    assert "DEMONSTRATION, NOT A RESULT: every run of this study stops after a fixed 1 epoch(s)" in html
+    assert "DEMONSTRATION" in (workdir / "results/test/findings.md").read_text()
+    for name in ("main", "ablations", "protocols", "ladder"):
+        assert "DEMONSTRATION" in (workdir / f"results/test/tables/{name}.md").read_text(), name
+
+
 def test_second_run_has_nothing_to_do(workdir, env):
     assert dry_run_counts(workdir, env) == {}
 
 
 def test_a_changed_result_reruns_the_aggregation_only(workdir, env):
     # as after a rerun of that run (a mere touch is not enough: Snakemake also compares checksums)
-    result = workdir / "results/runs" / DATASET / "sasrec/base/corrected/seed1/result.json"
+    result = workdir / "results/test/runs" / DATASET / "sasrec/base/corrected/seed1/result.json"
     result.write_text(json.dumps(json.loads(result.read_text()) | {"note": "rerun"}))
     assert dry_run_counts(workdir, env) == AGGREGATION
 

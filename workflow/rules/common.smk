@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 from snakemake.io import report as report_item  # `report` alone is a directive keyword
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
@@ -20,8 +21,7 @@ from mltfr.analysis import outputs as aggregate_outputs
 from mltfr.errors import ConfigError
 from mltfr.study import config as study_config
 from mltfr.study.grid import alternatives, uses_consensus
-from mltfr.study.layout import BENCHMARKS, DATA_MARKER, FIGURES, LLM_MARKER
-from mltfr.study.layout import ROUND1_DIR, RUN_DIR, RUN_WILDCARDS, STATS, TABLES
+from mltfr.study.layout import RUN_WILDCARDS
 
 
 def config_path():
@@ -58,17 +58,40 @@ def mltfr_command():
 
 
 STUDY = load_study()
+REBUILD_ONLY = STUDY.config["rebuild_only"]
+# every output under results/<study.name>/, figures/<name>/, logs/<name>/
+LAYOUT = STUDY.layout
 CLI_CONFIG = str(config_path())
 MLTFR = mltfr_command()
 
 
 # ---------------------------------------------------------------- targets
 def run_results():
-    return [f"{RUN_DIR.format(**run._asdict())}/result.json" for run in STUDY.runs]
+    """Every run's result.json; with rebuild_only, those on disk (the training rules are not
+    loaded then, so these are source files and nothing is trained)."""
+    results = [
+        f"{LAYOUT.run_dir.format(**run._asdict())}/result.json" for run in STUDY.runs
+    ]
+    if not REBUILD_ONLY:
+        return results
+    present = [result for result in results if Path(result).is_file()]
+    if not present:
+        raise WorkflowError(
+            f"rebuild_only: none of the {len(results)} runs of study '{LAYOUT.name}' has a "
+            f"result.json under {LAYOUT.root}/runs; train them first (drop rebuild_only)"
+        )
+    if len(present) < len(results):
+        logger.warning(
+            f"rebuild_only: {len(present)} of {len(results)} runs of study "
+            f"'{LAYOUT.name}' have results; the tables show those only"
+        )
+    return present
 
 
 def dataset_markers():
-    return [DATA_MARKER.format(dataset=dataset) for dataset in STUDY.all_datasets()]
+    return [
+        LAYOUT.data_marker.format(dataset=dataset) for dataset in STUDY.all_datasets()
+    ]
 
 
 # Report categories of the figures (mltfr.analysis.outputs.FIGURES), in reading order.
@@ -99,13 +122,13 @@ def figure_outputs():
     the PDF beside it as a plain output."""
     pngs = [
         report_item(
-            f"{FIGURES}/{name}.png",
+            f"{LAYOUT.figures}/{name}.png",
             category=FIGURE_CATEGORIES.get(name, "8. Other"),
             caption=f"../report/{name}.rst",
         )
         for name in aggregate_outputs.FIGURES
     ]
-    return pngs + [f"{FIGURES}/{name}.pdf" for name in aggregate_outputs.FIGURES]
+    return pngs + [f"{LAYOUT.figures}/{name}.pdf" for name in aggregate_outputs.FIGURES]
 
 
 def report_tables(files):
@@ -119,19 +142,26 @@ def report_tables(files):
 def get_final_output():
     """What `snakemake` builds by default: every table, statistic and figure of the study.
     The run results are inputs of the run manifest, so they are built too."""
-    files = aggregate_outputs.table_outputs(TABLES) + aggregate_outputs.stats_outputs(
-        STATS
-    )
-    files += aggregate_outputs.figure_outputs(FIGURES)
-    return [str(path) for path in files]
+    files = aggregate_outputs.table_outputs(LAYOUT.tables)
+    files += aggregate_outputs.stats_outputs(LAYOUT.stats)
+    files += aggregate_outputs.figure_outputs(LAYOUT.figures)
+    return [str(path) for path in files] + [LAYOUT.findings]
 
 
 # ---------------------------------------------------------------- input functions
 def train_inputs(wildcards):
-    """Round 1 and single-round runs: the dataset's and the variant's LLMs' markers."""
+    """Round 1 and single-round runs: the dataset's and the variant's LLMs' markers.
+
+    They are ancient: a run whose result.json exists is not retrained because its dataset or
+    table was prepared again later. A study's runs committed to the repository (results/<name>/
+    runs, without data or tables) then resume on a fresh clone: the remaining runs prepare the
+    data, the committed ones stay. A changed dataset or LLM entry therefore needs
+    `--forcerun train_round1 train` (each result.json records the prepared data's sha256).
+    """
     llms = STUDY.variant_llms(wildcards.variant, wildcards.backbone)  # cached
-    data = DATA_MARKER.format(dataset=wildcards.dataset)
-    return [data, *(LLM_MARKER.format(llm=llm) for llm in llms)]
+    data = LAYOUT.data_marker.format(dataset=wildcards.dataset)
+    markers = [data, *(LAYOUT.llm_marker.format(llm=llm) for llm in llms)]
+    return [ancient(marker) for marker in markers]
 
 
 def round2_inputs(wildcards):
@@ -146,7 +176,7 @@ def round2_inputs(wildcards):
 def llm_inputs(wildcards):
     """A random table with `like:` reads that LLM's table: extract it first, in its own job."""
     like = STUDY.like_llm(wildcards.llm)
-    return [] if like is None else [LLM_MARKER.format(llm=like)]
+    return [] if like is None else [LAYOUT.llm_marker.format(llm=like)]
 
 
 # ---------------------------------------------------------------- params functions
@@ -160,12 +190,12 @@ def llm_entry(wildcards):
 
 
 def round1_args(wildcards):
-    return STUDY.run_args(wildcards, ROUND1_DIR)
+    return STUDY.run_args(wildcards, LAYOUT.round1_dir)
 
 
 def round2_args(wildcards):
     """Single-round and final runs; a consensus variant adds its merged expert (`--consensus`)."""
-    args = STUDY.run_args(wildcards, RUN_DIR)
+    args = STUDY.run_args(wildcards, LAYOUT.run_dir)
     if uses_consensus(wildcards.variant):
         args += f" --consensus {STUDY.consensus_file(wildcards)}"
     return args

@@ -1,19 +1,19 @@
-"""Datasets: each prepared once into results/data/<dataset>, shared by every run on it.
+"""Datasets: each prepared once into results/<study>/data/<dataset>, shared by its runs.
 
 Downstream jobs depend on meta.json only (written last, it holds prepared.npz's checksum).
-The dataset statistics table (results/tables/dataset_stats.*) is written by the tables step
+The dataset statistics table (results/<study>/tables/dataset_stats.*) is written by the tables step
 of `mltfr aggregate` from these meta.json files (report.smk).
 """
 
 
 rule prepare_dataset:
     output:
-        prepared="results/data/{dataset}/prepared.npz",
-        meta=DATA_MARKER,
+        prepared=f"{LAYOUT.data_dir}/prepared.npz",
+        meta=LAYOUT.data_marker,
     log:
-        "logs/data/{dataset}.log",
+        f"{LAYOUT.logs}/data/{{dataset}}.log",
     benchmark:
-        "benchmarks/out/data/{dataset}.tsv"
+        f"{LAYOUT.benchmarks}/data/{{dataset}}.tsv"
     conda:
         "../../envs/mltfr.yaml"
     threads: 1
@@ -23,4 +23,4 @@ rule prepare_dataset:
         entry=dataset_entry,
     shell:
         "{params.mltfr} prepare --config {params.config} --dataset {wildcards.dataset}"
-        " --out results/data/{wildcards.dataset} > {log} 2>&1"
+        " --out $(dirname {output.meta}) > {log} 2>&1"

@@ -1,4 +1,4 @@
-"""LLM token tables: each extracted once into results/llm/<llm>, shared by every run using it.
+"""LLM token tables: each extracted once into results/<study>/llm/<llm>, shared by its runs.
 
 Downstream jobs depend on meta.json only (written last, it holds the table's checksum). A
 random control with `like: OTHER` copies OTHER's shape, mean and std, so OTHER is extracted
@@ -10,12 +10,12 @@ rule extract_llm:
     input:
         llm_inputs,
     output:
-        table="results/llm/{llm}/table.safetensors",
-        meta=LLM_MARKER,
+        table=f"{LAYOUT.llm_dir}/table.safetensors",
+        meta=LAYOUT.llm_marker,
     log:
-        "logs/llm/{llm}.log",
+        f"{LAYOUT.logs}/llm/{{llm}}.log",
     benchmark:
-        "benchmarks/out/llm/{llm}.tsv"
+        f"{LAYOUT.benchmarks}/llm/{{llm}}.tsv"
     conda:
         "../../envs/mltfr.yaml"
     threads: 1
@@ -25,4 +25,4 @@ rule extract_llm:
         entry=llm_entry,
     shell:
         "{params.mltfr} extract-llm --config {params.config} --llm {wildcards.llm}"
-        " --out results/llm/{wildcards.llm} > {log} 2>&1"
+        " --out $(dirname {output.meta}) > {log} 2>&1"

@@ -1,10 +1,12 @@
-"""Aggregation, statistics, figures and the HTML report (`snakemake --report report.html`).
+"""Aggregation, statistics, figures, the findings report and the HTML report
+(`snakemake --report report.html`).
 
-Every step runs `mltfr aggregate` on the run manifest (results/tables/runs.txt, one run folder
-per line). The manifest depends on every run's result.json, so a changed or added run reruns
-the manifest and the three steps below, and nothing upstream. Output names are fixed by
+Every step runs `mltfr aggregate` on the run manifest (results/<study>/tables/runs.txt, one run
+folder per line). The manifest depends on every run's result.json, so a changed or added run
+reruns the manifest and the steps below, and nothing upstream. Output names are fixed by
 mltfr.analysis.outputs. The efficiency table reads the training jobs' benchmark files
-(benchmarks/out), which exist once their result.json does.
+(results/<study>/benchmarks), which exist once their result.json does. `mltfr findings` writes
+the study's findings report from the tables and statistics (no number typed by hand).
 """
 
 
@@ -17,11 +19,11 @@ rule run_manifest:
     input:
         results=run_results(),
     output:
-        manifest=f"{TABLES}/runs.txt",
+        manifest=f"{LAYOUT.tables}/runs.txt",
     log:
-        "logs/report/run_manifest.log",
+        f"{LAYOUT.logs}/report/run_manifest.log",
     benchmark:
-        "benchmarks/out/report/run_manifest.tsv"
+        f"{LAYOUT.benchmarks}/report/run_manifest.tsv"
     threads: 1
     run:
         folders = "".join(f"{Path(result).parent}\n" for result in input.results)
@@ -30,33 +32,34 @@ rule run_manifest:
 
 rule tables:
     input:
-        manifest=f"{TABLES}/runs.txt",
+        manifest=f"{LAYOUT.tables}/runs.txt",
         datasets=dataset_markers(),
     output:
-        report_tables(aggregate_outputs.table_outputs(TABLES)),
+        report_tables(aggregate_outputs.table_outputs(LAYOUT.tables)),
     log:
-        "logs/report/tables.log",
+        f"{LAYOUT.logs}/report/tables.log",
     benchmark:
-        "benchmarks/out/report/tables.tsv"
+        f"{LAYOUT.benchmarks}/report/tables.tsv"
     conda:
         "../../envs/mltfr.yaml"
     threads: 1
     params:
         mltfr=MLTFR,
     shell:
-        "{params.mltfr} aggregate --only tables --runs {input.manifest} --data results/data"
-        f" --tables {TABLES} --benchmarks {BENCHMARKS} > {{log}} 2>&1"
+        "{params.mltfr} aggregate --only tables --runs {input.manifest}"
+        f" --data {LAYOUT.root}/data --tables {LAYOUT.tables}"
+        f" --benchmarks {LAYOUT.benchmarks} > {{log}} 2>&1"
 
 
 rule stats:
     input:
-        manifest=f"{TABLES}/runs.txt",
+        manifest=f"{LAYOUT.tables}/runs.txt",
     output:
-        report_tables(aggregate_outputs.stats_outputs(STATS)),
+        report_tables(aggregate_outputs.stats_outputs(LAYOUT.stats)),
     log:
-        "logs/report/stats.log",
+        f"{LAYOUT.logs}/report/stats.log",
     benchmark:
-        "benchmarks/out/report/stats.tsv"
+        f"{LAYOUT.benchmarks}/report/stats.tsv"
     conda:
         "../../envs/mltfr.yaml"
     threads: 1
@@ -64,18 +67,18 @@ rule stats:
         mltfr=MLTFR,
     shell:
         "{params.mltfr} aggregate --only stats --runs {input.manifest}"
-        f" --stats {STATS} > {{log}} 2>&1"
+        f" --stats {LAYOUT.stats} > {{log}} 2>&1"
 
 
 rule figures:
     input:
-        manifest=f"{TABLES}/runs.txt",
+        manifest=f"{LAYOUT.tables}/runs.txt",
     output:
         figure_outputs(),
     log:
-        "logs/report/figures.log",
+        f"{LAYOUT.logs}/report/figures.log",
     benchmark:
-        "benchmarks/out/report/figures.tsv"
+        f"{LAYOUT.benchmarks}/report/figures.tsv"
     conda:
         "../../envs/mltfr.yaml"
     threads: 1
@@ -83,4 +86,25 @@ rule figures:
         mltfr=MLTFR,
     shell:
         "{params.mltfr} aggregate --only figures --runs {input.manifest}"
-        f" --figures {FIGURES} > {{log}} 2>&1"
+        f" --figures {LAYOUT.figures} > {{log}} 2>&1"
+
+
+rule findings:
+    input:
+        tables=aggregate_outputs.table_outputs(LAYOUT.tables),
+        stats=aggregate_outputs.stats_outputs(LAYOUT.stats),
+        figures=aggregate_outputs.figure_outputs(LAYOUT.figures),
+    output:
+        LAYOUT.findings,
+    log:
+        f"{LAYOUT.logs}/report/findings.log",
+    benchmark:
+        f"{LAYOUT.benchmarks}/report/findings.tsv"
+    conda:
+        "../../envs/mltfr.yaml"
+    threads: 1
+    params:
+        mltfr=MLTFR,
+    shell:
+        f"{{params.mltfr}} findings --study {LAYOUT.name} --tables {LAYOUT.tables}"
+        f" --stats {LAYOUT.stats} --figures {LAYOUT.figures} --out {{output}} > {{log}} 2>&1"

@@ -3,8 +3,8 @@
 Single-round variants (base, direct-*, filter-*, mltfr-noconsensus) go straight to rule
 `train`. Consensus variants train round 1 into <run>/round1, merge the experts there
 (`mltfr fisher`: Fisher-weighted, or plain mean for mltfr-meanconsensus), then `train` runs
-round 2 from scratch with the merged expert. Sensitivity runs on branch.lambda_s (round 2
-only) start from plain mltfr's round 1 (see common.smk).
+round 2 from scratch with the merged expert. Sensitivity runs train both rounds (lambda_s
+also weights round 1's random frozen expert).
 
 A run writes result.json, ranks.npz, epochs.csv and checkpoint.pt into its folder; only
 result.json, written last, is declared: it marks the run complete. Snakemake deletes the
@@ -17,11 +17,11 @@ rule train_round1:
     input:
         train_inputs,
     output:
-        result=f"{ROUND1_DIR}/result.json",
+        result=f"{LAYOUT.round1_dir}/result.json",
     log:
-        f"logs/train_round1/{RUN_WILDCARDS}.log",
+        f"{LAYOUT.logs}/train_round1/{RUN_WILDCARDS}.log",
     benchmark:
-        f"benchmarks/out/train_round1/{RUN_WILDCARDS}.tsv"
+        f"{LAYOUT.benchmarks}/train_round1/{RUN_WILDCARDS}.tsv"
     conda:
         "../../envs/mltfr.yaml"
     threads: 1
@@ -38,13 +38,13 @@ rule train_round1:
 
 rule fisher:
     input:
-        round1=f"{ROUND1_DIR}/result.json",
+        round1=f"{LAYOUT.round1_dir}/result.json",
     output:
-        consensus=f"{ROUND1_DIR}/consensus.safetensors",
+        consensus=f"{LAYOUT.round1_dir}/consensus.safetensors",
     log:
-        f"logs/fisher/{RUN_WILDCARDS}.log",
+        f"{LAYOUT.logs}/fisher/{RUN_WILDCARDS}.log",
     benchmark:
-        f"benchmarks/out/fisher/{RUN_WILDCARDS}.tsv"
+        f"{LAYOUT.benchmarks}/fisher/{RUN_WILDCARDS}.tsv"
     conda:
         "../../envs/mltfr.yaml"
     threads: 1
@@ -59,11 +59,11 @@ rule train:
     input:
         round2_inputs,
     output:
-        result=f"{RUN_DIR}/result.json",
+        result=f"{LAYOUT.run_dir}/result.json",
     log:
-        f"logs/train/{RUN_WILDCARDS}.log",
+        f"{LAYOUT.logs}/train/{RUN_WILDCARDS}.log",
     benchmark:
-        f"benchmarks/out/train/{RUN_WILDCARDS}.tsv"
+        f"{LAYOUT.benchmarks}/train/{RUN_WILDCARDS}.tsv"
     conda:
         "../../envs/mltfr.yaml"
     threads: 1

@@ -1,7 +1,7 @@
 """`mltfr aggregate`: run results -> tables, statistics and figures (all, or some with --only).
 
-    mltfr aggregate --runs results/runs --data results/data --tables results/tables \\
-                    --stats results/stats --figures figures [--only tables|stats|figures|runs]
+    mltfr aggregate --runs results/STUDY/runs --data results/STUDY/data --tables results/STUDY/tables \\
+                    --stats results/STUDY/stats --figures figures/STUDY [--only tables|stats|figures|runs]
 
 --runs is the runs folder or a manifest (one run folder per line). Output file names are fixed
 (mltfr.analysis.outputs), so workflow rules can declare them.

@@ -52,7 +52,10 @@ def check_like_entries(study: Study) -> None:
 def check_block_subsets(study: dict) -> None:
     for name, block in study["blocks"].items():
         for key in ("datasets", "backbones", "protocols", "seeds"):
-            extra = [v for v in block.get(key) or [] if v not in study[key]]
+            values = block.get(key) or []
+            if isinstance(values, dict):  # seeds per protocol
+                values = [seed for seeds in values.values() for seed in seeds]
+            extra = [v for v in values if v not in study[key]]
             if extra:
                 raise key_error(f"study.blocks.{name}.{key}", f"{extra} not in `study.{key}`",
                                 f"add them to `study.{key}` or remove them from the block")

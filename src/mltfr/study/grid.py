@@ -22,7 +22,7 @@ from mltfr.errors import ConfigError, key_error
 from mltfr.models import UNTRAINED_BACKBONES
 from mltfr.study import ladder
 from mltfr.study import variants as registry
-from mltfr.study.layout import DATA_DIR, LLM_DIR, ROUND1_DIR
+from mltfr.study.layout import Layout
 
 Run = namedtuple("Run", "dataset backbone variant protocol seed")
 BLOCKS = ("baselines", "single_llm", "mltfr", "ablations", "sensitivity")
@@ -60,6 +60,7 @@ class Study:
         self.config = config
         self.study = config["study"]
         self.llms = config["llms"]
+        self.layout = Layout(self.study["name"], self.study["findings"])
 
     # ------------------------------------------------------------ blocks
     def block(self, name: str) -> dict:
@@ -129,11 +130,26 @@ class Study:
         backbones = self.block_values(name, "backbones")
         if name == "baselines":
             backbones = list(dict.fromkeys(backbones + block["extra_backbones"]))
-        seeds = self.block_values(name, "seeds")
         grid = itertools.product(self.block_values(name, "datasets"), backbones, self.block_variants(name),
-                                 self.block_values(name, "protocols"), seeds)
-        # a counted backbone (pop) gives the same ranks under every seed: run the first one only
-        return [Run(*cell) for cell in grid if cell[1] not in UNTRAINED_BACKBONES or cell[4] == seeds[0]]
+                                 self.block_values(name, "protocols"))
+        runs = []
+        for dataset, backbone, variant, protocol in grid:
+            seeds = self.block_seeds(name, protocol)
+            # a counted backbone (pop) gives the same ranks under every seed: run the first one only
+            seeds = seeds[:1] if backbone in UNTRAINED_BACKBONES else seeds
+            runs += [Run(dataset, backbone, variant, protocol, seed) for seed in seeds]
+        return runs
+
+    def block_seeds(self, name: str, protocol: str) -> list:
+        """A block's seeds under `protocol`: one list, or a mapping protocol -> list (a cheap
+        protocol can run more seeds than an expensive one)."""
+        seeds = self.block_values(name, "seeds")
+        if not isinstance(seeds, dict):
+            return seeds
+        if protocol not in seeds:
+            raise key_error(f"study.blocks.{name}.seeds", f"maps protocols to seeds but has no entry for "
+                            f"'{protocol}', which the block runs", f"add `{protocol}: [...]`")
+        return seeds[protocol]
 
     @functools.cached_property
     def ladder_rungs(self) -> tuple:
@@ -212,7 +228,7 @@ class Study:
         """`--variant V [--llm NAME=DIR ...] [--set key=value ...]` of a variant on `backbone`."""
         parsed = parsed_variant(variant)
         args = [f"--variant {'mltfr' if parsed.key else variant}"]   # sensitivity: mltfr + --set
-        args += [f"--llm {llm}={LLM_DIR.format(llm=llm)}" for llm in self.variant_llms(variant, backbone)]
+        args += [f"--llm {llm}={self.layout.llm_dir.format(llm=llm)}" for llm in self.variant_llms(variant, backbone)]
         if parsed.key not in (None, "n_llms"):  # n_llms acts through the LLM list instead
             args.append(f"--set {parsed.key}={parsed.value}")
         group = self.consensus_group(backbone) if uses_consensus(variant) else None
@@ -236,10 +252,10 @@ class Study:
     def run_args(self, wildcards: Mapping, folder: str) -> str:
         """`--data D --out FOLDER --variant V ...` of a training job (FOLDER: a run template)."""
         run = dict(wildcards)
-        data, out = DATA_DIR.format(**run), folder.format(**run)
+        data, out = self.layout.data_dir.format(**run), folder.format(**run)
         variant = self.variant_args(run["variant"], run["backbone"])
         return f"--data {data} --out {out} {variant}{self.rung_args(run['protocol'])}"
 
     def consensus_file(self, wildcards: Mapping) -> str:
         """The merged expert a consensus variant's round 2 reads (from its own round 1)."""
-        return f"{ROUND1_DIR.format(**dict(wildcards))}/consensus.safetensors"
+        return f"{self.layout.round1_dir.format(**dict(wildcards))}/consensus.safetensors"

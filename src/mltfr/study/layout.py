@@ -1,17 +1,77 @@
 """Where the workflow writes (docs/architecture.md, "Layout of generated files"). Torch-free.
 
+Every study config has a name (`study.name`) and writes only under it, so the demonstration,
+the CI study and a converged study committed to the repository never overwrite each other:
+
+    results/<name>/   data/, llm/, runs/, tables/, stats/, benchmarks/ (job timings)
+    figures/<name>/   the figures
+    logs/<name>/      one log per job
+
 Templates take the workflow's wildcards; the markers are the files written last (meta.json holds
 the checksums), so downstream jobs depend on one file per dataset and per LLM.
 """
+from __future__ import annotations
 
-DATA_DIR = "results/data/{dataset}"
-LLM_DIR = "results/llm/{llm}"
+from dataclasses import dataclass
+
 RUN_WILDCARDS = "{dataset}/{backbone}/{variant}/{protocol}/seed{seed}"
-RUN_DIR = f"results/runs/{RUN_WILDCARDS}"
-ROUND1_DIR = f"{RUN_DIR}/round1"
-TABLES = "results/tables"
-STATS = "results/stats"
-FIGURES = "figures"
-BENCHMARKS = "benchmarks/out"
-DATA_MARKER = f"{DATA_DIR}/meta.json"
-LLM_MARKER = f"{LLM_DIR}/meta.json"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The folders and file templates of the study named `name`."""
+
+    name: str
+    findings_file: str | None = None  # study.findings; None: results/<name>/findings.md
+
+    @property
+    def root(self) -> str:
+        return f"results/{self.name}"
+
+    @property
+    def data_dir(self) -> str:
+        return f"{self.root}/data/{{dataset}}"
+
+    @property
+    def llm_dir(self) -> str:
+        return f"{self.root}/llm/{{llm}}"
+
+    @property
+    def run_dir(self) -> str:
+        return f"{self.root}/runs/{RUN_WILDCARDS}"
+
+    @property
+    def round1_dir(self) -> str:
+        return f"{self.run_dir}/round1"
+
+    @property
+    def tables(self) -> str:
+        return f"{self.root}/tables"
+
+    @property
+    def stats(self) -> str:
+        return f"{self.root}/stats"
+
+    @property
+    def benchmarks(self) -> str:
+        return f"{self.root}/benchmarks"
+
+    @property
+    def figures(self) -> str:
+        return f"figures/{self.name}"
+
+    @property
+    def logs(self) -> str:
+        return f"logs/{self.name}"
+
+    @property
+    def findings(self) -> str:
+        return self.findings_file or f"{self.root}/findings.md"
+
+    @property
+    def data_marker(self) -> str:
+        return f"{self.data_dir}/meta.json"
+
+    @property
+    def llm_marker(self) -> str:
+        return f"{self.llm_dir}/meta.json"

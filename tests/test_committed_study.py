@@ -1,0 +1,92 @@
+"""The committed CPU study (config/cpu.yaml): its reports rebuild from the committed runs alone.
+
+The README's rebuild command runs in a temporary working directory holding only what a fresh
+clone has (the files git tracks under results/cpu, figures/cpu and docs/findings.md, the config
+and the shipped data), then every table, statistic and the findings report it wrote must equal
+the committed file byte for byte, and every committed figure must be written again.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+CONFIG = yaml.safe_load((REPO / "config/cpu.yaml").read_text())
+STUDY = CONFIG["study"]["name"]
+FINDINGS = CONFIG["study"]["findings"]
+COMPARED = (".csv", ".md", ".tex")   # text outputs; parquet, PNG and PDF embed library versions
+CLONED_AT = 1_000_000_000             # the copies' mtime (2001): a rewritten file is newer
+
+pytestmark = pytest.mark.slow
+
+
+def tracked(*paths: str) -> list[str]:
+    out = subprocess.run(["git", "ls-files", "--", *paths], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout
+    return out.split()
+
+
+def copy_fresh_clone(dest: Path) -> list[str]:
+    """The committed study files (as a fresh clone has them), its config and the data."""
+    files = tracked(f"results/{STUDY}", f"figures/{STUDY}", FINDINGS)
+    for name in files:
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, dest / name)
+        os.utime(dest / name, (CLONED_AT, CLONED_AT))
+    (dest / "config").mkdir(exist_ok=True)
+    for name in ("cpu.yaml", "registry.yaml"):
+        shutil.copy(REPO / "config" / name, dest / "config" / name)
+    (dest / "data").symlink_to(REPO / "data", target_is_directory=True)
+    return files
+
+
+@pytest.fixture(scope="module")
+def rebuilt(tmp_path_factory) -> tuple[Path, list[str]]:
+    work = tmp_path_factory.mktemp("rebuild")
+    files = copy_fresh_clone(work)
+    committed = {name: (REPO / name).read_bytes() for name in files}
+    stub = tmp_path_factory.mktemp("stub")     # the slurm plugin's import waits on scontrol
+    (stub / "scontrol").write_text("#!/bin/sh\nexit 1\n")
+    (stub / "scontrol").chmod(0o755)
+    env = os.environ | {"PATH": f"{stub}:{os.environ['PATH']}"}
+    cmd = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--cores", "2",
+           "--configfile", "config/cpu.yaml", "--config", "rebuild_only=true"]
+    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return work, files, committed, proc.stdout + proc.stderr
+
+
+def test_the_study_has_committed_runs_and_reports(rebuilt):
+    _, files, _, _ = rebuilt
+    runs = [f for f in files if f.startswith(f"results/{STUDY}/runs/") and f.endswith("/result.json")]
+    assert len(runs) >= 10, "config/cpu.yaml's runs are committed (scripts/stage-study.sh cpu)"
+    assert FINDINGS in files and f"results/{STUDY}/tables/main.md" in files
+
+
+def test_rebuild_trains_nothing(rebuilt):
+    work, files, _, log = rebuilt
+    assert "rule train" not in log and "rule fisher" not in log
+    assert not list((work / "results" / STUDY / "runs").rglob("checkpoint.pt"))
+
+
+def test_rebuilt_tables_statistics_and_findings_equal_the_committed_ones(rebuilt):
+    work, files, committed, _ = rebuilt
+    text = [f for f in files if f.endswith(COMPARED) and not f.startswith(f"results/{STUDY}/runs/")
+            and "/benchmarks/" not in f]
+    assert FINDINGS in text and any(f.endswith("/ladder.csv") for f in text)
+    differ = [name for name in text if (work / name).read_bytes() != committed[name]]
+    assert not differ, f"rebuilt files differ from the committed ones: {differ}"
+
+
+def test_every_committed_figure_is_drawn_again(rebuilt):
+    work, files, _, _ = rebuilt
+    figures = [f for f in files if f.startswith(f"figures/{STUDY}/")]
+    assert len(figures) >= 20                       # ten figures, PNG and PDF
+    assert not [f for f in figures if (work / f).stat().st_mtime <= CLONED_AT]
