@@ -155,6 +155,8 @@ def test_demonstration_label_counts_unconverged_runs_and_thin_cells():
         + [{**row, "backbone": "pop", "variant": "base", "protocol": "corrected", "seed": 1, "select_on": "valid",
             "epoch_budget": 1, "epochs_run": 0, "early_stopped": False}])
     assert demonstration_label(runs) is None               # pop: one seed, no training, by design
+    # no selection rule recorded (an all-empty CSV column): the protocol's rule and budget apply
+    assert demonstration_label(runs.assign(select_on=np.nan)) is None
     # a ladder rung that selects on validation has the validation rule's default budget (200)
     ladder = {**row, "protocol": "faithful", "rung": "rung-selection", "select_on": "valid", "epoch_budget": 100,
               "epochs_run": 100, "early_stopped": False}

@@ -35,7 +35,8 @@ def default_budget(runs: pd.DataFrame) -> pd.Series:
     """Each run's default epoch budget for the selection rule it recorded (`select_on`; the
     protocol's rule where none is recorded: test under faithful, valid otherwise)."""
     by_protocol = _column(runs, "protocol").map(lambda p: "test" if p == "faithful" else "valid")
-    return _column(runs, "select_on").fillna(by_protocol).map(DEFAULT_BUDGET).astype(float)
+    recorded = _column(runs, "select_on").astype(object)    # all-NaN from a CSV: float, not str
+    return recorded.where(recorded.notna(), by_protocol).map(DEFAULT_BUDGET).astype(float)
 
 
 def converged(runs: pd.DataFrame) -> pd.Series:
