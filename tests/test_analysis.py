@@ -121,6 +121,8 @@ def test_runs_table_equals_the_result_files(runs, tree):
         assert {k: row[k] for k in KEYS} == {**{k: result[k] for k in KEYS}, "dataset": result["dataset"]["name"]}
         assert {m: row[f"test_{m}"] for m in result["metrics"]["test"]} == result["metrics"]["test"]
         assert row["n_params"] == result["n_parameters"]
+        assert (row["epochs_run"], row["epoch_budget"], row["early_stopped"]) == (
+            result["epochs_run"], result["epoch_budget"], result["early_stopped"])
         assert row["peak_mem_mb"] == row["peak_host_rss_mb"] == result["peak_memory_mb"]["host_rss"]
         assert row["epoch_s"] == 2.0 * row["seed"]            # the mean of per_epoch_s [seed, 3 seed]
         assert (row["eval_s"], row["seqs_per_s"], row["dataset_sha256"]) == (1.0, 50.0, "0" * 64)
@@ -360,7 +362,8 @@ def test_misplaced_or_incomplete_result_is_an_error(tmp_path):
 
 def test_analysis_does_not_import_torch():
     code = ("import sys, mltfr.analysis, mltfr.analysis.pipeline, mltfr.analysis.stats, "
-            "mltfr.analysis.figures, mltfr.analysis.ladder, mltfr.cli.analysis, mltfr.evaluate; "
+            "mltfr.analysis.figures, mltfr.analysis.ladder, mltfr.cli.analysis, mltfr.evaluate, "
+            "mltfr.analysis.findings, mltfr.analysis.demonstration, mltfr.cli.findings; "
             "from mltfr.evaluate import per_user_metrics, metrics_from_ranks; "
             "assert 'torch' not in sys.modules, 'torch'")
     subprocess.run([sys.executable, "-c", code], check=True)

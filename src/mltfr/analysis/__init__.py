@@ -10,6 +10,8 @@ imports torch, so everything can be redrawn on any machine. Modules:
     stats     Wilcoxon / t-test / bootstrap / Holm for every comparison
     figures   seaborn figures (PNG, PDF)
     pipeline  the steps of `mltfr aggregate`
+    demonstration  the "demonstration, not a result" label of unconverged or thin runs
+    findings  the findings report (`mltfr findings`) from the written tables and statistics
 """
 from mltfr.analysis.outputs import FIGURES, TABLES, figure_outputs, stats_outputs, table_outputs
 

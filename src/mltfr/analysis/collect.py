@@ -193,7 +193,8 @@ def _rung_name(result: dict) -> str | None:
 
 def _ladder_fields(result: dict) -> dict:
     """The run's ladder rung (rung, rung_index, rung_previous, rung_order: the configured factor
-    order joined by ','), and the protocol settings the ladder varies, as recorded.
+    order joined by ','), the protocol settings the ladder varies and how long the run trained
+    (epoch_budget, epochs_run, early_stopped: mltfr.analysis.demonstration reads them), as recorded.
 
     An ordinary faithful run is rung 0 "faithful"; an ordinary corrected run has no rung (NaN).
     """
@@ -206,6 +207,7 @@ def _ladder_fields(result: dict) -> dict:
         "rung_previous": rung.get("previous"),
         "rung_order": ",".join(rung["order"]) if rung.get("order") else None,
         "epoch_budget": _number(result.get("epoch_budget")),
+        "epochs_run": _number(result.get("epochs_run")), "early_stopped": result.get("early_stopped"),
         "select_on": result.get("select_on"), "holdout_valid": result.get("holdout_valid"),
         "mask_history": result.get("mask_history"), "eval_noise": branch.get("eval_noise"),
         "pooling": branch.get("pooling"), "user_vector": branch.get("user_vector"),

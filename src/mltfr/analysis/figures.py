@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -19,6 +20,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from mltfr.analysis.collect import diagnostics_frame, sensitivity_runs  # noqa: E402
+from mltfr.analysis.demonstration import demonstration_label  # noqa: E402
 from mltfr.analysis.tables import NO_RUNS, paired_gain, protocol_table  # noqa: E402
 from mltfr.analysis.variants import ABLATIONS, BASE, FULL, parse_variant  # noqa: E402
 from mltfr.io import atomic_path  # noqa: E402
@@ -26,6 +28,7 @@ from mltfr.io import atomic_path  # noqa: E402
 CI95 = ("ci", 95)
 FACET = {"height": 3.0, "aspect": 1.3}
 TOP_TOKENS = 10
+BANNER_POINTS = 9   # font size of the demonstration banner
 TOKEN_FONT = "DejaVu Sans"   # the figures' font; installed system fonts are its fallbacks for tokens
 
 
@@ -38,6 +41,17 @@ def save_figure(fig: plt.Figure, folder: str | Path, name: str) -> list[Path]:
             fig.savefig(tmp, format=path.suffix[1:], dpi=150, bbox_inches="tight", metadata=meta)
     plt.close(fig)
     return paths
+
+
+def stamp_demonstration(fig: plt.Figure, runs: pd.DataFrame) -> plt.Figure:
+    """A red banner above the figure with the demonstration label of the runs it draws, if any
+    (a saved figure's tight bounding box takes the banner in)."""
+    label = demonstration_label(runs)
+    if label:
+        width = max(40, int(fig.get_figwidth() * 72 / (BANNER_POINTS * 0.62)))   # characters per line
+        fig.text(0.5, 1.0, textwrap.fill(label, width), ha="center", va="bottom", color="red",
+                 fontsize=BANNER_POINTS, fontweight="bold")
+    return fig
 
 
 def empty_figure(title: str) -> plt.Figure:
@@ -317,10 +331,28 @@ def diagnostics_figure(runs: pd.DataFrame) -> plt.Figure:
     return grid.figure
 
 
+def figure_runs(runs: pd.DataFrame, ladder_runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The runs each figure of outputs.FIGURES draws (its demonstration label is theirs)."""
+    block, variant = runs["block"], runs["variant"]
+    return {
+        "single_llm_gains": runs[block.isin(["base", "direct", "filter"])],
+        "main_comparison": runs[block.isin(["base", "direct", "filter", "mltfr"])],
+        "ablations": runs[variant.isin([FULL, *ABLATIONS])],
+        "sensitivity": sensitivity_runs(runs),
+        "router_weights": runs[variant == FULL],
+        "top_tokens": runs[variant == FULL],
+        "training_curves": runs[variant.isin([BASE, FULL])],
+        "protocols": runs,
+        "diagnostics": runs[variant.isin(diagnostics_frame(runs)["variant"])],
+        "ladder": ladder_runs,
+    }
+
+
 def draw_figures(runs: pd.DataFrame, epochs: pd.DataFrame, interp: list, folder: str | Path,
-                 ladder: pd.DataFrame | None = None) -> list[Path]:
-    """Every figure of outputs.FIGURES into `folder`; `ladder` is the ladder table's tidy frame
-    (mltfr.analysis.ladder), `runs` the protocol runs (no ladder runs)."""
+                 ladder: pd.DataFrame | None = None, ladder_runs: pd.DataFrame | None = None) -> list[Path]:
+    """Every figure of outputs.FIGURES into `folder`, each with a red banner when its runs are a
+    demonstration; `ladder` is the ladder table's tidy frame and `ladder_runs` its runs
+    (mltfr.analysis.ladder.ladder_frame), `runs` the protocol runs (no ladder runs)."""
     sns.set_theme(style="whitegrid", context="paper")
     figures = {
         "single_llm_gains": lambda: single_llm_gains_figure(runs),
@@ -334,4 +366,6 @@ def draw_figures(runs: pd.DataFrame, epochs: pd.DataFrame, interp: list, folder:
         "diagnostics": lambda: diagnostics_figure(runs),
         "ladder": lambda: ladder_figure(ladder if ladder is not None else pd.DataFrame()),
     }
-    return [p for name, draw in figures.items() for p in save_figure(draw(), folder, name)]
+    drawn = figure_runs(runs, ladder_runs if ladder_runs is not None else runs.iloc[:0])
+    return [p for name, draw in figures.items()
+            for p in save_figure(stamp_demonstration(draw(), drawn[name]), folder, name)]

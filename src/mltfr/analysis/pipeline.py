@@ -37,12 +37,12 @@ def make_figures(runs: pd.DataFrame, out: str | Path, cfg=None) -> list[Path]:
     """Every figure under `out` (PNG and PDF); the ladder's from its own runs, the others from
     the protocol runs."""
     from mltfr.analysis.figures import draw_figures  # matplotlib only when figures are asked for
-    from mltfr.analysis.ladder import ladder_tidy
+    from mltfr.analysis.ladder import ladder_frame, ladder_tidy
     from mltfr.analysis.stats import StatsConfig
 
     study = protocol_runs(runs)
     ladder = ladder_tidy(runs, cfg or StatsConfig())
-    return draw_figures(study, load_epochs(study), load_interp(study), out, ladder)
+    return draw_figures(study, load_epochs(study), load_interp(study), out, ladder, ladder_frame(runs))
 
 
 def aggregate(runs_root: str | Path, data_root: str | Path, tables: str | Path, stats: str | Path,

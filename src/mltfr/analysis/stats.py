@@ -28,11 +28,11 @@ import pandas as pd
 from scipy import stats
 
 from mltfr.analysis.collect import load_user_ndcg, protocol_runs
+from mltfr.analysis.demonstration import MIN_SEEDS   # fewer common seeds: no t-test and no significance mark
 from mltfr.analysis.tables import CELL, Table, empty_table, with_run_settings
 from mltfr.analysis.variants import BASE, FULL
 
 FAMILY = ("dataset", "backbone", "protocol")
-MIN_SEEDS = 3            # fewer common seeds: no t-test and no significance mark
 FEW_SEEDS = f"n<{MIN_SEEDS}"   # the mark of a comparison with too few seeds: says why there is none
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from mltfr.analysis.collect import diagnostics_frame, protocol_runs, sensitivity_runs
+from mltfr.analysis.demonstration import demonstration_label
 from mltfr.analysis.outputs import DIAGNOSTIC_KEYS
 from mltfr.analysis.variants import ABLATIONS, BASE, FULL
 from mltfr.io import atomic_path, atomic_write_text
@@ -103,9 +104,12 @@ def budget_and_selection(runs: pd.DataFrame) -> str:
 
 
 def with_run_settings(caption: str, runs: pd.DataFrame) -> str:
-    """`caption` followed by the epoch budget and selection rule of `runs`."""
+    """`caption` followed by the epoch budget and selection rule of `runs`, after the
+    demonstration label when `runs` are a demonstration (mltfr.analysis.demonstration)."""
     note = budget_and_selection(runs)
-    return f"{caption} {note}" if note else caption
+    text = f"{caption} {note}" if note else caption
+    label = demonstration_label(runs)
+    return f"{label} {text}" if label else text
 
 
 def _bold_frame(tidy: pd.DataFrame, index: list[str], columns: list[str]) -> pd.DataFrame:

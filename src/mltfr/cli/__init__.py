@@ -19,6 +19,7 @@ COMMANDS = {
     "evaluate": ("mltfr.cli.evaluate", "re-evaluate a trained run's checkpoint"),
     "fisher": ("mltfr.cli.fisher", "round-1 Fisher information and merged consensus expert"),
     "aggregate": ("mltfr.cli.analysis", "collect run results into tables, statistics and figures"),
+    "findings": ("mltfr.cli.findings", "write the findings report from the aggregated tables and statistics"),
 }
 
 

@@ -1,0 +1,366 @@
+"""The study's findings report (Markdown), generated from what `mltfr aggregate` wrote.
+
+Reads only <tables>/*.csv (runs.csv included) and the .md views it embeds, and
+<stats>/comparisons.csv; never the runs. Every number and verdict in the report comes from those
+files: verdicts from one rule (`verdict`), numbers formatted from the CSV values. Figures are
+linked relative to the report's folder. It answers two questions, each with a computed verdict
+paragraph followed by its evidence:
+
+1. Do LLM token tables help an ID-based sequential recommender, beyond the controls?
+   (comparisons.csv: mltfr vs base, filter-<llm> vs base, mltfr vs the random controls; the
+   corrected protocol is the headline, the faithful one shown beside it; pop as a floor, main.csv)
+2. Does the authors' protocol overstate the gain, and through which quirk?
+   (comparisons.csv per protocol, protocols.csv, ladder.csv's change of the gain per rung,
+   optimism.csv)
+
+A table of a block that did not run (a header-only CSV) gives the line NOT_RUN.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mltfr.analysis.demonstration import MIN_SEEDS, demonstration_label
+from mltfr.analysis.stats import format_p
+from mltfr.analysis.tables import DIAG_GROUP, PROTOCOL_FACTORS
+from mltfr.analysis.variants import BASE, FULL, parse_variant
+from mltfr.errors import DataError
+from mltfr.io import atomic_write_text
+from mltfr.study.ladder import FACTORS
+
+ALPHA = 0.05                  # Holm-adjusted Wilcoxon p below which a difference gets a direction
+NOT_TESTABLE = f"not testable (n<{MIN_SEEDS} seeds)"
+NOT_RUN = "not run in this study"
+# The controls MLTFR must beat for its gain to come from the LLM tables: random tables of the same
+# shapes (no LLM knowledge) and uniformly drawn tokens (no user signal); mltfr.study.variants.
+CONTROLS = ("mltfr-random", "mltfr-randomselect")
+PROTOCOL_ORDER = ("corrected", "faithful")   # the headline first, the authors' protocol beside it
+CELL_KEYS = ["dataset", "backbone"]
+
+
+# ---------------------------------------------------------------- reading what aggregate wrote
+def read_table(folder: Path, name: str) -> pd.DataFrame:
+    """<folder>/<name>.csv; a header-only file (a block that did not run) gives an empty frame."""
+    path = Path(folder) / f"{name}.csv"
+    if not path.is_file():
+        raise DataError(f"{path}: not found; run `mltfr aggregate` first (it writes every table, "
+                        "empty ones too) and point --tables/--stats at its folders")
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+
+
+def embedded(folder: Path, name: str, title: str) -> str:
+    """The Markdown view <folder>/<name>.md, or '<title>: not run in this study.' when its
+    table is empty."""
+    if read_table(folder, name).empty:
+        return f"{title}: {NOT_RUN}.\n"
+    return (Path(folder) / f"{name}.md").read_text(encoding="utf-8")
+
+
+def figure_link(figures: Path, name: str, out: Path) -> str:
+    """A Markdown image of <figures>/<name>.png, relative to the report's folder."""
+    path = Path(figures) / f"{name}.png"
+    rel = Path(os.path.relpath(path, Path(out).parent)).as_posix()
+    if not path.is_file():
+        return f"Figure `{rel}`: not drawn (run `mltfr aggregate --only figures`).\n"
+    return f"![{name}]({rel})\n"
+
+
+# ---------------------------------------------------------------- the verdict rule
+def verdict(p_holm: float, mean_diff: float, rank_biserial: float, n_seeds: float) -> str:
+    """'better' / 'worse' when >= MIN_SEEDS common seeds back the comparison, the Holm-adjusted
+    Wilcoxon p is < ALPHA, and the mean per-user difference agrees in sign with the test's own
+    direction (rank-biserial r); NOT_TESTABLE with fewer seeds; 'no difference' otherwise."""
+    if not n_seeds >= MIN_SEEDS:
+        return NOT_TESTABLE
+    agree = np.sign(mean_diff) == np.sign(rank_biserial) != 0
+    if np.isfinite(p_holm) and p_holm < ALPHA and agree:
+        return "better" if mean_diff > 0 else "worse"
+    return "no difference"
+
+
+def _oriented(rows: pd.DataFrame, label: str, sign: int) -> pd.DataFrame:
+    """Comparison rows as '<label>' with differences signed so that > 0 favours its left side."""
+    out = rows[["dataset", "backbone", "protocol", "n_seeds", "p_wilcoxon_holm", "p_ttest_holm"]].copy()
+    out["comparison"] = label
+    for col in ("mean_diff", "rank_biserial"):
+        out[col] = sign * rows[col] + 0.0          # + 0.0: a flipped 0 prints as +0.0000, not -0.0000
+    low, high = sign * rows["ci_low"] + 0.0, sign * rows["ci_high"] + 0.0
+    out["ci_low"], out["ci_high"] = np.minimum(low, high), np.maximum(low, high)
+    return out
+
+
+def question1_rows(comparisons: pd.DataFrame) -> pd.DataFrame:
+    """mltfr vs base, each filter-<llm> vs base and mltfr vs each control, one row per cell and
+    protocol, oriented (> 0: the left side scores higher), with the verdict."""
+    if comparisons.empty:
+        return pd.DataFrame()
+    ref, variant = comparisons["reference"], comparisons["variant"]
+    filters = variant.map(lambda v: parse_variant(v).block == "filter")
+    parts = [_oriented(comparisons[(variant == FULL) & (ref == BASE)], f"{FULL} vs {BASE}", 1)]
+    parts += [_oriented(comparisons[(variant == v) & (ref == BASE) & filters], f"{v} vs {BASE}", 1)
+              for v in sorted(set(variant[filters]))]
+    parts += [_oriented(comparisons[(variant == c) & (ref == FULL)], f"{FULL} vs {c}", -1) for c in CONTROLS]
+    rows = pd.concat(parts, ignore_index=True)
+    rows["verdict"] = [verdict(*v) for v in rows[["p_wilcoxon_holm", "mean_diff", "rank_biserial",
+                                                  "n_seeds"]].to_numpy(float)]
+    return rows
+
+
+# ---------------------------------------------------------------- question 1
+def cell_answer(cell: pd.DataFrame) -> str:
+    """Whether the LLM tables help in one dataset/backbone/protocol, from its verdicts."""
+    verdicts = cell.set_index("comparison")["verdict"]
+    main = verdicts.get(f"{FULL} vs {BASE}")
+    controls = verdicts[[f"{FULL} vs {c}" for c in CONTROLS if f"{FULL} vs {c}" in verdicts.index]]
+    if main is None:
+        return "MLTFR did not run here"
+    if main != "better":
+        return f"MLTFR vs base is {main}" if main == NOT_TESTABLE else f"no: MLTFR vs base is {main}"
+    if controls.empty:
+        return "MLTFR beats base, but no control ran: the gain cannot be credited to the LLM tables"
+    if (controls == "better").all():
+        return "yes: MLTFR beats base and every control that ran"
+    weak = "; ".join(f"{k}: {v}" for k, v in controls.items() if v != "better")
+    return f"no: MLTFR beats base but not every control ({weak})"
+
+
+def _diff_text(row) -> str:
+    """'Δ NDCG@10 +0.0123 [+0.0050, +0.0200], Holm p 0.003, 3 seed(s)' of one oriented row."""
+    p = format_p(row.p_wilcoxon_holm) or "none"
+    return f"Δ NDCG@10 {_ci_cell(row) or 'none'}, Holm p {p}, {row.n_seeds:.0f} seed(s)"
+
+
+def question1_paragraph(rows: pd.DataFrame, protocol: str) -> str:
+    """One protocol's verdict: per dataset/backbone the answer, then each comparison's verdict."""
+    part = rows[rows["protocol"] == protocol]
+    lines = []
+    for (dataset, backbone), cell in part.groupby(CELL_KEYS, sort=True):
+        items = "; ".join(f"{r.comparison}: **{r.verdict}** ({_diff_text(r)})" for r in cell.itertuples())
+        lines.append(f"- {dataset}/{backbone}: **{cell_answer(cell)}**. {items}.")
+    counts = part["verdict"].value_counts()
+    answers = [cell_answer(cell) for _, cell in part.groupby(CELL_KEYS, sort=True)]
+    yes = sum(a.startswith("yes") for a in answers)
+    summary = (f"Answer under {protocol}: yes in {yes} of {len(answers)} dataset/backbone cells; "
+               f"{counts.get('no difference', 0)} of {len(part)} comparisons show no difference, "
+               f"{counts.get(NOT_TESTABLE, 0)} are {NOT_TESTABLE}.")
+    return f"{summary}\n\n" + "\n".join(lines) + "\n"
+
+
+def evidence_table(rows: pd.DataFrame) -> str:
+    """The comparisons of question 1, the corrected protocol beside the faithful one."""
+    cells = rows.assign(diff=[_ci_cell(r) for r in rows.itertuples()],
+                        p=[format_p(p) for p in rows["p_wilcoxon_holm"]],
+                        p_t=[format_p(p) for p in rows["p_ttest_holm"]],
+                        n=rows["n_seeds"].map("{:.0f}".format))
+    protocols = [p for p in PROTOCOL_ORDER if p in set(rows["protocol"])] + sorted(
+        set(rows["protocol"]) - set(PROTOCOL_ORDER))
+    wide = None
+    for protocol in protocols:
+        block = cells[cells["protocol"] == protocol][[*CELL_KEYS, "comparison", "n", "diff", "p", "p_t", "verdict"]]
+        block = block.rename(columns={"n": f"{protocol}: n seeds", "diff": f"{protocol}: Δ NDCG@10 [95% CI]",
+                                      "p": f"{protocol}: p Wilcoxon (Holm)", "p_t": f"{protocol}: p t-test (Holm)",
+                                      "verdict": f"{protocol}: verdict"})
+        wide = block if wide is None else wide.merge(block, on=[*CELL_KEYS, "comparison"], how="outer")
+    order = {c: i for i, c in enumerate(rows["comparison"].unique())}   # question1_rows' order
+    wide = wide.sort_values([*CELL_KEYS, "comparison"], key=lambda c: c.map(order) if c.name == "comparison"
+                            else c, kind="stable").fillna("")
+    return wide.to_markdown(index=False, disable_numparse=True) + "\n"
+
+
+def _ci_cell(row) -> str:
+    """'+0.0123 [+0.0050, +0.0200]' (the CI when there is one), '' without a difference."""
+    return _with_ci(row.mean_diff, row.ci_low, row.ci_high)
+
+
+def _with_ci(value: float, low: float, high: float) -> str:
+    if not np.isfinite(value):
+        return ""
+    return f"{value:+.4f} [{low:+.4f}, {high:+.4f}]" if np.isfinite(low) else f"{value:+.4f}"
+
+
+def popularity_floor(main: pd.DataFrame) -> str:
+    """Each trained backbone's base NDCG@10 against pop's, per protocol and dataset (main.csv)."""
+    if main.empty:
+        return f"Popularity floor: {NOT_RUN}.\n"
+    ndcg = main[(main["metric"] == "ndcg@10") & (main["variant"] == BASE)]
+    pop = ndcg[ndcg["backbone"] == "pop"].set_index(["protocol", "dataset"])["mean"]
+    if pop.empty:
+        return f"Popularity floor (pop): {NOT_RUN}.\n"
+    lines = []
+    for row in ndcg[ndcg["backbone"] != "pop"].itertuples():
+        if (row.protocol, row.dataset) in pop.index:
+            floor = pop[(row.protocol, row.dataset)]
+            side = "above" if row.mean > floor else "not above"
+            lines.append(f"- {row.dataset} ({row.protocol}): base {row.backbone} {row.mean:.4f} is {side} "
+                         f"the popularity floor {floor:.4f} (test NDCG@10, main.csv).")
+    return "\n".join(lines) + "\n" if lines else f"Popularity floor: {NOT_RUN} beside a trained backbone.\n"
+
+
+def question1(rows: pd.DataFrame, main: pd.DataFrame, demo: str | None) -> str:
+    """Section 1 from question1_rows: the verdict per protocol (corrected first), the evidence
+    table, the popularity floor."""
+    head = "## 1. Do LLM token tables help an ID-based sequential recommender, beyond the controls?\n\n"
+    if rows.empty:
+        return head + f"Comparisons with base or MLTFR: {NOT_RUN}.\n\n" + popularity_floor(main)
+    rule = (f"Verdict rule: better/worse only when the Holm-adjusted Wilcoxon p over users is < {ALPHA}, "
+            "the mean per-user difference agrees in sign with the rank-biserial r, and at least "
+            f"{MIN_SEEDS} common seeds back it; fewer seeds: {NOT_TESTABLE}; else no difference. "
+            "Differences: left side minus right side (stats/comparisons.csv, oriented).")
+    text = head + (f"**{demo}** The verdicts below are a demonstration, not findings.\n\n" if demo else "") + rule
+    protocols = [p for p in PROTOCOL_ORDER if p in set(rows["protocol"])]
+    for protocol in protocols:
+        role = "the headline" if protocol == "corrected" else "the authors' protocol, beside it"
+        text += f"\n\n**Verdict under the {protocol} protocol ({role})**\n\n{question1_paragraph(rows, protocol)}"
+    return text + "\n**Evidence**\n\n" + evidence_table(rows) + "\n" + popularity_floor(main)
+
+
+# ---------------------------------------------------------------- question 2
+def protocol_gains(rows: pd.DataFrame) -> str:
+    """MLTFR's gain over base under the faithful and the corrected protocol, per dataset/backbone
+    (the paired per-user differences of comparisons.csv), and which protocol shows more."""
+    gains = rows[rows["comparison"] == f"{FULL} vs {BASE}"] if len(rows) else rows
+    lines = []
+    for (dataset, backbone), cell in (gains.groupby(CELL_KEYS, sort=True) if len(gains) else []):
+        by = cell.set_index("protocol")
+        if not {"faithful", "corrected"} <= set(by.index):
+            continue
+        f, c = by.loc["faithful"], by.loc["corrected"]
+        excess = f["mean_diff"] - c["mean_diff"]
+        word = (f"overstates it by {excess:+.4f}" if excess > 0 else
+                f"understates it by {-excess:.4f}" if excess < 0 else "shows the same gain")
+        lines.append(f"- {dataset}/{backbone}: MLTFR's gain over base is {_ci_cell(f)} under the faithful "
+                     f"protocol ({f['n_seeds']:.0f} seed(s)) and {_ci_cell(c)} under the corrected one "
+                     f"({c['n_seeds']:.0f} seed(s)): the faithful protocol {word} "
+                     "(point estimates; the ladder below tests each factor's change).")
+    return "\n".join(lines) + "\n" if lines else f"MLTFR vs base under both protocols: {NOT_RUN}.\n"
+
+
+def factor_words(rung: str) -> str:
+    """'selection (select_on -> valid: <faithful> vs <corrected>)' for a ladder rung's factor."""
+    kind, _, factor = rung.partition("-")
+    key, value = FACTORS.get(factor, (factor, "?"))
+    described = {col: (faithful, corrected) for _, col, faithful, corrected in PROTOCOL_FACTORS}
+    what = described.get(key.removeprefix("branch."))
+    detail = f": {what[0]} -> {what[1]}" if what else ""
+    where = "cumulative rung" if kind == "rung" else "alone from faithful"
+    return f"{factor} ({where}; {key} -> {value}{detail})"
+
+
+def ladder_moves(ladder: pd.DataFrame) -> pd.DataFrame:
+    """Rungs whose change of the claimed gain has a bootstrap CI that excludes 0, largest first."""
+    steps = ladder.dropna(subset=["delta_gain"]) if "delta_gain" in ladder else ladder
+    moved = steps[(steps["delta_gain_ci_low"] > 0) | (steps["delta_gain_ci_high"] < 0)] if len(steps) else steps
+    return moved.assign(size=moved["delta_gain"].abs()).sort_values("size", ascending=False, kind="stable")
+
+
+def ladder_verdict(ladder: pd.DataFrame, demo: str | None) -> str:
+    """The factor(s) whose switch to the corrected setting changes the gain (CI excludes 0, with
+    >= MIN_SEEDS seeds), largest first; or that the ladder names no single factor."""
+    if ladder.empty:
+        return f"Protocol ladder: {NOT_RUN}.\n"
+    moved = ladder_moves(ladder)
+    tested = moved[moved["gain_n_seeds"] >= MIN_SEEDS]
+    lines = [f"- **{factor_words(r.rung)}** changes the gain of {r.variant} over {r.gain_reference} on "
+             f"{r.dataset}/{r.backbone} by {_with_ci(r.delta_gain, r.delta_gain_ci_low, r.delta_gain_ci_high)} "
+             f"({r.gain_n_seeds:.0f} seeds): switching it to the corrected setting "
+             f"{'lowers' if r.delta_gain < 0 else 'raises'} the gain." for r in tested.itertuples()]
+    lines += [f"- {factor_words(r.rung)} moves the gain of {r.variant} on {r.dataset}/{r.backbone} by "
+              f"{_with_ci(r.delta_gain, r.delta_gain_ci_low, r.delta_gain_ci_high)}, but with "
+              f"{r.gain_n_seeds:.0f} seed(s): {NOT_TESTABLE}." for r in moved.drop(tested.index).itertuples()]
+    if tested.empty:
+        lines.insert(0, "- The ladder shows no single factor that changes the gain (no Δ gain CI with "
+                        f"at least {MIN_SEEDS} seeds excludes 0).")
+    prefix = "Demonstration, not a finding: " if demo else ""
+    return prefix + "the factors, largest change first (ladder.csv, Δ gain = gain(rung) - " \
+        "gain(previous rung), 95% bootstrap CI over users):\n\n" + "\n".join(lines) + "\n"
+
+
+def optimism_text(optimism: pd.DataFrame) -> str:
+    """The optimism of best-on-test selection per dataset/backbone/variant (optimism.csv)."""
+    if optimism.empty:
+        return f"Optimism of best-on-test selection: {NOT_RUN}.\n"
+    noise = lambda v: f"evaluation noise {v:.4f}" if np.isfinite(v) else "evaluation noise not measured"
+    lines = [f"- {r.variant} on {r.dataset}/{r.backbone}: the authors' best-on-test pick scores "
+             f"{r.optimism:+.4f} test NDCG@10 against the validation pick (a lower bound; {noise(r.noise)}; "
+             f"{r.n_seeds:.0f} seed(s))." for r in optimism.itertuples()]
+    return "\n".join(lines) + "\n"
+
+
+def question2(rows: pd.DataFrame, tables: Path, figures: Path, out: Path, demo: str | None) -> str:
+    """Section 2: the gain per protocol, the ladder's factors, the optimism, then the evidence."""
+    prefix = "Demonstration, not a finding: " if demo else ""
+    return ("## 2. Does the authors' protocol overstate the gain, and through which quirk?\n\n"
+            f"**Verdict**\n\n{prefix}gain per protocol (stats/comparisons.csv):\n\n{protocol_gains(rows)}\n"
+            f"{ladder_verdict(read_table(tables, 'ladder'), demo)}\n"
+            f"**Optimism of picking the epoch on test** (optimism.csv)\n\n"
+            f"{optimism_text(read_table(tables, 'optimism'))}\n"
+            f"**Evidence**\n\n{embedded(tables, 'protocols', 'Faithful vs corrected protocol')}\n"
+            f"{figure_link(figures, 'protocols', out)}\n"
+            f"{embedded(tables, 'optimism', 'Optimism of best-on-test selection')}\n")
+
+
+# ---------------------------------------------------------------- evidence sections
+def _range(diag: pd.DataFrame, col: str, fmt: str) -> str:
+    """'<value> in every cell', or 'between <min> (<cell>) and <max> (<cell>)', of one
+    diagnostic over the filter cells."""
+    values = diag.dropna(subset=[col])
+    if values.empty:
+        return "not recorded"
+    low, high = values.loc[values[col].idxmin()], values.loc[values[col].idxmax()]
+    if fmt.format(low[col]) == fmt.format(high[col]):
+        return f"{fmt.format(low[col])} in every cell"
+    name = lambda r: f"{r['variant']}/{r['llm']} on {r['dataset']}, {r['backbone']}, {r['protocol']}"
+    return f"between {fmt.format(low[col])} ({name(low)}) and {fmt.format(high[col])} ({name(high)})"
+
+
+def diagnostics_text(diag: pd.DataFrame) -> str:
+    """The filter diagnostics in words, computed from diagnostics.csv."""
+    filters = diag.dropna(subset=["argmax_agreement"]) if len(diag) else diag
+    if filters.empty:
+        return f"Filter diagnostics: {NOT_RUN} (no run filtered tokens).\n"
+    return (f"Over {len(filters)} filter cells ({'/'.join(DIAG_GROUP)}, mean over seeds):\n\n"
+            f"- effective tokens (the spread of the distribution the Gumbel pick draws from), as a share "
+            f"of the vocabulary: {_range(filters, 'effective_share', '{:.1%}')};\n"
+            f"- the share of its training picks in which the filter's pick agrees with its own "
+            f"noiseless argmax (top-K): {_range(filters, 'argmax_agreement', '{:.1%}')};\n"
+            f"- projection gradient norm: {_range(filters, 'projection_grad_norm', '{:.3g}')}.\n")
+
+
+def evidence_sections(tables: Path, figures: Path, out: Path) -> str:
+    """The main table, the ladder, the filter diagnostics and the controls, each with its figure."""
+    link = lambda name: figure_link(figures, name, out)
+    return ("## Main table\n\n" + embedded(tables, "main", "Main results") + "\n" + link("main_comparison")
+            + "\n## Protocol ladder\n\n" + embedded(tables, "ladder", "Protocol ladder") + "\n" + link("ladder")
+            + "\n## Filter diagnostics\n\n" + diagnostics_text(read_table(tables, "diagnostics")) + "\n"
+            + embedded(tables, "diagnostics", "Filter diagnostics") + "\n" + link("diagnostics")
+            + "\n## Controls and ablations\n\n" + embedded(tables, "ablations", "Ablations and controls")
+            + "\n" + link("ablations"))
+
+
+# ---------------------------------------------------------------- the report
+def header(tables: Path, stats: Path, figures: Path, out: Path, study: str, demo: str | None) -> str:
+    """Title, the generated-file notice with the command that writes it, and the banner."""
+    command = (f"mltfr findings --tables {tables} --stats {stats} --figures {figures} --out {out} "
+               f"--study {study}")
+    text = (f"# Findings: study {study}\n\n"
+            f"> Generated by `{command}` from the tables and statistics `mltfr aggregate` wrote; do not "
+            "edit this file: rerun the command. Every result below is read from those files.\n\n")
+    return text + (f"> **{demo}**\n\n" if demo else "")
+
+
+def write_findings(tables: Path, stats: Path, figures: Path, out: Path, study: str) -> Path:
+    """Write the findings report of one study to `out` (atomically) and return its path."""
+    tables, stats, figures, out = map(Path, (tables, stats, figures, out))
+    demo = demonstration_label(read_table(tables, "runs"))
+    rows = question1_rows(read_table(stats, "comparisons"))
+    text = (header(tables, stats, figures, out, study, demo)
+            + question1(rows, read_table(tables, "main"), demo) + "\n"
+            + question2(rows, tables, figures, out, demo) + "\n" + evidence_sections(tables, figures, out))
+    atomic_write_text(out, text)
+    return out

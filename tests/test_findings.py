@@ -1,0 +1,279 @@
+"""The findings report (`mltfr findings`) and the demonstration labels of tables, figures and the
+report, on synthetic run trees with known verdicts, written as the trainer writes runs."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fixtures.results import branch_settings, metrics_of, result_document, write_run_folder
+from mltfr.analysis.demonstration import demonstration_label
+from mltfr.analysis.findings import NOT_TESTABLE, question1_rows, verdict, write_findings
+from mltfr.analysis.pipeline import aggregate
+from mltfr.analysis.stats import StatsConfig
+from mltfr.cli import main as cli_main
+from mltfr.train.config import CORRECTED_EPOCHS, FAITHFUL_EPOCHS
+
+N_USERS = 200
+SEEDS = (1, 2, 3)
+ORDER = ["selection", "pooling"]
+# places mltfr (and its identical twin mltfr-random) gains on the first 150 users: more under the
+# faithful protocol, and the gain shrinks at the ladder's selection rung, not at its pooling rung
+STEP = {"faithful": 3, "corrected": 1, "rung-selection": 1, "rung-pooling": 1}
+IMPROVED = ("mltfr", "mltfr-random")
+ARGMAX = {"mltfr": 0.25, "mltfr-random": 0.25, "mltfr-randomselect": 0.5}   # filter diagnostics
+# a test trace: the authors' rule picks epoch 2 on test, validation picked epoch 1 (best_epoch)
+TRACE = pd.DataFrame({"epoch": [1, 2], "test_hr@20": [0.2, 0.3], "test_ndcg@20": [0.1, 0.2],
+                      "test_ndcg@10": [0.05, 0.07]})
+CFG = StatsConfig(n_resamples=300)
+RED_BANNER = "DEMONSTRATION, NOT A RESULT"
+
+
+def ranks_of(variant: str, where: str, seed: int, backbone: str = "sasrec") -> np.ndarray:
+    """base: random per seed, the same at every protocol and rung; mltfr and mltfr-random: STEP
+    places better on the first 150 users; pop: 5 places worse than base; any other: base's ranks."""
+    base = np.random.default_rng(seed).integers(1, 30, N_USERS)
+    if backbone == "pop":
+        return base + 5
+    if variant in IMPROVED:
+        return np.where(np.arange(N_USERS) < 150, np.maximum(1, base - STEP[where]), base)
+    return base
+
+
+def rung_record(where: str) -> dict | None:
+    """The `rung` a ladder run records (None for the ordinary faithful and corrected runs)."""
+    if not where.startswith("rung-"):
+        return None
+    index = ORDER.index(where[5:]) + 1
+    return {"name": where, "index": index, "factors": ORDER[:index],
+            "previous": "faithful" if index == 1 else f"rung-{ORDER[index - 2]}", "order": ORDER}
+
+
+def training_length(select_on: str, converged: bool, backbone: str) -> dict:
+    """epoch_budget, epochs_run, early_stopped: a fixed 2-epoch budget, or converged (early stopped
+    on validation, the authors' full 100 epochs on test); pop trains nothing."""
+    if backbone == "pop":
+        return {"epoch_budget": 1, "epochs_run": 0, "early_stopped": False}
+    if not converged:
+        return {"epoch_budget": 2, "epochs_run": 2, "early_stopped": False}
+    if select_on == "valid":
+        return {"epoch_budget": CORRECTED_EPOCHS, "epochs_run": 7, "early_stopped": True}
+    return {"epoch_budget": FAITHFUL_EPOCHS, "epochs_run": FAITHFUL_EPOCHS, "early_stopped": False}
+
+
+def write_run(root: Path, variant: str, where: str, seed: int, backbone: str = "sasrec", converged: bool = False):
+    """One run of dataset alpha; `where` is a protocol or a ladder rung (run under faithful)."""
+    protocol = "corrected" if where == "corrected" else "faithful"
+    rung = rung_record(where)
+    select_on = "valid" if protocol == "corrected" or (rung and "selection" in rung["factors"]) else "test"
+    metrics = metrics_of(ranks_of(variant, where, seed, backbone))
+    result = result_document("alpha", backbone, variant, protocol, seed, metrics,
+                             None if protocol == "faithful" else metrics, rung=rung, select_on=select_on,
+                             best_epoch=1, **training_length(select_on, converged, backbone))
+    if variant in ARGMAX:
+        result.update(branch=branch_settings(["x"]), diagnostics={"x": {
+            "effective_tokens": 1000 * ARGMAX[variant], "argmax_agreement": ARGMAX[variant],
+            "distinct_selected": 50, "projection_grad_norm": 0.001, "table_drift": 0.1, "vocab": 1000}})
+    write_run_folder(root, result, ranks_of(variant, where, seed, backbone), TRACE)
+
+
+def aggregate_study(top: Path, study: str, steps=("tables", "stats", "figures")) -> dict[str, Path]:
+    """`mltfr aggregate` into results/<study>/{tables,stats} and figures/<study>, then the report."""
+    paths = {"tables": top / "results" / study / "tables", "stats": top / "results" / study / "stats",
+             "figures": top / "figures" / study, "out": top / "results" / study / "findings.md"}
+    aggregate(top / "runs", top / "data", paths["tables"], paths["stats"], paths["figures"], steps=steps, cfg=CFG)
+    write_findings(paths["tables"], paths["stats"], paths["figures"], paths["out"], study)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """2-epoch runs: base, mltfr and two controls (3 seeds, both protocols), filter-x (1 seed),
+    pop, and a two-rung ladder of base and mltfr."""
+    top = tmp_path_factory.mktemp("demo")
+    for seed in SEEDS:
+        for variant in ("base", *ARGMAX):
+            for where in ("faithful", "corrected"):
+                write_run(top / "runs", variant, where, seed)
+        for variant in ("base", "mltfr"):
+            for where in ("rung-selection", "rung-pooling"):
+                write_run(top / "runs", variant, where, seed)
+    write_run(top / "runs", "filter-x", "corrected", 1)
+    for where in ("faithful", "corrected"):
+        write_run(top / "runs", "base", where, 1, backbone="pop")
+    return aggregate_study(top, "demo")
+
+
+@pytest.fixture(scope="module")
+def converged(tmp_path_factory):
+    """Converged runs of base and mltfr (3 seeds, both protocols) and pop: no other block ran."""
+    top = tmp_path_factory.mktemp("converged")
+    for seed in SEEDS:
+        for variant in ("base", "mltfr"):
+            for where in ("faithful", "corrected"):
+                write_run(top / "runs", variant, where, seed, converged=True)
+    write_run(top / "runs", "base", "corrected", 1, backbone="pop", converged=True)
+    return aggregate_study(top, "converged")
+
+
+def report(paths: dict[str, Path]) -> str:
+    return paths["out"].read_text(encoding="utf-8")
+
+
+def section(text: str, start: str, end: str) -> str:
+    """The part of the report from heading `start` up to `end`."""
+    return text[text.index(start):text.index(end, text.index(start))]
+
+
+def red_pixels(png: Path) -> int:
+    """Pixels of the banner's pure red (no palette colour of the figures is that red)."""
+    import matplotlib.image as mpimg
+
+    rgb = mpimg.imread(png)[..., :3]
+    return int(((rgb[..., 0] > 0.8) & (rgb[..., 1] < 0.2) & (rgb[..., 2] < 0.2)).sum())
+
+
+def test_verdict_rule():
+    assert verdict(0.001, 0.02, 0.4, 3) == "better"
+    assert verdict(0.001, -0.02, -0.4, 5) == "worse"
+    assert verdict(0.001, 0.02, -0.1, 3) == "no difference"      # the mean and the test disagree in sign
+    assert verdict(0.2, 0.02, 0.4, 3) == "no difference"         # not significant after Holm
+    assert verdict(np.nan, 0.02, 0.4, 3) == "no difference"
+    assert verdict(1e-9, 0.02, 0.4, 2) == NOT_TESTABLE == "not testable (n<3 seeds)"
+
+
+def test_demonstration_label_counts_unconverged_runs_and_thin_cells():
+    row = {"dataset": "a", "backbone": "sasrec", "variant": "mltfr", "rung": None}
+    runs = pd.DataFrame(
+        [{**row, "protocol": "corrected", "seed": s, "select_on": "valid", "epoch_budget": 200, "epochs_run": 9,
+          "early_stopped": True} for s in SEEDS]
+        + [{**row, "protocol": "faithful", "rung": "faithful", "seed": s, "select_on": "test", "epoch_budget": 100,
+            "epochs_run": 100, "early_stopped": False} for s in SEEDS]
+        + [{**row, "backbone": "pop", "variant": "base", "protocol": "corrected", "seed": 1, "select_on": "valid",
+            "epoch_budget": 1, "epochs_run": 0, "early_stopped": False}])
+    assert demonstration_label(runs) is None               # pop: one seed, no training, by design
+    # no selection rule recorded (an all-empty CSV column): the protocol's rule and budget apply
+    assert demonstration_label(runs.assign(select_on=np.nan)) is None
+    # a ladder rung that selects on validation has the validation rule's default budget (200)
+    ladder = {**row, "protocol": "faithful", "rung": "rung-selection", "select_on": "valid", "epoch_budget": 100,
+              "epochs_run": 100, "early_stopped": False}
+    thin = pd.concat([runs, pd.DataFrame([{**ladder, "seed": 1}, {**ladder, "seed": 2}])], ignore_index=True)
+    assert demonstration_label(thin) == (
+        "DEMONSTRATION, NOT A RESULT: 2 of 8 trained runs stopped at a fixed 100-epoch budget before "
+        "converging; 1 of 3 cells have fewer than 3 seeds (fewest: 2).")
+
+
+def test_question1_verdicts(demo):
+    rows = question1_rows(pd.read_csv(demo["stats"] / "comparisons.csv"))
+    verdicts = rows.set_index(["protocol", "comparison"])["verdict"].to_dict()
+    for protocol in ("corrected", "faithful"):
+        assert verdicts[(protocol, "mltfr vs base")] == "better"
+        assert verdicts[(protocol, "mltfr vs mltfr-random")] == "no difference"      # identical runs
+        assert verdicts[(protocol, "mltfr vs mltfr-randomselect")] == "better"
+    assert verdicts[("corrected", "filter-x vs base")] == NOT_TESTABLE                # one seed
+    mltfr = rows[(rows["protocol"] == "corrected") & (rows["comparison"] == "mltfr vs mltfr-randomselect")]
+    assert mltfr["mean_diff"].item() > 0 and mltfr["ci_low"].item() > 0     # oriented: > 0 favours mltfr
+    text = section(report(demo), "## 1.", "## 2.")
+    corrected = section(text, "**Verdict under the corrected protocol", "**Verdict under the faithful")
+    assert ("alpha/sasrec: **no: MLTFR beats base but not every control (mltfr vs mltfr-random: "
+            "no difference)**") in corrected
+    assert ("Answer under corrected: yes in 0 of 1 dataset/backbone cells; 1 of 4 comparisons show no "
+            "difference, 1 are not testable (n<3 seeds).") in corrected
+    assert "filter-x vs base: **not testable (n<3 seeds)**" in corrected
+    assert "The verdicts below are a demonstration, not findings." in text
+    assert re.search(r"base sasrec 0\.\d{4} is above the popularity floor 0\.\d{4}", text)
+
+
+def test_question2_names_the_factor_that_moves_the_gain(demo):
+    ladder = pd.read_csv(demo["tables"] / "ladder.csv").set_index(["variant", "rung"])
+    assert ladder.loc[("mltfr", "rung-selection"), "delta_gain_ci_high"] < 0
+    assert ladder.loc[("mltfr", "rung-pooling"), "delta_gain"] == 0
+    text = section(report(demo), "## 2.", "## Main table")
+    named = [line for line in text.splitlines() if "changes the gain" in line]
+    assert len(named) == 1 and named[0].startswith("- **selection (cumulative rung; select_on -> valid")
+    assert "switching it to the corrected setting lowers the gain" in named[0]
+    assert "the faithful protocol overstates it by +" in text
+    assert "mltfr on alpha/sasrec: the authors' best-on-test pick scores +0.0200 test NDCG@10" in text
+    assert text.startswith("## 2.") and "Demonstration, not a finding:" in text
+
+
+def test_diagnostics_are_stated_in_words(demo):
+    text = section(report(demo), "## Filter diagnostics", "## Controls")
+    assert ("the filter's pick agrees with its own noiseless argmax (top-K): between 25.0% (mltfr/x on "
+            "alpha, sasrec, corrected) and 50.0% (mltfr-randomselect/x on alpha, sasrec, corrected)") in text
+    assert "projection gradient norm: 0.001 in every cell" in text
+
+
+def test_links_are_relative_and_point_to_the_figures(demo):
+    text = report(demo)
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert "../../figures/demo/ladder.png" in links and len(links) == 5
+    for link in links:
+        assert not Path(link).is_absolute() and (demo["out"].parent / link).is_file(), link
+
+
+def test_labels_appear_on_a_demonstration(demo):
+    label = ("DEMONSTRATION, NOT A RESULT: 37 of 37 trained runs stopped at a fixed 2-epoch budget before "
+             "converging; 1 of 13 cells have fewer than 3 seeds (fewest: 1).")
+    text = report(demo)
+    assert text.startswith("# Findings: study demo\n") and "do not edit this file" in text
+    assert f"mltfr findings --tables {demo['tables']} --stats {demo['stats']}" in text
+    assert f"> **{label}**" in text.split("## 1.")[0]
+    assert (demo["tables"] / "main.md").read_text().startswith(f"**main**: {RED_BANNER}: ")
+    assert (demo["tables"] / "ladder.md").read_text().startswith(f"**ladder**: {RED_BANNER}")
+    assert red_pixels(demo["figures"] / "main_comparison.png") > 50
+    assert red_pixels(demo["figures"] / "ladder.png") > 50
+
+
+def test_converged_runs_carry_no_label_and_empty_blocks_say_so(converged):
+    text = report(converged)
+    assert RED_BANNER not in text and "demonstration" not in text.lower()
+    for name in ("main", "protocols", "pvalues"):
+        folder = converged["stats"] if name == "pvalues" else converged["tables"]
+        assert RED_BANNER not in (folder / f"{name}.md").read_text()
+    assert red_pixels(converged["figures"] / "main_comparison.png") == 0
+    assert "alpha/sasrec: **MLTFR beats base, but no control ran" in text
+    for line in ("Protocol ladder: not run in this study.", "Optimism of best-on-test selection: not run in "
+                 "this study."):
+        assert line in text
+
+
+def test_cli_without_comparisons_or_figures(tmp_path, capsys):
+    for seed in (1, 2):
+        write_run(tmp_path / "runs", "base", "corrected", seed)
+    paths = aggregate_study(tmp_path, "tiny", steps=("tables", "stats"))
+    first = report(paths)
+    args = ["findings", "--tables", str(paths["tables"]), "--stats", str(paths["stats"]), "--figures",
+            str(paths["figures"]), "--out", str(paths["out"]), "--study", "tiny"]
+    assert cli_main(args) == 0 and report(paths) == first        # the command writes what the API does
+    assert "Comparisons with base or MLTFR: not run in this study." in first
+    assert "Popularity floor (pop): not run in this study." in first
+    assert "Filter diagnostics: not run in this study" in first and "Protocol ladder: not run" in first
+    assert "Figure `../../figures/tiny/main_comparison.png`: not drawn" in first
+    assert "1 of 1 cells have fewer than 3 seeds (fewest: 2)" in first
+    args[2] = str(tmp_path / "nowhere")
+    assert cli_main(args) == 2
+    assert "nowhere/runs.csv: not found; run `mltfr aggregate` first" in capsys.readouterr().err
+
+
+def test_real_pantry_report(real_data, tmp_path):
+    """Pantry's 7,123 test users: popularity ranking ("mltfr") against random ranking ("base"),
+    3 seeds of 1 epoch: better, with the per-user difference computed by hand, and labelled."""
+    from test_analysis_real import popularity_ranks, read_sequences, user_ndcg
+
+    train = read_sequences(real_data / "amazon-pantry" / "train.txt")
+    pop, n_items = popularity_ranks(train, read_sequences(real_data / "amazon-pantry" / "test.txt"))
+    random = {s: np.random.default_rng(s).integers(1, n_items + 1, len(pop)) for s in SEEDS}
+    for seed in SEEDS:
+        for variant, ranks in (("base", random[seed]), ("mltfr", pop)):
+            write_run_folder(tmp_path / "runs", result_document(
+                "pantry", "sasrec", variant, "faithful", seed, metrics_of(ranks), select_on="test"), ranks)
+    text = report(aggregate_study(tmp_path, "pantry", steps=("tables", "stats")))
+    diff = user_ndcg(pop).mean() - np.mean([user_ndcg(random[s]) for s in SEEDS], axis=0).mean()
+    assert f"mltfr vs base: **better** (Δ NDCG@10 {diff:+.4f} [" in text
+    assert "pantry/sasrec: **MLTFR beats base, but no control ran" in text
+    assert ("> **DEMONSTRATION, NOT A RESULT: 6 of 6 trained runs stopped at a fixed 1-epoch budget before "
+            "converging.**") in text
