@@ -277,3 +277,15 @@ def test_real_pantry_report(real_data, tmp_path):
     assert "pantry/sasrec: **MLTFR beats base, but no control ran" in text
     assert ("> **DEMONSTRATION, NOT A RESULT: 6 of 6 trained runs stopped at a fixed 1-epoch budget before "
             "converging.**") in text
+
+
+def test_a_partial_study_says_how_many_runs_it_reads(converged, tmp_path):
+    # 13 runs in runs.csv (base, mltfr x 2 protocols x 3 seeds + pop): a study planning 20 is partial
+    n_runs = len(pd.read_csv(converged["tables"] / "runs.csv"))
+    partial = write_findings(converged["tables"], converged["stats"], converged["figures"],
+                             tmp_path / "partial.md", "converged", planned=n_runs + 7)
+    assert (f"PARTIAL STUDY: these tables read {n_runs} of the study's {n_runs + 7} runs; the other 7 "
+            "have not been trained yet") in partial.read_text()
+    whole = write_findings(converged["tables"], converged["stats"], converged["figures"],
+                           tmp_path / "whole.md", "converged", planned=n_runs)
+    assert "PARTIAL" not in whole.read_text() and f"--planned-runs {n_runs}" in whole.read_text()

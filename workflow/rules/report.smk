@@ -106,5 +106,6 @@ rule findings:
     params:
         mltfr=MLTFR,
     shell:
-        f"{{params.mltfr}} findings --study {LAYOUT.name} --tables {LAYOUT.tables}"
+        f"{{params.mltfr}} findings --study {LAYOUT.name} --planned-runs {len(STUDY.runs)}"
+        f" --tables {LAYOUT.tables}"
         f" --stats {LAYOUT.stats} --figures {LAYOUT.figures} --out {{output}} > {{log}} 2>&1"

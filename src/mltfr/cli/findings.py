@@ -1,7 +1,7 @@
 """`mltfr findings`: the study's findings report from the tables and statistics of `mltfr aggregate`.
 
-    mltfr findings --tables results/tables --stats results/stats --figures figures \\
-                   --out results/findings.md --study NAME
+    mltfr findings --tables results/STUDY/tables --stats results/STUDY/stats --figures figures/STUDY \\
+                   --out results/STUDY/findings.md --study STUDY [--planned-runs N]
 
 Reads only the written CSV/Markdown tables (never the runs); links the figures relative to the
 report's folder (mltfr.analysis.findings).
@@ -17,11 +17,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--figures", required=True, help="figures folder of `mltfr aggregate` (linked, not read)")
     parser.add_argument("--out", required=True, help="the report to write, e.g. results/<study>/findings.md")
     parser.add_argument("--study", required=True, help="the study's name, for the report's title")
+    parser.add_argument("--planned-runs", type=int, default=None,
+                        help="runs the study plans (the workflow passes it): fewer in runs.csv makes the "
+                             "report say it is partial")
 
 
 def run(args: argparse.Namespace) -> int:
     from mltfr.analysis.findings import write_findings
 
-    path = write_findings(args.tables, args.stats, args.figures, args.out, args.study)
+    path = write_findings(args.tables, args.stats, args.figures, args.out, args.study, args.planned_runs)
     print(f"mltfr findings: wrote {path}")
     return 0
