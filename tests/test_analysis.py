@@ -434,3 +434,13 @@ def test_sensitivity_curve_gets_the_default_point_only_where_swept():
     runs.loc[2, "setting:tau"] = 0.25                                        # default not in the sweep
     points = sensitivity_runs(runs)
     assert points.set_index("value").loc[0.25, ["variant", "block", "param"]].tolist() == ["mltfr", "sensitivity", "tau"]
+
+
+def test_aggregate_writes_beside_the_study_by_default(tmp_path, monkeypatch):
+    # `--runs results/<study>/runs` alone: tables and statistics go to results/<study>/, figures to
+    # figures/<study>/ (mltfr.study.layout), as the workflow writes them
+    monkeypatch.chdir(tmp_path)
+    write_run(tmp_path / "results/s/runs", "alpha", "base", "corrected", 1)
+    assert cli_main(["aggregate", "--runs", "results/s/runs", "--only", "tables", "--only", "stats"]) == 0
+    assert (tmp_path / "results/s/tables/main.csv").is_file() and (tmp_path / "results/s/stats/comparisons.csv").is_file()
+    assert not (tmp_path / "figures").exists()

@@ -13,25 +13,38 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--runs", default="results/runs",
-                        help="runs folder ({dataset}/{backbone}/{variant}/{protocol}/seed{S}/) or a "
-                             "manifest file listing run folders, one per line")
-    parser.add_argument("--data", default="results/data", help="prepared datasets (their meta.json stats)")
+    parser.add_argument("--runs", required=True,
+                        help="runs folder results/<study>/runs ({dataset}/{backbone}/{variant}/{protocol}/"
+                             "seed{S}/) or a manifest file listing run folders, one per line "
+                             "(results/<study>/tables/runs.txt)")
+    parser.add_argument("--data", default=None,
+                        help="prepared datasets, their meta.json stats (default: results/<study>/data)")
     parser.add_argument("--tables", default=None,
-                        help="output folder of the tables (default: results/tables, or the folder of --out)")
-    parser.add_argument("--stats", default="results/stats", help="output folder of the statistics")
-    parser.add_argument("--figures", default="figures", help="output folder of the figures")
+                        help="output folder of the tables (default: the folder of --out, else "
+                             "results/<study>/tables)")
+    parser.add_argument("--stats", default=None, help="output folder of the statistics (default: results/<study>/stats)")
+    parser.add_argument("--figures", default=None, help="output folder of the figures (default: figures/<study>)")
     parser.add_argument("--out", default=None,
                         help="write the runs table to this runs.csv (and runs.parquet beside it); "
                              "without --only this writes nothing else")
-    parser.add_argument("--benchmarks", default="benchmarks",
-                        help="Snakemake benchmark files (used by the efficiency table when present)")
+    parser.add_argument("--benchmarks", default=None,
+                        help="Snakemake benchmark files, used by the efficiency table when present "
+                             "(default: results/<study>/benchmarks)")
     parser.add_argument("--only", action="append", choices=["runs", "tables", "stats", "figures"],
                         help="run only this step (repeatable); default: tables, stats and figures")
     parser.add_argument("--bootstrap-resamples", type=int, default=2000, help="bootstrap resamples of users")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap RNG seed")
     parser.add_argument("--config", default=None,
                         help="study config; accepted so every rule can pass it, not needed here")
+
+
+def study_layout(runs: Path):
+    """The layout (mltfr.study.layout) of the study named by `runs`: results/<study>/runs, or
+    the manifest results/<study>/tables/runs.txt."""
+    from mltfr.study.layout import Layout
+
+    root = runs.parent if runs.suffix != ".txt" else runs.parent.parent
+    return Layout(root.name)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,10 +55,12 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None and Path(args.out).name != "runs.csv":
         raise ConfigError(f"--out {args.out}: the runs table must be named runs.csv; "
                           "pass --out <folder>/runs.csv")
-    tables = args.tables or (str(Path(args.out).parent) if args.out else "results/tables")
+    layout = study_layout(Path(args.runs))
+    tables = args.tables or (str(Path(args.out).parent) if args.out else layout.tables)
     steps = tuple(args.only) if args.only else ("runs",) if args.out else STEPS
     cfg = StatsConfig(n_resamples=args.bootstrap_resamples, seed=args.seed)
-    written = aggregate(args.runs, args.data, tables, args.stats, args.figures,
-                        benchmarks=args.benchmarks, steps=steps, cfg=cfg)
+    written = aggregate(args.runs, args.data or f"{layout.root}/data", tables, args.stats or layout.stats,
+                        args.figures or layout.figures, benchmarks=args.benchmarks or layout.benchmarks,
+                        steps=steps, cfg=cfg)
     print(f"mltfr aggregate: wrote {len(written)} files ({', '.join(steps)})")
     return 0
