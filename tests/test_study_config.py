@@ -121,3 +121,17 @@ def test_cli_extracts_a_derived_twin(tmp_path):
     twin, meta = load_table(out / "random-minilm")
     assert twin.shape == minilm.shape == (30522, 384)
     assert meta["source_identity"]["draw_seed"] == draw_seed("random-minilm", 0)
+
+
+@pytest.mark.parametrize("value, expected", [(True, True), ("true", True), ("True", True), ("false", False),
+                                             (False, False)])
+def test_rebuild_only_reads_the_string_snakemake_passes(value, expected, monkeypatch):
+    # `--config rebuild_only=true` arrives as the string "true"
+    monkeypatch.chdir(REPO)
+    assert load_study({**study_doc(), "rebuild_only": value}, "s.yaml").config["rebuild_only"] is expected
+
+
+def test_rebuild_only_rejects_other_words(monkeypatch):
+    monkeypatch.chdir(REPO)
+    with pytest.raises(ConfigError, match="config key `rebuild_only`"):
+        load_study({**study_doc(), "rebuild_only": "yes"}, "s.yaml")

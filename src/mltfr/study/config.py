@@ -50,6 +50,7 @@ def load_study(raw: dict, source: str | Path) -> Study:
     """The validated study of the config `raw` read from `source`, or a ConfigError naming the key."""
     config, origins = merge_registries(raw, str(source))
     validate_schema(config, str(source), origins)
+    config["rebuild_only"] = str(config["rebuild_only"]).lower() == "true"   # --config gives a string
     derive_random_twins(config["llms"])
     check_train(config["train"], str(source))
     study = Study(config)
