@@ -128,10 +128,17 @@ def test_cli_extracts_a_derived_twin(tmp_path):
 def test_rebuild_only_reads_the_string_snakemake_passes(value, expected, monkeypatch):
     # `--config rebuild_only=true` arrives as the string "true"
     monkeypatch.chdir(REPO)
-    assert load_study({**study_doc(), "rebuild_only": value}, "s.yaml").config["rebuild_only"] is expected
+    assert load_study(pair_study(rebuild_only=value), "s.yaml").config["rebuild_only"] is expected
 
 
 def test_rebuild_only_rejects_other_words(monkeypatch):
     monkeypatch.chdir(REPO)
     with pytest.raises(ConfigError, match="config key `rebuild_only`"):
-        load_study({**study_doc(), "rebuild_only": "yes"}, "s.yaml")
+        load_study(pair_study(rebuild_only="yes"), "s.yaml")
+
+
+def pair_study(**top) -> dict:
+    """A study of the MiniLM pair (a consensus group forms) with top-level keys added."""
+    doc = study_doc()
+    doc["study"]["llms"] = ["minilm", "paraphrase-minilm"]
+    return doc | top
