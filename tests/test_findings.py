@@ -198,6 +198,9 @@ def test_question2_names_the_factor_that_moves_the_gain(demo):
     assert "the faithful protocol overstates it by +" in text
     assert "mltfr on alpha/sasrec: the authors' best-on-test pick scores +0.0200 test NDCG@10" in text
     assert text.startswith("## 2.") and "Demonstration, not a finding:" in text
+    # the demo ladder switches selection and pooling only: the other three act together
+    assert ("- Not on this ladder: evaluation noise, history masking, validation item. They act only "
+            "together") in text
 
 
 def test_diagnostics_are_stated_in_words(demo):

@@ -276,9 +276,21 @@ def ladder_verdict(ladder: pd.DataFrame, demo: str | None) -> str:
     if tested.empty:
         lines.insert(0, "- The ladder shows no single factor that changes the gain (no Δ gain CI with "
                         f"at least {MIN_SEEDS} seeds excludes 0).")
+    unladdered = factors_off_the_ladder(ladder)
+    if unladdered:
+        lines.append(f"- Not on this ladder: {', '.join(unladdered)}. They act only together, in the "
+                     "gain per protocol above (faithful vs corrected), not one at a time.")
     prefix = "Demonstration, not a finding: " if demo else ""
     return prefix + "the factors, largest change first (ladder.csv, Δ gain = gain(rung) - " \
         "gain(previous rung), 95% bootstrap CI over users):\n\n" + "\n".join(lines) + "\n"
+
+
+def factors_off_the_ladder(ladder: pd.DataFrame) -> list[str]:
+    """The factors in which the protocols differ (tables.PROTOCOL_FACTORS) that no cumulative rung
+    of the ladder switches (a study may run only the first rungs)."""
+    on_ladder = {rung.partition("-")[2] for rung in ladder["rung"].dropna() if rung.startswith("rung-")}
+    by_setting = {key.removeprefix("branch."): factor for factor, (key, _) in FACTORS.items()}
+    return [name for name, setting, _, _ in PROTOCOL_FACTORS if by_setting[setting] not in on_ladder]
 
 
 def optimism_text(optimism: pd.DataFrame) -> str:
