@@ -26,7 +26,8 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 
 
-# `--config rebuild_only=true`: the reports from the run results on disk, no training rules.
+# `--config rebuild_only=true --forcerun run_manifest`: the reports from the run results on
+# disk, without the training rules.
 if not REBUILD_ONLY:
 
     include: "workflow/rules/llm.smk"
@@ -40,3 +41,10 @@ rule all:
     default_target: True
     input:
         get_final_output(),
+
+
+# Every dataset and token table of the study. Build them first to resume a study whose runs are
+# committed without their data (config/cpu.yaml): the committed runs are then not retrained.
+rule inputs:
+    input:
+        study_inputs(),

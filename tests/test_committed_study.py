@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,13 @@ COMPARED = (".csv", ".md", ".tex")   # text outputs; parquet, PNG and PDF embed 
 CLONED_AT = 1_000_000_000             # the copies' mtime (2001): a rewritten file is newer
 
 pytestmark = pytest.mark.slow
+
+
+def readme_rebuild_args() -> list[str]:
+    """The arguments of the README's rebuild command (`... .venv/bin/snakemake ARGS`)."""
+    line = next(l for l in (REPO / "README.md").read_text().splitlines() if "rebuild_only" in l and
+                l.startswith("    "))
+    return shlex.split(line.split(".venv/bin/snakemake", 1)[1])
 
 
 def tracked(*paths: str) -> list[str]:
@@ -58,7 +66,8 @@ def env(tmp_path_factory) -> dict:
 
 
 def snakemake(work: Path, env: dict, *args: str) -> str:
-    cmd = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--configfile", "config/cpu.yaml", *args]
+    args = args if "--configfile" in args else (*args, "--configfile", "config/cpu.yaml")  # it takes a list
+    cmd = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), *args]
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return proc.stdout + proc.stderr
@@ -66,11 +75,14 @@ def snakemake(work: Path, env: dict, *args: str) -> str:
 
 @pytest.fixture(scope="module")
 def rebuilt(tmp_path_factory, env) -> tuple[Path, list[str], dict, str]:
-    """The README's rebuild command run in a fresh clone's copy of the committed study."""
+    """The README's rebuild command (its arguments, verbatim) run in a fresh clone's copy of the
+    committed study."""
     work = tmp_path_factory.mktemp("rebuild")
     files = copy_fresh_clone(work)
     committed = {name: (REPO / name).read_bytes() for name in files}
-    log = snakemake(work, env, "--cores", "2", "--config", "rebuild_only=true")
+    args = readme_rebuild_args()
+    assert args[args.index("--configfile") + 1] == "config/cpu.yaml"
+    log = snakemake(work, env, *args)
     return work, files, committed, log
 
 
@@ -92,6 +104,7 @@ def test_rebuilt_tables_statistics_and_findings_equal_the_committed_ones(rebuilt
     text = [f for f in files if f.endswith(COMPARED) and not f.startswith(f"results/{STUDY}/runs/")
             and "/benchmarks/" not in f]
     assert FINDINGS in text and any(f.endswith("/ladder.csv") for f in text)
+    assert not [name for name in text if (work / name).stat().st_mtime <= CLONED_AT]   # all written again
     differ = [name for name in text if (work / name).read_bytes() != committed[name]]
     assert not differ, f"rebuilt files differ from the committed ones: {differ}"
 
@@ -104,9 +117,10 @@ def test_every_committed_figure_is_drawn_again(rebuilt):
 
 
 def test_resuming_the_study_never_retrains_a_committed_run(rebuilt, env):
-    # a later piece on a fresh clone: the data and tables are prepared again for the runs still
-    # missing (training inputs are ancient), the committed runs stay as they are
+    # a later piece on a fresh clone (README): the data and tables first, then the study; the
+    # training inputs are ancient, so the committed runs stay as they are
     work, files, _, _ = rebuilt
+    snakemake(work, env, "inputs", "--cores", "2")
     outputs = set(re.findall(r"^\s+output: (.+)$", snakemake(work, env, "-n"), re.M))
     written = {path for line in outputs for path in line.split(", ")}
     committed_runs = [f for f in files if f.endswith("/result.json")]

@@ -88,6 +88,12 @@ def run_results():
     return present
 
 
+def study_inputs():
+    """The markers of every dataset and LLM table the study's runs read (rule `inputs`)."""
+    llms = [LAYOUT.llm_marker.format(llm=llm) for llm in STUDY.all_llms()]
+    return dataset_markers() + ([] if REBUILD_ONLY else llms)
+
+
 def dataset_markers():
     return [
         LAYOUT.data_marker.format(dataset=dataset) for dataset in STUDY.all_datasets()
@@ -154,9 +160,10 @@ def train_inputs(wildcards):
 
     They are ancient: a run whose result.json exists is not retrained because its dataset or
     table was prepared again later. A study's runs committed to the repository (results/<name>/
-    runs, without data or tables) then resume on a fresh clone: the remaining runs prepare the
-    data, the committed ones stay. A changed dataset or LLM entry therefore needs
-    `--forcerun train_round1 train` (each result.json records the prepared data's sha256).
+    runs, without data or tables) thus resume on a fresh clone in two steps: `snakemake inputs`
+    prepares them (Snakemake would otherwise rerun every job downstream of a job it runs), then
+    `snakemake` trains only the runs still missing. A changed dataset or LLM entry therefore
+    needs `--forcerun train_round1 train` (each result.json records the prepared data's sha256).
     """
     llms = STUDY.variant_llms(wildcards.variant, wildcards.backbone)  # cached
     data = LAYOUT.data_marker.format(dataset=wildcards.dataset)
