@@ -47,7 +47,7 @@ rule tables:
         mltfr=MLTFR,
     shell:
         "{params.mltfr} aggregate --only tables --runs {input.manifest}"
-        f" --data {LAYOUT.root}/data --tables {LAYOUT.tables}"
+        f" --data {LAYOUT.data_root} --tables {LAYOUT.tables}"
         f" --benchmarks {LAYOUT.benchmarks} > {{log}} 2>&1"
 
 

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     tables = args.tables or (str(Path(args.out).parent) if args.out else layout.tables)
     steps = tuple(args.only) if args.only else ("runs",) if args.out else STEPS
     cfg = StatsConfig(n_resamples=args.bootstrap_resamples, seed=args.seed)
-    written = aggregate(args.runs, args.data or f"{layout.root}/data", tables, args.stats or layout.stats,
+    written = aggregate(args.runs, args.data or layout.data_root, tables, args.stats or layout.stats,
                         args.figures or layout.figures, benchmarks=args.benchmarks or layout.benchmarks,
                         steps=steps, cfg=cfg)
     print(f"mltfr aggregate: wrote {len(written)} files ({', '.join(steps)})")

@@ -29,8 +29,12 @@ class Layout:
         return f"results/{self.name}"
 
     @property
+    def data_root(self) -> str:
+        return f"{self.root}/data"
+
+    @property
     def data_dir(self) -> str:
-        return f"{self.root}/data/{{dataset}}"
+        return f"{self.data_root}/{{dataset}}"
 
     @property
     def llm_dir(self) -> str:
