@@ -300,6 +300,26 @@ def test_figures_exist_and_are_not_blank(tree, tmp_path):
             assert path.read_bytes().startswith(b"%PDF")
 
 
+def test_base_only_backbones_are_reference_lines_in_the_main_comparison():
+    """pop and sasrec-ce (base only) are lines at their mean in the SASRec panel, not own panels."""
+    from mltfr.analysis.figures import main_comparison_figure
+
+    rows = [("sasrec", variant, protocol, seed, 0.010 + 0.001 * seed + (0.002 if variant == "mltfr" else 0))
+            for variant in ("base", "mltfr") for protocol in ("corrected", "faithful") for seed in (1, 2, 3)]
+    rows += [("pop", "base", "corrected", 1, 0.0128), ("pop", "base", "faithful", 1, 0.0137),
+             ("sasrec-ce", "base", "corrected", 1, 0.0110), ("sasrec-ce", "base", "corrected", 2, 0.0120)]
+    runs = pd.DataFrame(rows, columns=["backbone", "variant", "protocol", "seed", "test_ndcg@10"])
+    runs["dataset"], runs["block"] = "pantry", np.where(runs["variant"] == "base", "base", "mltfr")
+    fig = main_comparison_figure(runs)
+    (ax,) = fig.axes
+    assert ax.get_title() == "sasrec · pantry"
+    flat = {round(line.get_ydata()[0], 6) for line in ax.get_lines()
+            if len(set(line.get_ydata())) == 1 and len(line.get_ydata()) == 2}
+    assert {0.0128, 0.0137, 0.0115} <= flat             # pop per protocol, sasrec-ce's mean
+    assert sorted(t.get_text() for t in ax.texts) == ["pop", "pop", "sasrec-ce"]
+    low, high = ax.get_ylim()
+    assert low < 0.0115 and high > 0.0137
+
 def test_stats_cli_and_determinism(tree, tmp_path):
     args = ["aggregate", "--runs", str(tree / "runs"), "--data", str(tree / "data"), "--tables",
             str(tmp_path / "t"), "--stats", str(tmp_path / "s"), "--figures", str(tmp_path / "f"),

@@ -101,20 +101,44 @@ def single_llm_gains_figure(runs: pd.DataFrame) -> plt.Figure:
 
 
 def main_comparison_figure(runs: pd.DataFrame) -> plt.Figure:
-    """Test NDCG@10 of base, single-LLM and MLTFR variants, mean with 95% CI over seeds."""
+    """Test NDCG@10 of base, single-LLM and MLTFR variants, mean with 95% CI over seeds; a
+    backbone run only as base (pop, sasrec-ce) is a reference line in every panel of its dataset,
+    so the popularity floor reads on the same axis as the models it is a floor for."""
     data = runs[runs["block"].isin(["base", "direct", "filter", "mltfr"])]
     if data.empty:
         return empty_figure("Main comparison")
-    grid = sns.catplot(data, x="variant", y="test_ndcg@10", hue="protocol", col="dataset",
+    has_llm = data.groupby("backbone")["variant"].transform(lambda v: bool((v != BASE).any()))
+    panels, references = (data[has_llm], data[~has_llm]) if has_llm.any() else (data, data.iloc[:0])
+    protocols = sorted(data["protocol"].unique())
+    palette = dict(zip(protocols, sns.color_palette(n_colors=len(protocols))))
+    grid = sns.catplot(panels, x="variant", y="test_ndcg@10", hue="protocol", col="dataset",
                        row="backbone", kind="point", errorbar=CI95, seed=0,
                        # seaborn divides by (levels - 1) when dodging: no dodge for one protocol
-                       dodge=0.3 if data["protocol"].nunique() > 1 else False,
-                       linestyle="none", order=sorted(data["variant"].unique()),
-                       hue_order=sorted(data["protocol"].unique()), sharey=False, **FACET)
+                       dodge=0.3 if panels["protocol"].nunique() > 1 else False,
+                       linestyle="none", order=sorted(panels["variant"].unique()),
+                       hue_order=protocols, palette=palette, sharey=False, **FACET)
+    _reference_lines(grid, references, palette)
     _rotate(grid)
     grid.set_axis_labels("", "test NDCG@10")
     _titles(grid)
     return grid.figure
+
+
+REFERENCE_STYLES = ("--", ":", "-.")   # one line style per reference backbone
+
+
+def _reference_lines(grid, references: pd.DataFrame, palette: dict) -> None:
+    """A labelled horizontal line at each reference backbone's mean over seeds, per protocol
+    (its colour), in every panel of the dataset (the grid's columns)."""
+    means = references.groupby(["dataset", "backbone", "protocol"])["test_ndcg@10"].mean()
+    styles = dict(zip(sorted(references["backbone"].unique()), REFERENCE_STYLES * 3))
+    for (_, dataset), ax in grid.axes_dict.items():
+        for (ref_dataset, backbone, protocol), mean in means.items():
+            if ref_dataset == dataset:
+                ax.axhline(mean, color=palette[protocol], ls=styles[backbone], lw=1, zorder=0)
+                # at the left edge, above the line: left of the first variant, clear of the legend
+                ax.text(0.01, mean, backbone, transform=ax.get_yaxis_transform(), ha="left",
+                        va="bottom", fontsize=7, color=palette[protocol])
 
 
 def ablations_figure(runs: pd.DataFrame) -> plt.Figure:
