@@ -292,3 +292,20 @@ def test_a_partial_study_says_how_many_runs_it_reads(converged, tmp_path):
     whole = write_findings(converged["tables"], converged["stats"], converged["figures"],
                            tmp_path / "whole.md", "converged", planned=n_runs)
     assert "PARTIAL" not in whole.read_text() and f"--planned-runs {n_runs}" in whole.read_text()
+
+
+def test_a_ladder_of_base_alone_says_it_cannot_name_the_gains_factor(tmp_path):
+    """cpu.yaml's budget ladder runs base only: the report gives each rung's NDCG@10 move and
+    says no factor's effect on the gain is measured, instead of 'no single factor'."""
+    for seed in SEEDS:
+        for where in ("faithful", "corrected", "rung-selection", "rung-pooling"):
+            write_run(tmp_path / "runs", "base", where, seed, converged=True)
+        for where in ("faithful", "corrected"):
+            write_run(tmp_path / "runs", "mltfr", where, seed, converged=True)
+    text = report(aggregate_study(tmp_path, "baseladder", steps=("tables", "stats")))
+    ladder = section(text, "The ladder runs", "**Optimism")
+    assert "The ladder runs base only, no MLTFR rung, so it cannot say which factor" in ladder
+    assert "- selection (cumulative rung; select_on -> valid" in ladder
+    assert "moves base's test NDCG@10 on alpha/sasrec by +0.0000 from faithful" in ladder
+    assert "moves base's test NDCG@10 on alpha/sasrec by +0.0000 from rung-selection" in ladder
+    assert "The ladder shows no single factor" not in text
