@@ -271,3 +271,12 @@ def test_ladder_figure_is_drawn(tidy, tmp_path):
     assert pdf.read_bytes().startswith(b"%PDF")
     rgba = (mpimg.imread(png) * 255).astype(np.uint32)
     assert len(np.unique(rgba[..., 0] | rgba[..., 1] << 8 | rgba[..., 2] << 16)) > 10
+
+
+def test_a_ladder_of_base_alone_says_its_gain_panel_is_empty(tidy):
+    from mltfr.analysis.figures import ladder_figure
+
+    base_only = tidy[tidy["variant"] == "base"].assign(gain=np.nan)
+    gain_panel = ladder_figure(base_only).axes[1]
+    assert [t.get_text() for t in gain_panel.texts] == ["no MLTFR rung:\ngain not measured"]
+    assert not [t.get_text() for t in ladder_figure(tidy).axes[1].texts]

@@ -307,6 +307,10 @@ def _ladder_panel(ax_ndcg, ax_gain, part: pd.DataFrame) -> None:
     ax_ndcg.legend(fontsize=7)
     if ax_gain.get_legend_handles_labels()[0]:
         ax_gain.legend(fontsize=7)
+    else:   # a ladder of base alone (config/cpu.yaml's budget) measures no gain
+        ax_gain.text(0.5, 0.5, "no MLTFR rung:\ngain not measured", ha="center", va="center",
+                     transform=ax_gain.transAxes, color="0.4")
+        ax_gain.set_yticks([])
 
 
 def ladder_figure(ladder: pd.DataFrame) -> plt.Figure:
