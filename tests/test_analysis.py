@@ -320,6 +320,7 @@ def test_base_only_backbones_are_reference_lines_in_the_main_comparison():
     low, high = ax.get_ylim()
     assert low < 0.0115 and high > 0.0137
 
+
 def test_stats_cli_and_determinism(tree, tmp_path):
     args = ["aggregate", "--runs", str(tree / "runs"), "--data", str(tree / "data"), "--tables",
             str(tmp_path / "t"), "--stats", str(tmp_path / "s"), "--figures", str(tmp_path / "f"),

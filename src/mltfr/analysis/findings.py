@@ -244,7 +244,7 @@ def protocol_gains(rows: pd.DataFrame) -> str:
         lines.append(f"- {dataset}/{backbone}: MLTFR's gain over base is {_ci_cell(f)} under the faithful "
                      f"protocol ({f['n_seeds']:.0f} seed(s)) and {_ci_cell(c)} under the corrected one "
                      f"({c['n_seeds']:.0f} seed(s)): the faithful protocol {word} "
-                     "(point estimates; the ladder below tests each factor's change).")
+                     "(point estimates; the ladder below switches the factors one at a time).")
     return "\n".join(lines) + "\n" if lines else f"MLTFR vs base under both protocols: {NOT_RUN}.\n"
 
 
