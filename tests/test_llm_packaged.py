@@ -23,8 +23,8 @@ REGISTRY = {
 
 
 @pytest.fixture(scope="module")
-def llm_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("llm")
+def llm_dir(module_scratch) -> Path:
+    return module_scratch("llm")
 
 
 def build(llm_dir: Path, name: str) -> Path:

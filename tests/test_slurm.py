@@ -49,9 +49,9 @@ def fault_env() -> dict:
 
 
 @pytest.fixture(scope="module")
-def runs(local_slurm, tmp_path_factory) -> SimpleNamespace:
+def runs(local_slurm, module_scratch) -> SimpleNamespace:
     """The reduced study through the local Slurm (test profile) and locally (`--cores 2`)."""
-    root = tmp_path_factory.mktemp("cluster")
+    root = module_scratch("cluster")
     slurm_dir, local_dir = copy_workflow(root / "slurm"), copy_workflow(root / "local")
     with open(root / "local.log", "w") as local_log:
         local = subprocess.Popen(

@@ -220,6 +220,20 @@ def test_resume_after_stop_equals_uninterrupted(tmp_path, protocol):
             np.testing.assert_array_equal(a[key], b[key])
 
 
+@pytest.mark.parametrize("protocol, keeps_last", [("corrected", False), ("faithful", True)])
+def test_finished_checkpoint_is_slim_and_still_resumes_to_the_result(tmp_path, protocol, keeps_last):
+    """Finished: no optimizer state, and the last-epoch weights only where the Fisher pass reads
+    them (test selection); a kill between the checkpoint and result.json still reruns to it."""
+    cfg = tiny_cfg(protocol=protocol, epochs=2)
+    full = run(tmp_path, "r", cfg)
+    saved = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    assert saved["state"]["finished"] and saved["optimizer"] is None
+    assert (saved["model"] is not None) is keeps_last and saved["state"]["best_state"]
+    (tmp_path / "r" / "result.json").unlink()
+    again = run(tmp_path, "r", cfg)
+    assert again["metrics"] == full["metrics"] and again["best_epoch"] == full["best_epoch"]
+
+
 def test_resume_with_other_config_refused(tmp_path):
     run(tmp_path, "x", tiny_cfg(epochs=2), stop_after_epoch=1)
     with pytest.raises(ConfigError, match=r"different config \(lr: .*delete the run folder"):

@@ -19,8 +19,8 @@ FAST = ["--set", "epochs=1", "model.d=16", "model.max_len=10", "--threads", "2"]
 
 
 @pytest.fixture(scope="module")
-def inputs(repo, tmp_path_factory):
-    root = tmp_path_factory.mktemp("variants")
+def inputs(repo, module_scratch):
+    root = module_scratch("variants")
     config = root / "config.yaml"
     llms = {name: {"source": "package", "package": name} for name in LLMS}
     llms.update({f"random-{n}": {"source": "random", "like": n, "seed": 0} for n in LLMS})

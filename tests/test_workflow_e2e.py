@@ -75,9 +75,9 @@ def env(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, env) -> Path:
+def workdir(module_scratch, env) -> Path:
     """A working directory holding the test config and the repository's data, after a full run."""
-    work = tmp_path_factory.mktemp("e2e")
+    work = module_scratch("e2e")
     (work / "config").mkdir()
     for name in ("test.yaml", "registry.yaml"):   # the study config and the registry it names
         shutil.copy(REPO / "config" / name, work / "config" / name)

@@ -4,6 +4,8 @@ Contents: format version, the RunConfig (as a dict), model and optimizer states,
 state, and the trainer's bookkeeping (`TrainState`: epoch, step inside a preempted epoch and
 that epoch's order, best score/epoch/state/ranks, patience counter, epoch history, timings).
 Only tensors and plain Python types are stored, so it loads with `weights_only=True`.
+A finished run's checkpoint keeps no optimizer state, and no last-epoch model when it selected
+on validation (Trainer.save says why): a 2-LLM run's shrinks from about 380 MB to about 95 MB.
 """
 from __future__ import annotations
 
@@ -48,8 +50,9 @@ class TrainState:
 
 def save_checkpoint(path: Path, cfg_dict: dict, model, optimizer, rng: dict, state: TrainState) -> None:
     """Write the checkpoint atomically: a kill during the write leaves the previous one intact."""
-    payload = {"format": FORMAT, "config": cfg_dict, "model": model.state_dict(),
-               "optimizer": optimizer.state_dict() if optimizer is not None else None,  # None: pop
+    payload = {"format": FORMAT, "config": cfg_dict,
+               "model": model.state_dict() if model is not None else None,  # None: not kept (finished)
+               "optimizer": optimizer.state_dict() if optimizer is not None else None,  # None: pop, finished
                "rng": rng, "state": dataclasses.asdict(state)}
     # torch.save reports a full disk as a RuntimeError of its zip writer
     with reporting_write_errors(path, RuntimeError), atomic_path(path) as tmp:

@@ -79,16 +79,23 @@ class Trainer:
             return False
         payload = load_checkpoint(self.checkpoint_path)
         check_same_config(self.checkpoint_path, payload["config"], self.cfg.to_dict())
-        self.model.load_state_dict(payload["model"])
-        if self.optimizer is not None:
+        if payload["model"] is not None:          # None: a finished run that selected on valid
+            self.model.load_state_dict(payload["model"])
+        if self.optimizer is not None and payload["optimizer"] is not None:   # None: finished
             self.optimizer.load_state_dict(payload["optimizer"])
         set_rng_state(payload["rng"], self.gens)
         self.state = payload["state"]
         return True
 
     def save(self) -> None:
-        save_checkpoint(self.checkpoint_path, self.cfg.to_dict(), self.model, self.optimizer,
-                        rng_state(self.gens), self.state)
+        """A finished run never trains again, so its checkpoint drops the optimizer state (twice
+        the trainable weights, the LLM tables included) and, when it selected on validation, the
+        last epoch's weights: evaluation and the Fisher pass read best_state. A test-selected run
+        keeps them, as the authors' Fisher pass reads the last epoch (mltfr.cli.fisher)."""
+        done = self.state.finished
+        last = None if done and self.cfg.selects_on == "valid" else self.model
+        save_checkpoint(self.checkpoint_path, self.cfg.to_dict(), last,
+                        None if done else self.optimizer, rng_state(self.gens), self.state)
 
     # ----------------------------------------------------------------- the loop
     def fit(self, stop_after_epoch: int | None = None) -> TrainState:
