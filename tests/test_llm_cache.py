@@ -156,3 +156,26 @@ def test_cli_extracts_then_reuses_and_reports_errors_in_one_line(tmp_path, capsy
     err = capsys.readouterr().err.strip()
     # smollm2's random twin is derived by the study config loader (mltfr.study.config)
     assert err.count("\n") == 0 and "unknown LLM 'nope'" in err and "known: random-smollm2, smollm2, tiny" in err
+
+
+def test_full_disk_while_writing_the_table_is_one_line_and_leaves_no_files(tmp_path, capsys, monkeypatch):
+    """safetensors reports ENOSPC as its own SafetensorError (seen in CI): the CLI names the file
+    and the fix, and neither table.safetensors nor meta.json (the cache's mark) is left behind."""
+    from safetensors import SafetensorError
+
+    from mltfr.llm import cache
+
+    def full_disk(tensors, path):
+        open(path, "wb").write(b"half a table")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(cache, "save_file", full_disk)
+    config = tmp_path / "c.yaml"
+    config.write_text(json.dumps({"llms": REGISTRY}))
+    out = tmp_path / "llm" / "tiny"
+    assert main(["extract-llm", "--config", str(config), "--llm", "tiny", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err
+    assert f"cannot write {out / 'table.safetensors'} (Error while serializing: I/O error: No space left" in err
+    assert "MB free there); free disk space or fix permissions, then rerun the same command" in err
+    assert not out.exists() or list(out.iterdir()) == []

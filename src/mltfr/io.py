@@ -1,13 +1,17 @@
-"""Atomic file writes: a killed job never leaves a half-written file under its final name."""
+"""Atomic file writes: a killed job never leaves a half-written file under its final name, and a
+failed write (disk full, no permission) is a one-line error naming the file."""
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+from mltfr.errors import MltfrError
 
 
 _UMASK = os.umask(0)
@@ -30,6 +34,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def reporting_write_errors(path: str | os.PathLike, *also: type[Exception]):
+    """A failed write (disk full, no permission) becomes a one-line error naming the file, not a
+    traceback; an atomic write (atomic_path) has left the previous file, if any, intact."""
+    try:
+        yield
+    except (OSError, *also) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0][:120]
+        raise MltfrError(f"cannot write {path} ({reason}{free_space(Path(path).parent)}); free disk space "
+                         "or fix permissions, then rerun the same command (a training run resumes from "
+                         "its last checkpoint)") from None
+
+
+def free_space(folder: str | os.PathLike) -> str:
+    """`; N MB free there` for an error message (empty when the folder cannot be examined)."""
+    try:
+        return f"; {shutil.disk_usage(folder).free // 2**20} MB free there"
+    except OSError:
+        return ""
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

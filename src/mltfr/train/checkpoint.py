@@ -9,18 +9,16 @@ on validation (Trainer.save says why): a 2-LLM run's shrinks from about 380 MB t
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mltfr.errors import ConfigError, DataError, MltfrError
-from mltfr.io import atomic_path
+from mltfr.errors import ConfigError, DataError
+from mltfr.io import atomic_path, reporting_write_errors
 
 FORMAT = 1  # bump when the layout below changes; older checkpoints are then refused
 # config keys that may differ between the run and its resume (diagnostics draw no random numbers)
@@ -57,27 +55,6 @@ def save_checkpoint(path: Path, cfg_dict: dict, model, optimizer, rng: dict, sta
     # torch.save reports a full disk as a RuntimeError of its zip writer
     with reporting_write_errors(path, RuntimeError), atomic_path(path) as tmp:
         torch.save(payload, tmp)
-
-
-@contextlib.contextmanager
-def reporting_write_errors(path: Path, *also: type[Exception]):
-    """A failed write (disk full, no permission) becomes a one-line error naming the file, not a
-    traceback; the atomic write has left the previous file, if any, intact."""
-    try:
-        yield
-    except (OSError, *also) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0][:120]
-        raise MltfrError(f"cannot write {path} ({reason}{free_space(Path(path).parent)}); free disk space "
-                         "or fix permissions, then rerun the same command: training resumes from the "
-                         "last checkpoint") from None
-
-
-def free_space(folder: Path) -> str:
-    """`; N MB free there` for an error message (empty when the folder cannot be examined)."""
-    try:
-        return f"; {shutil.disk_usage(folder).free // 2**20} MB free there"
-    except OSError:
-        return ""
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

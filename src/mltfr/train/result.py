@@ -18,9 +18,8 @@ import torch
 
 from mltfr.errors import MltfrError
 from mltfr.evaluate import FULL_LABEL, SAMPLED_LABEL, metrics_from_ranks
-from mltfr.io import atomic_write_json, code_version
+from mltfr.io import atomic_write_json, code_version, reporting_write_errors
 from mltfr.registry import load_schema
-from mltfr.train.checkpoint import reporting_write_errors
 from mltfr.train.config import RunConfig
 
 RESULT = "result.json"

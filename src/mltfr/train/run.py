@@ -13,10 +13,10 @@ import torch
 
 from mltfr.data import make_split
 from mltfr.errors import ConfigError, MltfrError
-from mltfr.io import atomic_path
+from mltfr.io import atomic_path, reporting_write_errors
 from mltfr.models import build_backbone
 from mltfr.train.branch import attach_branch
-from mltfr.train.checkpoint import load_checkpoint, reporting_write_errors
+from mltfr.train.checkpoint import load_checkpoint
 from mltfr.train.config import RunConfig
 from mltfr.train.loop import CHECKPOINT, Trainer, evaluate_ranks
 from mltfr.train.result import build_result, evaluation_document, write_result
