@@ -465,3 +465,23 @@ def test_aggregate_writes_beside_the_study_by_default(tmp_path, monkeypatch):
     assert cli_main(["aggregate", "--runs", "results/s/runs", "--only", "tables", "--only", "stats"]) == 0
     assert (tmp_path / "results/s/tables/main.csv").is_file() and (tmp_path / "results/s/stats/comparisons.csv").is_file()
     assert not (tmp_path / "figures").exists()
+
+
+def test_single_llm_gains_figure_is_the_same_bytes_twice_and_keeps_numpy_state(runs):
+    """Its points are jittered by NumPy's global RNG inside seaborn: seeded for the drawing, so a
+    rebuild writes identical bytes, and the caller's global state is given back."""
+    import io
+
+    from mltfr.analysis.figures import single_llm_gains_figure
+
+    def png() -> bytes:
+        buffer = io.BytesIO()
+        single_llm_gains_figure(runs).savefig(buffer, format="png")
+        return buffer.getvalue()
+
+    np.random.seed(123)
+    expected_next = np.random.random()
+    np.random.seed(123)
+    first = png()
+    assert np.random.random() == expected_next
+    assert png() == first

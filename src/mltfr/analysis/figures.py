@@ -7,7 +7,9 @@ Error bars: 95% CIs are seaborn's bootstrap over seeds (seed=0, so redrawing is 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import itertools
 import re
 import textwrap
 from pathlib import Path
@@ -16,6 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, never a display
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
@@ -81,6 +84,18 @@ def _rotate(grid) -> None:
             label.set_horizontalalignment("right")
 
 
+@contextlib.contextmanager
+def seeded_global_numpy(seed: int = 0):
+    """seaborn's stripplot jitters with NumPy's global RNG (it takes no seed): seed it for the
+    drawing, then give back the caller's state."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
 def single_llm_gains_figure(runs: pd.DataFrame) -> plt.Figure:
     """Relative NDCG@10 gain of each single LLM over base: bars (sd over seeds) + per-seed points."""
     single = runs[runs["block"].isin(["direct", "filter"])]
@@ -92,8 +107,9 @@ def single_llm_gains_figure(runs: pd.DataFrame) -> plt.Figure:
     grid = sns.catplot(data, x="llm", y="gain_pct", hue="dataset", col="panel", row="protocol",
                        kind="bar", errorbar="sd", order=order, hue_order=hue_order, alpha=0.6,
                        sharey=False, **FACET)
-    grid.map_dataframe(sns.stripplot, x="llm", y="gain_pct", hue="dataset", order=order,
-                       hue_order=hue_order, dodge=True, palette="dark:0.2", size=3, legend=False)
+    with seeded_global_numpy():   # the points' jitter: the same figure bytes on every rebuild
+        grid.map_dataframe(sns.stripplot, x="llm", y="gain_pct", hue="dataset", order=order,
+                           hue_order=hue_order, dodge=True, palette="dark:0.2", size=3, legend=False)
     _zero_line(grid)
     grid.set_axis_labels("LLM", "NDCG@10 gain over base (%)")
     _titles(grid)
@@ -131,7 +147,7 @@ def _reference_lines(grid, references: pd.DataFrame, palette: dict) -> None:
     """A labelled horizontal line at each reference backbone's mean over seeds, per protocol
     (its colour), in every panel of the dataset (the grid's columns)."""
     means = references.groupby(["dataset", "backbone", "protocol"])["test_ndcg@10"].mean()
-    styles = dict(zip(sorted(references["backbone"].unique()), REFERENCE_STYLES * 3))
+    styles = dict(zip(sorted(references["backbone"].unique()), itertools.cycle(REFERENCE_STYLES)))
     for (_, dataset), ax in grid.axes_dict.items():
         for (ref_dataset, backbone, protocol), mean in means.items():
             if ref_dataset == dataset:

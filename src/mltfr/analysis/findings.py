@@ -301,7 +301,7 @@ def ladder_without_gain(ladder: pd.DataFrame, demo: str | None) -> str:
     lines = [f"- {factor_words(r.rung)} moves {r.variant}'s test NDCG@10 on {r.dataset}/{r.backbone} by "
              f"{r.delta:+.4f} from "
              f"{r.previous} (to {r.ndcg:.4f}; Wilcoxon over users, Holm: "
-             f"{format_p(getattr(r, 'p_wilcoxon_holm', np.nan)) or 'not computed'}; {r.n_seeds:.0f} seed(s)"
+             f"{format_p(r.p_wilcoxon_holm) or 'not computed'}; {r.n_seeds:.0f} seed(s)"
              f"{'' if r.n_seeds >= MIN_SEEDS else ': ' + NOT_TESTABLE})." for r in steps.itertuples()]
     unladdered = factors_off_the_ladder(ladder)
     if unladdered:
