@@ -364,15 +364,18 @@ def test_interp_stats_count_tokens_and_router_weights():
     cfg = base_cfg(names=["a", "b"], router="mean", K=2)
     model = tiny_model(cfg, tables_for(["a", "b"])).eval()
     seqs = random_seqs(10)
-    model(seqs)
+    model(seqs)                                                      # outside recording(): nothing
+    assert model.branch.interp_stats()["n_positions"] == 0
+    with model.branch.recording():
+        model(seqs)
+    model(seqs)                                                      # after it: nothing either
     stats = model.branch.interp_stats(top=100)
     assert stats["router_weight"] == {"a": 0.5, "b": 0.5}
     assert stats["n_positions"] == int((seqs > 0).sum())
     assert sum(c for _, c in stats["top_tokens"]["a"]) == 10 * 2   # 10 users x K
-    model.train()
-    model(seqs)                                                      # training does not record
-    assert model.branch.interp_stats()["n_positions"] == stats["n_positions"]
-    model.branch.reset_interp()
+    with model.branch.recording():
+        model.train()
+        model(seqs)                                                  # training does not record
     assert model.branch.interp_stats()["n_positions"] == 0
 
 

@@ -65,14 +65,12 @@ def squared_gradient_mean(model, batches, name, seed=0):
     gen = torch.Generator().manual_seed(seed)
     squares = []
     model.eval()
-    model.branch.record_interp = False
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         for batch in batches:
             model.zero_grad()
             model.loss(batch, gen).backward()
             squares.append(param.grad.clone() ** 2)
-    model.branch.record_interp = True
     model.train()
     return torch.stack(squares).mean(0)
 

@@ -61,7 +61,7 @@ def test_minilm_branch_trains_on_pantry(minilm_table, pantry_windows):
     assert all(torch.isfinite(torch.tensor(losses)))
 
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), model.branch.recording():
         out = model.user_representation(windows[:, 1:])
     assert out.shape == (64, 64) and torch.isfinite(out).all()
     every = model.branch.interp_stats(top=30522)        # every token picked, most picked first

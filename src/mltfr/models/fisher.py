@@ -39,16 +39,13 @@ def expert_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
 
 @contextlib.contextmanager
 def _fisher_mode(model: nn.Module):
-    """Dropout off (eval) but gradients on; interpretability recording paused; state restored."""
-    was_training, branch = model.training, model.branch
-    recording = branch.record_interp
+    """Dropout off (eval) but gradients on; the training mode restored after."""
+    was_training = model.training
     model.eval()
-    branch.record_interp = False
     try:
         with torch.enable_grad():
             yield
     finally:
-        branch.record_interp = recording
         model.train(was_training)
 
 

@@ -27,6 +27,8 @@ kernel, sampler and projection cache), experts (CrossAttentionExpert, PrototypeM
 """
 from __future__ import annotations
 
+import contextlib
+
 from functools import partial
 
 import torch
@@ -74,7 +76,7 @@ class MltfrBranch(nn.Module):
         self.router = nn.Linear(cfg.d, len(tables)) if cfg.router == "softmax" else None
         self.shared: CrossAttentionExpert | None = None   # consensus expert (build_branch), frozen
         self.group: list[int] = []
-        self.record_interp = True                           # the Fisher pass switches it off
+        self.record_interp = False    # on only inside recording(): a count per batch costs a device sync
         self.diagnostics = None   # training diagnostics (mltfr.models.diagnostics), set by the trainer
         self.reset_interp()
 
@@ -191,6 +193,17 @@ class MltfrBranch(nn.Module):
                               "rerun the Fisher step with the same LLMs and d") from None
         self.shared = shared.to(self.table(0).device).requires_grad_(False).eval()
         self.group = group
+
+    @contextlib.contextmanager
+    def recording(self):
+        """Count router weights and picked tokens in the evaluation passes inside, from zero (the
+        final test pass of mltfr.train.result); validation passes during training count nothing."""
+        self.reset_interp()
+        self.record_interp = True
+        try:
+            yield self
+        finally:
+            self.record_interp = False
 
     def reset_interp(self) -> None:
         """Zero the evaluation accumulators (router weight per LLM, selected-token counts)."""

@@ -102,9 +102,8 @@ def interpretability(trainer, llm_tables: dict) -> dict:
     from mltfr.llm import token_strings
     from mltfr.train.loop import evaluate_ranks
 
-    branch = trainer.model.branch
-    branch.reset_interp()
-    evaluate_ranks(trainer.model, trainer.split.test, trainer.cfg, trainer.device)
+    with trainer.model.branch.recording() as branch:
+        evaluate_ranks(trainer.model, trainer.split.test, trainer.cfg, trainer.device)
     stats = branch.interp_stats()
     tokens = {}
     for name, pairs in stats["top_tokens"].items():
