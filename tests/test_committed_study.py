@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fixtures.slurm.workflow import env_with, scontrol_stub
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CONFIG = yaml.safe_load((REPO / "config/cpu.yaml").read_text())
@@ -59,10 +61,7 @@ def copy_fresh_clone(dest: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict:
     """A failing `scontrol` first on PATH: the slurm plugin's import otherwise waits on it."""
-    stub = tmp_path_factory.mktemp("stub")
-    (stub / "scontrol").write_text("#!/bin/sh\nexit 1\n")
-    (stub / "scontrol").chmod(0o755)
-    return os.environ | {"PATH": f"{stub}:{os.environ['PATH']}"}
+    return env_with(scontrol_stub(tmp_path_factory.mktemp("stub")))
 
 
 def snakemake(work: Path, env: dict, *args: str) -> str:

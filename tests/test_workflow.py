@@ -6,7 +6,6 @@ are hand-computed from the configs' grids (see each test).
 from __future__ import annotations
 
 import json
-import os
 import re
 import resource
 import subprocess
@@ -18,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fixtures.slurm.workflow import env_with, scontrol_stub
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SNAKEMAKE = str(BIN / "snakemake")
@@ -26,15 +27,12 @@ DAG_BUDGET_S = 10.0  # issue 5: the paper-scale dry run builds its DAG in under 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict:
-    """The environment of every snakemake call: the venv first, and a failing `scontrol`.
+    """The environment of every snakemake call: a failing `scontrol`, then the venv, first on PATH.
 
     With Slurm's client installed but no controller running, the slurm plugin's import runs
     `scontrol show config`, which hangs for its 10 s timeout on every snakemake call.
     """
-    stub = tmp_path_factory.mktemp("stub")
-    (stub / "scontrol").write_text("#!/bin/sh\nexit 1\n")
-    (stub / "scontrol").chmod(0o755)
-    return os.environ | {"PATH": f"{stub}:{BIN}:{os.environ['PATH']}"}
+    return env_with(scontrol_stub(tmp_path_factory.mktemp("stub")))
 
 
 def snakemake(env, *args, check=True) -> subprocess.CompletedProcess:

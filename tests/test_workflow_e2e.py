@@ -22,6 +22,7 @@ import pytest
 import yaml
 from matplotlib.image import imread
 
+from fixtures.slurm.workflow import scontrol_stub
 from mltfr.analysis import outputs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,9 +68,7 @@ def dry_run_counts(workdir: Path, env: dict) -> dict[str, int]:
 def env(tmp_path_factory) -> dict:
     """PATH without the virtualenv (as for a user who runs .venv/bin/snakemake without activating
     it), and a failing `scontrol` (the slurm plugin's import otherwise waits 10 s for a controller)."""
-    stub = tmp_path_factory.mktemp("stub")
-    (stub / "scontrol").write_text("#!/bin/sh\nexit 1\n")
-    (stub / "scontrol").chmod(0o755)
+    stub = scontrol_stub(tmp_path_factory.mktemp("stub"))
     path = [p for p in os.environ["PATH"].split(os.pathsep) if p and Path(p).resolve() != BIN.resolve()]
     return os.environ | {"PATH": os.pathsep.join([str(stub), *path])}
 
