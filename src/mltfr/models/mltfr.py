@@ -28,7 +28,6 @@ kernel, sampler and projection cache), experts (CrossAttentionExpert, PrototypeM
 from __future__ import annotations
 
 import contextlib
-
 from functools import partial
 
 import torch
