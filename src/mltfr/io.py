@@ -58,7 +58,7 @@ def free_space(folder: str | os.PathLike) -> str:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(path) as tmp:
+    with reporting_write_errors(path), atomic_path(path) as tmp:
         tmp.write_bytes(data)
 
 

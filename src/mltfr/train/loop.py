@@ -30,7 +30,7 @@ from tqdm import tqdm
 from mltfr.errors import ConfigError, MltfrError
 from mltfr.evaluate import (majority_metrics, metric_names, metrics_from_ranks, rank, rank_sampled,
                             wins_majority)
-from mltfr.io import atomic_write_text, reporting_write_errors
+from mltfr.io import atomic_write_text
 from mltfr.models.diagnostics import attach_diagnostics
 from mltfr.train import batching
 from mltfr.train.allocator import keep_freed_memory
@@ -255,8 +255,7 @@ class Trainer:
         writer = csv.DictWriter(buf, fieldnames=columns, restval="")
         writer.writeheader()
         writer.writerows(rows)
-        with reporting_write_errors(self.run_dir / EPOCH_LOG):
-            atomic_write_text(self.run_dir / EPOCH_LOG, buf.getvalue())
+        atomic_write_text(self.run_dir / EPOCH_LOG, buf.getvalue())
 
     # ----------------------------------------------------------------- preemption
     @contextlib.contextmanager

@@ -18,7 +18,7 @@ import torch
 
 from mltfr.errors import MltfrError
 from mltfr.evaluate import FULL_LABEL, SAMPLED_LABEL, metrics_from_ranks
-from mltfr.io import atomic_write_json, code_version, reporting_write_errors
+from mltfr.io import atomic_write_json, code_version
 from mltfr.registry import load_schema
 from mltfr.train.config import RunConfig
 
@@ -91,8 +91,7 @@ def validated(doc: dict, definition: str | None = None) -> dict:
 
 def write_result(run_dir: Path, doc: dict) -> None:
     """RUN_DIR/result.json, atomically; written last, it marks the run complete."""
-    with reporting_write_errors(run_dir / RESULT):
-        atomic_write_json(run_dir / RESULT, doc)
+    atomic_write_json(run_dir / RESULT, doc)
 
 
 def interpretability(trainer, llm_tables: dict) -> dict:
