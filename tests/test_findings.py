@@ -11,7 +11,8 @@ import pytest
 
 from fixtures.results import branch_settings, metrics_of, result_document, write_run_folder
 from mltfr.analysis.demonstration import demonstration_label
-from mltfr.analysis.findings import NOT_TESTABLE, question1_rows, verdict, write_findings
+from mltfr.analysis.findings import (NOT_TESTABLE, learning_filter_text, question1_rows, verdict,
+                                     write_findings)
 from mltfr.analysis.pipeline import aggregate
 from mltfr.analysis.stats import StatsConfig
 from mltfr.cli import main as cli_main
@@ -208,6 +209,30 @@ def test_diagnostics_are_stated_in_words(demo):
     assert ("the filter's pick agrees with its own noiseless argmax (top-K): between 25.0% (mltfr/x on "
             "alpha, sasrec, corrected) and 50.0% (mltfr-randomselect/x on alpha, sasrec, corrected)") in text
     assert "projection gradient norm: 0.001 in every cell" in text
+
+
+def test_the_learning_filter_is_compared_with_the_full_method_in_words(converged):
+    """mltfr-learnfilter vs mltfr per cell, with its own diagnostics; 'not run' without it."""
+    comparison = {"dataset": "alpha", "backbone": "sasrec", "protocol": "corrected", "n_seeds": 5,
+                  "p_wilcoxon_holm": 0.01, "p_ttest_holm": 0.02, "mean_diff": 0.002, "rank_biserial": 0.3,
+                  "ci_low": 0.001, "ci_high": 0.003}
+    rows = pd.DataFrame([{**comparison, "variant": "mltfr-learnfilter", "reference": "mltfr"},
+                         {**comparison, "variant": "mltfr-learnfilter", "reference": "base", "mean_diff": -1.0},
+                         {**comparison, "variant": "mltfr-random", "reference": "mltfr", "mean_diff": -1.0}])
+    diag = pd.DataFrame({"variant": ["mltfr-learnfilter", "mltfr-learnfilter", "mltfr"],
+                         "dataset": "alpha", "backbone": "sasrec", "protocol": "corrected",
+                         "llm": ["x", "y", "x"], "projection_grad_norm": [0.002, 0.004, 0.0],
+                         "effective_share": [0.9, 0.9, 0.99], "argmax_agreement": [0.1, 0.1, 0.0]})
+    text = learning_filter_text(rows, diag)
+    assert ("projection gradient norm between 0.002 (mltfr-learnfilter/x on alpha, sasrec, corrected) and "
+            "0.004 (mltfr-learnfilter/y on alpha, sasrec, corrected); effective tokens, as a share of the "
+            "vocabulary, 90.0% in every cell; argmax agreement 10.0% in every cell") in text
+    assert text.endswith("- alpha/sasrec, corrected: mltfr-learnfilter vs mltfr: **better** (Δ NDCG@10 "
+                         "+0.0020 [+0.0010, +0.0030], Holm p 0.010, 5 seed(s)).\n")
+    assert "-1.0" not in text                                   # only the comparison with mltfr
+    not_run = "A filter that learns (mltfr-learnfilter): not run in this study.\n"
+    assert learning_filter_text(rows.iloc[1:], diag) == not_run
+    assert "A filter that learns (mltfr-learnfilter): not run in this study." in report(converged)
 
 
 def test_links_are_relative_and_point_to_the_figures(demo):

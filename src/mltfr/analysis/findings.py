@@ -37,6 +37,8 @@ NOT_RUN = "not run in this study"
 # The controls MLTFR must beat for its gain to come from the LLM tables: random tables of the same
 # shapes (no LLM knowledge) and uniformly drawn tokens (no user signal); mltfr.study.variants.
 CONTROLS = ("mltfr-random", "mltfr-randomselect")
+# The named fix of the authors' filter, which gets no gradient at K = 1 (docs/method.md)
+LEARNING_FILTER = "mltfr-learnfilter"
 PROTOCOL_ORDER = ("corrected", "faithful")   # the headline first, the authors' protocol beside it
 CELL_KEYS = ["dataset", "backbone"]
 
@@ -106,7 +108,11 @@ def question1_rows(comparisons: pd.DataFrame) -> pd.DataFrame:
     parts += [_oriented(comparisons[(variant == v) & (ref == BASE) & filters], f"{v} vs {BASE}", 1)
               for v in sorted(set(variant[filters]))]
     parts += [_oriented(comparisons[(variant == c) & (ref == FULL)], f"{FULL} vs {c}", -1) for c in CONTROLS]
-    rows = pd.concat(parts, ignore_index=True)
+    return with_verdicts(pd.concat(parts, ignore_index=True))
+
+
+def with_verdicts(rows: pd.DataFrame) -> pd.DataFrame:
+    """Oriented comparison rows with a `verdict` column (the verdict rule above)."""
     rows["verdict"] = [verdict(*v) for v in rows[["p_wilcoxon_holm", "mean_diff", "rank_biserial",
                                                   "n_seeds"]].to_numpy(float)]
     return rows
@@ -369,12 +375,32 @@ def diagnostics_text(diag: pd.DataFrame) -> str:
             f"- projection gradient norm: {_range(filters, 'projection_grad_norm', '{:.3g}')}.\n")
 
 
-def evidence_sections(tables: Path, figures: Path, out: Path) -> str:
-    """The main table, the ladder, the filter diagnostics and the controls, each with its figure."""
+def learning_filter_text(comparisons: pd.DataFrame, diag: pd.DataFrame) -> str:
+    """Whether a filter that gets a gradient changes anything: mltfr-learnfilter vs mltfr per
+    cell (comparisons.csv), and its own diagnostics (diagnostics.csv)."""
+    rows = comparisons[(comparisons["variant"] == LEARNING_FILTER) & (comparisons["reference"] == FULL)] \
+        if len(comparisons) else comparisons
+    if rows.empty:
+        return f"A filter that learns ({LEARNING_FILTER}): {NOT_RUN}.\n"
+    rows = with_verdicts(_oriented(rows, f"{LEARNING_FILTER} vs {FULL}", 1))
+    lines = [f"- {r.dataset}/{r.backbone}, {r.protocol}: {r.comparison}: **{r.verdict}** ({_diff_text(r)})."
+             for r in rows.itertuples()]
+    own = diag[diag["variant"] == LEARNING_FILTER] if len(diag) else diag
+    return (f"A filter that learns ({LEARNING_FILTER}: the chosen tokens' weights pass a gradient to the "
+            f"scores): projection gradient norm {_range(own, 'projection_grad_norm', '{:.3g}')}; effective "
+            f"tokens, as a share of the vocabulary, {_range(own, 'effective_share', '{:.1%}')}; argmax agreement "
+            f"{_range(own, 'argmax_agreement', '{:.1%}')}; against the full method:\n\n"
+            + "\n".join(lines) + "\n")
+
+
+def evidence_sections(tables: Path, figures: Path, out: Path, learning: str = "") -> str:
+    """The main table, the ladder, the filter diagnostics (with `learning`, the learning-filter
+    paragraph) and the controls, each with its figure."""
     link = lambda name: figure_link(figures, name, out)
     return ("## Main table\n\n" + embedded(tables, "main", "Main results") + "\n" + link("main_comparison")
             + "\n## Protocol ladder\n\n" + embedded(tables, "ladder", "Protocol ladder") + "\n" + link("ladder")
             + "\n## Filter diagnostics\n\n" + diagnostics_text(read_table(tables, "diagnostics")) + "\n"
+            + (learning + "\n" if learning else "")
             + embedded(tables, "diagnostics", "Filter diagnostics") + "\n" + link("diagnostics")
             + "\n## Controls and ablations\n\n" + embedded(tables, "ablations", "Ablations and controls")
             + "\n" + link("ablations"))
@@ -409,9 +435,11 @@ def write_findings(tables: Path, stats: Path, figures: Path, out: Path, study: s
     tables, stats, figures, out = map(Path, (tables, stats, figures, out))
     runs = read_table(tables, "runs")
     demo = demonstration_label(runs)
-    rows = question1_rows(read_table(stats, "comparisons"))
+    comparisons = read_table(stats, "comparisons")
+    rows = question1_rows(comparisons)
+    learning = learning_filter_text(comparisons, read_table(tables, "diagnostics"))
     text = (header(tables, stats, figures, out, study, demo, coverage_note(runs, planned), planned)
             + question1(rows, read_table(tables, "main"), demo) + "\n"
-            + question2(rows, tables, figures, out, demo) + "\n" + evidence_sections(tables, figures, out))
+            + question2(rows, tables, figures, out, demo) + "\n" + evidence_sections(tables, figures, out, learning))
     atomic_write_text(out, text)
     return out
