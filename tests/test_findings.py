@@ -232,6 +232,7 @@ def test_the_learning_filter_is_compared_with_the_full_method_in_words(converged
     assert "-1.0" not in text                                   # only the comparison with mltfr
     not_run = "A filter that learns (mltfr-learnfilter): not run in this study.\n"
     assert learning_filter_text(rows.iloc[1:], diag) == not_run
+    assert "projection gradient norm not recorded;" in learning_filter_text(rows, pd.DataFrame())
     assert "A filter that learns (mltfr-learnfilter): not run in this study." in report(converged)
 
 

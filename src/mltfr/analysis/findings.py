@@ -352,6 +352,8 @@ def question2(rows: pd.DataFrame, tables: Path, figures: Path, out: Path, demo: 
 def _range(diag: pd.DataFrame, col: str, fmt: str) -> str:
     """'<value> in every cell', or 'between <min> (<cell>) and <max> (<cell>)', of one
     diagnostic over the filter cells."""
+    if col not in diag:          # an empty diagnostics table has no columns
+        return "not recorded"
     values = diag.dropna(subset=[col])
     if values.empty:
         return "not recorded"
