@@ -19,27 +19,32 @@ os.umask(_UMASK)
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success fsync it and rename it into place."""
+def atomic_path(path: str | os.PathLike, *write_errors: type[Exception]) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success fsync it and rename it into place.
+
+    An OSError inside (disk full, no permission), or one of `write_errors` (a writer that wraps
+    it in its own type: torch's RuntimeError, safetensors' SafetensorError), becomes a one-line
+    MltfrError naming `path`; a body that reads elsewhere (a download) reports its own errors."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file normal permissions
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with reporting_write_errors(path, *write_errors):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(tmp)
+        try:
+            yield tmp
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file normal permissions
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
 def reporting_write_errors(path: str | os.PathLike, *also: type[Exception]):
     """A failed write (disk full, no permission) becomes a one-line error naming the file, not a
-    traceback; an atomic write (atomic_path) has left the previous file, if any, intact."""
+    traceback; atomic_path, its user, has left the previous file, if any, intact."""
     try:
         yield
     except (OSError, *also) as exc:
@@ -58,7 +63,7 @@ def free_space(folder: str | os.PathLike) -> str:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with reporting_write_errors(path), atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_bytes(data)
 
 

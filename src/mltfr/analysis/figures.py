@@ -26,7 +26,7 @@ from mltfr.analysis.collect import diagnostics_frame, sensitivity_runs  # noqa: 
 from mltfr.analysis.demonstration import demonstration_label  # noqa: E402
 from mltfr.analysis.tables import NO_RUNS, paired_gain, protocol_table  # noqa: E402
 from mltfr.analysis.variants import ABLATIONS, BASE, FULL, parse_variant  # noqa: E402
-from mltfr.io import atomic_path, reporting_write_errors  # noqa: E402
+from mltfr.io import atomic_path  # noqa: E402
 
 CI95 = ("ci", 95)
 FACET = {"height": 3.0, "aspect": 1.3}
@@ -39,7 +39,7 @@ def save_figure(fig: plt.Figure, folder: str | Path, name: str) -> list[Path]:
     """<folder>/<name>.png and .pdf, atomically; the PDF carries no date so reruns are identical."""
     paths = [Path(folder) / f"{name}.{ext}" for ext in ("png", "pdf")]
     for path in paths:
-        with reporting_write_errors(path), atomic_path(path) as tmp:
+        with atomic_path(path) as tmp:
             meta = {"CreationDate": None} if path.suffix == ".pdf" else {}
             fig.savefig(tmp, format=path.suffix[1:], dpi=150, bbox_inches="tight", metadata=meta)
     plt.close(fig)

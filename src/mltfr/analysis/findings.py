@@ -395,14 +395,15 @@ def learning_filter_text(comparisons: pd.DataFrame, diag: pd.DataFrame) -> str:
             + "\n".join(lines) + "\n")
 
 
-def evidence_sections(tables: Path, figures: Path, out: Path, learning: str = "") -> str:
-    """The main table, the ladder, the filter diagnostics (with `learning`, the learning-filter
-    paragraph) and the controls, each with its figure."""
+def evidence_sections(tables: Path, figures: Path, out: Path, comparisons: pd.DataFrame) -> str:
+    """The main table, the ladder, the filter diagnostics (with the learning filter against the
+    full method, from `comparisons`) and the controls, each with its figure."""
     link = lambda name: figure_link(figures, name, out)
+    diag = read_table(tables, "diagnostics")
     return ("## Main table\n\n" + embedded(tables, "main", "Main results") + "\n" + link("main_comparison")
             + "\n## Protocol ladder\n\n" + embedded(tables, "ladder", "Protocol ladder") + "\n" + link("ladder")
-            + "\n## Filter diagnostics\n\n" + diagnostics_text(read_table(tables, "diagnostics")) + "\n"
-            + (learning + "\n" if learning else "")
+            + "\n## Filter diagnostics\n\n" + diagnostics_text(diag) + "\n"
+            + learning_filter_text(comparisons, diag) + "\n"
             + embedded(tables, "diagnostics", "Filter diagnostics") + "\n" + link("diagnostics")
             + "\n## Controls and ablations\n\n" + embedded(tables, "ablations", "Ablations and controls")
             + "\n" + link("ablations"))
@@ -439,9 +440,9 @@ def write_findings(tables: Path, stats: Path, figures: Path, out: Path, study: s
     demo = demonstration_label(runs)
     comparisons = read_table(stats, "comparisons")
     rows = question1_rows(comparisons)
-    learning = learning_filter_text(comparisons, read_table(tables, "diagnostics"))
     text = (header(tables, stats, figures, out, study, demo, coverage_note(runs, planned), planned)
             + question1(rows, read_table(tables, "main"), demo) + "\n"
-            + question2(rows, tables, figures, out, demo) + "\n" + evidence_sections(tables, figures, out, learning))
+            + question2(rows, tables, figures, out, demo) + "\n"
+            + evidence_sections(tables, figures, out, comparisons))
     atomic_write_text(out, text)
     return out

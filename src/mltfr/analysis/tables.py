@@ -20,7 +20,7 @@ from mltfr.analysis.collect import diagnostics_frame, protocol_runs, sensitivity
 from mltfr.analysis.demonstration import demonstration_label
 from mltfr.analysis.outputs import DIAGNOSTIC_KEYS
 from mltfr.analysis.variants import ABLATIONS, BASE, FULL
-from mltfr.io import atomic_path, atomic_write_text, reporting_write_errors
+from mltfr.io import atomic_path, atomic_write_text
 
 CELL = ["dataset", "backbone", "protocol"]    # runs that share test users and can be compared
 MAIN_METRICS = ("ndcg@10", "hr@10")
@@ -416,6 +416,6 @@ def write_runs(runs: pd.DataFrame, folder: str | Path) -> list[Path]:
     folder = Path(folder)
     csv, parquet = folder / "runs.csv", folder / "runs.parquet"
     atomic_write_text(csv, runs.to_csv(index=False))
-    with reporting_write_errors(parquet), atomic_path(parquet) as tmp:
+    with atomic_path(parquet) as tmp:
         runs.to_parquet(tmp, index=False)
     return [csv, parquet]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from mltfr.errors import DataError
-from mltfr.io import atomic_path, atomic_write_json, code_version, reporting_write_errors, sha256_file
+from mltfr.io import atomic_path, atomic_write_json, code_version, sha256_file
 
 NPZ, META, STATS = "prepared.npz", "meta.json", "stats.json"
 
@@ -65,7 +65,7 @@ def save_prepared(folder: str | Path, prepared: Prepared) -> None:
     for key in ("user_raw", "item_raw"):
         if getattr(prepared, key) is not None:
             arrays[key] = np.asarray(getattr(prepared, key), dtype=str)
-    with reporting_write_errors(folder / NPZ), atomic_path(folder / NPZ) as tmp:
+    with atomic_path(folder / NPZ) as tmp:
         with open(tmp, "wb") as fh:                  # a handle: savez would append ".npz"
             np.savez_compressed(fh, **arrays)
     prepared.meta.update(n_items=int(prepared.n_items), prepared_sha256=sha256_file(folder / NPZ),

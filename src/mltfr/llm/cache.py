@@ -17,7 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from mltfr.errors import DataError
-from mltfr.io import atomic_path, atomic_write_json, reporting_write_errors, sha256_file
+from mltfr.io import atomic_path, atomic_write_json, sha256_file
 
 log = logging.getLogger("mltfr.llm")
 
@@ -46,7 +46,7 @@ def write_table(folder: Path, weight: torch.Tensor, dtype: str) -> str:
     """Atomically write the (V, D) table as tensor "weight"; return its sha256."""
     table = weight.to(DTYPES[dtype]).contiguous()   # (V, D); a no-op for fp32 input
     # safetensors reports a full disk as its own SafetensorError
-    with reporting_write_errors(folder / TABLE_FILE, SafetensorError), atomic_path(folder / TABLE_FILE) as tmp:
+    with atomic_path(folder / TABLE_FILE, SafetensorError) as tmp:
         save_file({TENSOR_NAME: table}, str(tmp))   # writes from the tensor's memory, no copy
     return sha256_file(folder / TABLE_FILE)
 

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from mltfr.errors import ConfigError, DataError
-from mltfr.io import atomic_path, reporting_write_errors
+from mltfr.io import atomic_path
 from mltfr.models.mltfr import resolve_consensus_group
 
 FISHER_EPS = 1e-12   # keeps the merge defined where every Fisher entry is zero
@@ -145,7 +145,7 @@ def merge_round1(model: nn.Module, batches: Iterable, seed: int = 0) -> tuple[di
 def save_consensus(path: str | Path, state: dict[str, Tensor], meta: dict) -> None:
     """Write the merged expert atomically; `meta` (JSON-able: llms, dims, method) goes alongside."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    with reporting_write_errors(path, SafetensorError), atomic_path(path) as tmp:
+    with atomic_path(path, SafetensorError) as tmp:
         save_file(tensors, str(tmp), metadata={"mltfr": json.dumps(meta, sort_keys=True)})
 
 

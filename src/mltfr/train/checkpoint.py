@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from mltfr.errors import ConfigError, DataError
-from mltfr.io import atomic_path, reporting_write_errors
+from mltfr.io import atomic_path
 
 FORMAT = 1  # bump when the layout below changes; older checkpoints are then refused
 # config keys that may differ between the run and its resume (diagnostics draw no random numbers)
@@ -54,7 +54,7 @@ def save_checkpoint(path: Path, cfg_dict: dict, model, optimizer, rng: dict, sta
                "optimizer": optimizer.state_dict() if optimizer is not None else None,  # None: pop, finished
                "rng": rng, "state": dataclasses.asdict(state)}
     # torch.save reports a full disk as a RuntimeError of its zip writer
-    with reporting_write_errors(path, RuntimeError), atomic_path(path) as tmp:
+    with atomic_path(path, RuntimeError) as tmp:
         torch.save(payload, tmp)
 
 

@@ -13,7 +13,7 @@ import torch
 
 from mltfr.data import make_split
 from mltfr.errors import ConfigError, MltfrError
-from mltfr.io import atomic_path, reporting_write_errors
+from mltfr.io import atomic_path
 from mltfr.models import build_backbone
 from mltfr.train.branch import attach_branch
 from mltfr.train.checkpoint import load_checkpoint
@@ -76,8 +76,7 @@ def train_and_evaluate(split, cfg: RunConfig, run_dir: str | Path, dataset_meta:
         return None
     ranks, seconds = final_ranks(trainer)
     result = build_result(trainer, ranks, seconds, dataset_meta, inputs or {}, llm_tables or {}, rung)
-    with reporting_write_errors(run_dir / RANKS):
-        write_ranks(run_dir / RANKS, split, ranks, result["eval_protocol"], result["selection"])
+    write_ranks(run_dir / RANKS, split, ranks, result["eval_protocol"], result["selection"])
     write_result(run_dir, result)   # last: it marks the run complete
     return result
 
