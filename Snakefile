@@ -34,6 +34,7 @@ if not REBUILD_ONLY:
     include: "workflow/rules/train.smk"
 
 
+include: "workflow/rules/tuning.smk"
 include: "workflow/rules/report.smk"
 
 

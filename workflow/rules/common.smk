@@ -151,6 +151,7 @@ def get_final_output():
     files = aggregate_outputs.table_outputs(LAYOUT.tables)
     files += aggregate_outputs.stats_outputs(LAYOUT.stats)
     files += aggregate_outputs.figure_outputs(LAYOUT.figures)
+    files += aggregate_outputs.tuning_outputs(LAYOUT.tables)
     return [str(path) for path in files] + [LAYOUT.findings]
 
 
@@ -168,7 +169,30 @@ def train_inputs(wildcards):
     llms = STUDY.variant_llms(wildcards.variant, wildcards.backbone)  # cached
     data = LAYOUT.data_marker.format(dataset=wildcards.dataset)
     markers = [data, *(LAYOUT.llm_marker.format(llm=llm) for llm in llms)]
-    return [ancient(marker) for marker in markers]
+    choice = STUDY.tuned_choice(
+        wildcards.dataset, wildcards.backbone, wildcards.protocol
+    )
+    return [ancient(marker) for marker in markers + ([choice] if choice else [])]
+
+
+def tuning_inputs(wildcards):
+    """A search run reads its dataset only (base, no LLM)."""
+    return [ancient(LAYOUT.data_marker.format(dataset=wildcards.dataset))]
+
+
+def tuning_results(wildcards):
+    """The search runs of one (dataset, backbone), in grid order; with rebuild_only, those on
+    disk (no training rule is loaded then)."""
+    results = STUDY.tuning_results(wildcards.dataset, wildcards.backbone)
+    if not REBUILD_ONLY:
+        return results
+    present = [result for result in results if Path(result).is_file()]
+    if not present:
+        raise WorkflowError(
+            f"rebuild_only: no tuning run of {wildcards.dataset}/{wildcards.backbone} has a "
+            f"result.json under {LAYOUT.root}/tuning; train them first (drop rebuild_only)"
+        )
+    return present
 
 
 def round2_inputs(wildcards):
@@ -196,6 +220,17 @@ def llm_entry(wildcards):
     return STUDY.llms[wildcards.llm]
 
 
+def tuning_args(wildcards):
+    return STUDY.tuning_args(wildcards)
+
+
+def tuning_search(wildcards):
+    """`--keys K1,K2 --metric M --expected N` of a choice: the grid's keys and size."""
+    block = STUDY.block("tuning")
+    keys = ",".join(block["grid"])
+    return f"--keys {keys} --metric {block['metric']} --expected {len(STUDY.tuning_points)}"
+
+
 def round1_args(wildcards):
     return STUDY.run_args(wildcards, LAYOUT.round1_dir)
 
@@ -220,3 +255,4 @@ wildcard_constraints:
     variant=alternatives(STUDY.all_variants()),
     protocol=alternatives(sorted({run.protocol for run in STUDY.runs})),
     seed=r"\d+",
+    point=alternatives(STUDY.tuning_points),

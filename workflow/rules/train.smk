@@ -76,3 +76,26 @@ rule train:
         "{params.mltfr} train --config {params.config} {params.args}"
         " --backbone {wildcards.backbone} --protocol {wildcards.protocol}"
         " --seed {wildcards.seed} --threads {threads} --device auto > {log} 2>&1"
+
+
+rule train_tuning:
+    input:
+        tuning_inputs,
+    output:
+        result=f"{LAYOUT.tuning_run_dir}/result.json",
+    log:
+        f"{LAYOUT.logs}/train_tuning/{{dataset}}/{{backbone}}/{{point}}.log",
+    benchmark:
+        f"{LAYOUT.benchmarks}/train_tuning/{{dataset}}/{{backbone}}/{{point}}.tsv"
+    conda:
+        "../../envs/mltfr.yaml"
+    threads: 1
+    params:
+        mltfr=MLTFR,
+        config=CLI_CONFIG,
+        args=tuning_args,
+        train=train_settings(),
+    shell:
+        "{params.mltfr} train --config {params.config} {params.args}"
+        " --backbone {wildcards.backbone} --protocol corrected"
+        " --threads {threads} --device auto > {log} 2>&1"

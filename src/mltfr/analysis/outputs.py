@@ -11,6 +11,8 @@ from pathlib import Path
 TABLES = ("dataset_stats", "main", "single_llm", "ablations", "sensitivity", "efficiency", "protocols",
           "diagnostics", "ladder", "optimism")
 TABLE_FORMATS = ("csv", "md", "tex")
+# The backbone's validation search (mltfr.analysis.tuning), its own job: <tables>/tuning.{csv,md,tex}.
+TUNING_TABLE = "tuning"
 # The per-run table: <tables>/runs.csv and <tables>/runs.parquet.
 RUNS_TABLE = "runs"
 # Statistics: <stats>/comparisons.csv (every number) and <stats>/pvalues.{csv,md,tex}.
@@ -46,6 +48,11 @@ def table_outputs(tables_dir: str | Path) -> list[Path]:
     d = Path(tables_dir)
     files = [d / f"{RUNS_TABLE}.csv", d / f"{RUNS_TABLE}.parquet"]
     return files + [d / f"{n}.{ext}" for n in TABLES for ext in TABLE_FORMATS]
+
+
+def tuning_outputs(tables_dir: str | Path) -> list[Path]:
+    """The tuning table (`mltfr tune table`), written beside the study tables by its own job."""
+    return [Path(tables_dir) / f"{TUNING_TABLE}.{ext}" for ext in TABLE_FORMATS]
 
 
 def stats_outputs(stats_dir: str | Path) -> list[Path]:

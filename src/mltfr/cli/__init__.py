@@ -16,6 +16,7 @@ COMMANDS = {
     "prepare": ("mltfr.cli.prepare", "prepare a dataset from the registry into results/data/<name>"),
     "extract-llm": ("mltfr.cli.llm", "extract an LLM's token table into results/llm/<name>"),
     "train": ("mltfr.cli.train", "train one run (backbone x variant x protocol x seed) and evaluate it"),
+    "tune": ("mltfr.cli.tune", "the backbone's validation search: choose its settings, write its table"),
     "evaluate": ("mltfr.cli.evaluate", "re-evaluate a trained run's checkpoint"),
     "fisher": ("mltfr.cli.fisher", "round-1 Fisher information and merged consensus expert"),
     "aggregate": ("mltfr.cli.analysis", "collect run results into tables, statistics and figures"),

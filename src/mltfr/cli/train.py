@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mltfr.errors import ConfigError
 from mltfr.study import ladder
+from mltfr.study.tuning import read_choice
 
 # Mirrors mltfr.models.BACKBONES (kept literal so `mltfr --help` does not import torch;
 # tests/test_train_cli.py checks that the two agree).
@@ -42,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="an LLM token table folder (mltfr extract-llm --out) for LLM variants")
     parser.add_argument("--consensus", type=Path, metavar="FILE",
                         help="round 2 of a consensus variant: the merged expert from `mltfr fisher`")
+    parser.add_argument("--tuned", type=Path, metavar="FILE",
+                        help="the backbone's chosen settings (choice.json of `mltfr tune choose`), applied "
+                             "after the config's train: section and before the flags and --set")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="CPU threads for torch (default: torch's choice; set it to the job's cores)")
     parser.add_argument("--no-resume", action="store_true",
@@ -58,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     prepared = load_prepared(args.data)
     split = split_for_run(prepared, cfg)
     inputs = {"data": str(args.data), "llm": {k: str(v) for k, v in llm_tables.items()}}
+    if args.tuned:
+        inputs["tuned"] = {"file": str(args.tuned), "settings": read_choice(args.tuned)}
     rung = ladder_rung(args)
     result = train_and_evaluate(split, cfg, args.out, prepared.meta, llm_tables=llm_tables,
                                 resume=not args.no_resume, inputs=inputs,
@@ -75,6 +81,8 @@ def build_config(args: argparse.Namespace):
 
     section = load_train_section(args.config) if args.config else {}
     cfg = RunConfig.from_dict(section, where=f"{args.config}: train" if args.config else "train")
+    if args.tuned:
+        cfg = apply_overrides(cfg, read_choice(args.tuned))
     rung = ladder_rung(args)
     protocol = ladder.FAITHFUL if rung else args.protocol
     flags = {"backbone": args.backbone, "protocol": protocol, "seed": args.seed, "variant": args.variant}

@@ -20,7 +20,7 @@ from typing import Mapping
 
 from mltfr.errors import ConfigError, key_error
 from mltfr.models import UNTRAINED_BACKBONES
-from mltfr.study import ladder
+from mltfr.study import ladder, tuning
 from mltfr.study import variants as registry
 from mltfr.study.layout import Layout
 
@@ -178,6 +178,43 @@ class Study:
         runs = itertools.chain.from_iterable(self.block_runs(name) for name in BLOCKS)
         return tuple(dict.fromkeys(itertools.chain(runs, self.ladder_runs())))
 
+    # ------------------------------------------------------------ the backbone's validation search
+    @functools.cached_property
+    def tuned_cells(self) -> tuple:
+        """(dataset, backbone) pairs whose corrected runs train with a tuned choice."""
+        if not self.block("tuning")["enabled"]:
+            return ()
+        return tuple(itertools.product(self.block_values("tuning", "datasets"),
+                                       self.block_values("tuning", "backbones")))
+
+    @functools.cached_property
+    def tuning_points(self) -> dict:
+        """Point folder name -> its settings, in the grid's order."""
+        return {tuning.point_name(p): p for p in tuning.points(self.block("tuning")["grid"])}
+
+    def tuning_results(self, dataset: str, backbone: str) -> list:
+        """The result.json of every point of one (dataset, backbone)'s search."""
+        folder = self.layout.tuning_run_dir
+        return [f"{folder.format(dataset=dataset, backbone=backbone, point=p)}/result.json"
+                for p in self.tuning_points]
+
+    def tuning_choices(self) -> list:
+        return [self.layout.tuning_choice.format(dataset=d, backbone=b) for d, b in self.tuned_cells]
+
+    def tuned_choice(self, dataset: str, backbone: str, protocol: str) -> str | None:
+        """The choice file a run trains with: a corrected run of a tuned (dataset, backbone)."""
+        if protocol != "corrected" or (dataset, backbone) not in self.tuned_cells:
+            return None
+        return self.layout.tuning_choice.format(dataset=dataset, backbone=backbone)
+
+    def tuning_args(self, wildcards: Mapping) -> str:
+        """`--data D --out POINT_DIR --variant base --seed S --set key=value ...` of a search run."""
+        run = dict(wildcards)
+        settings = self.tuning_points[run["point"]]
+        sets = " ".join(f"--set {key}={tuning.format_value(value)}" for key, value in settings.items())
+        return (f"--data {self.layout.data_dir.format(**run)} --out {self.layout.tuning_run_dir.format(**run)}"
+                f" --variant base --seed {self.block('tuning')['seed']} {sets}")
+
     # ------------------------------------------------------------ variants and their LLMs
     @functools.cache
     def mltfr_set(self, variant: str, backbone: str) -> tuple:
@@ -254,7 +291,9 @@ class Study:
         run = dict(wildcards)
         data, out = self.layout.data_dir.format(**run), folder.format(**run)
         variant = self.variant_args(run["variant"], run["backbone"])
-        return f"--data {data} --out {out} {variant}{self.rung_args(run['protocol'])}"
+        choice = self.tuned_choice(run["dataset"], run["backbone"], run["protocol"])
+        tuned = f" --tuned {choice}" if choice else ""
+        return f"--data {data} --out {out} {variant}{self.rung_args(run['protocol'])}{tuned}"
 
     def consensus_file(self, wildcards: Mapping) -> str:
         """The merged expert a consensus variant's round 2 reads (from its own round 1)."""

@@ -3,7 +3,8 @@
 Every study config has a name (`study.name`) and writes only under it, so the demonstration,
 the CI study and a converged study committed to the repository never overwrite each other:
 
-    results/<name>/   data/, llm/, runs/, tables/, stats/, benchmarks/ (job timings)
+    results/<name>/   data/, llm/, runs/, tuning/ (the backbone's validation search), tables/,
+                      stats/, benchmarks/ (job timings)
     figures/<name>/   the figures
     logs/<name>/      one log per job
 
@@ -47,6 +48,19 @@ class Layout:
     @property
     def round1_dir(self) -> str:
         return f"{self.run_dir}/round1"
+
+    @property
+    def tuning_dir(self) -> str:
+        """One (dataset, backbone)'s validation search: a folder per point, and the choice."""
+        return f"{self.root}/tuning/{{dataset}}/{{backbone}}"
+
+    @property
+    def tuning_run_dir(self) -> str:
+        return f"{self.tuning_dir}/{{point}}"
+
+    @property
+    def tuning_choice(self) -> str:
+        return f"{self.tuning_dir}/choice.json"
 
     @property
     def tables(self) -> str:
