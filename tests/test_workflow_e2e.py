@@ -115,6 +115,25 @@ def test_runs_table_equals_the_result_files(workdir):
     assert sorted(manifest) == sorted(runs.run_dir)
 
 
+def test_the_search_chose_on_validation_and_every_corrected_run_trains_with_it(workdir):
+    root = workdir / "results/test/tuning" / DATASET / "sasrec"
+    choice = json.loads((root / "choice.json").read_text())
+    valid = {point: json.loads((root / point / "result.json").read_text())["metrics"]["valid"]["ndcg@10"]
+             for point in ("lr=0.001", "lr=0.003")}
+    best = max(valid, key=lambda point: (valid[point], point == "lr=0.001"))   # ties: the first point
+    assert (choice["chosen"], choice["settings"]) == (best, {"lr": float(best.partition("=")[2])})
+    table = pd.read_csv(workdir / "results/test/tables/tuning.csv")
+    assert table.set_index("lr")["valid"].to_dict() == pytest.approx({0.001: valid["lr=0.001"], 0.003: valid["lr=0.003"]})
+    assert table.loc[table["chosen"], "lr"].tolist() == [choice["settings"]["lr"]]
+    for run in run_dirs(workdir):
+        result = json.loads((run / "result.json").read_text())
+        tuned = result["inputs"].get("tuned")
+        if result["backbone"] == "sasrec" and result["protocol"] == "corrected":
+            assert tuned["settings"] == choice["settings"] and result["config"]["lr"] == choice["settings"]["lr"]
+        else:   # the faithful protocol and the untuned backbones keep the authors' settings
+            assert tuned is None and result["config"]["lr"] == 0.001
+
+
 def test_main_table_holds_the_runs_means(workdir):
     main = pd.read_csv(workdir / "results/test/tables/main.csv")
     runs = pd.read_csv(workdir / "results/test/tables/runs.csv")

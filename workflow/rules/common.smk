@@ -120,6 +120,7 @@ REPORT_TABLES = (
     "diagnostics.csv",
     "ladder.csv",
     "optimism.csv",
+    "tuning.csv",
 )
 
 

@@ -92,6 +92,7 @@ rule figures:
 rule findings:
     input:
         tables=aggregate_outputs.table_outputs(LAYOUT.tables),
+        tuning=aggregate_outputs.tuning_outputs(LAYOUT.tables),
         stats=aggregate_outputs.stats_outputs(LAYOUT.stats),
         figures=aggregate_outputs.figure_outputs(LAYOUT.figures),
     output:

@@ -16,6 +16,8 @@ rule tuning_choice:
         f"{LAYOUT.logs}/tuning/{{dataset}}/{{backbone}}.log",
     benchmark:
         f"{LAYOUT.benchmarks}/tuning/{{dataset}}/{{backbone}}.tsv"
+    conda:
+        "../../envs/mltfr.yaml"
     threads: 1
     params:
         mltfr=MLTFR,
@@ -34,6 +36,8 @@ rule tuning_table:
         f"{LAYOUT.logs}/report/tuning.log",
     benchmark:
         f"{LAYOUT.benchmarks}/report/tuning.tsv"
+    conda:
+        "../../envs/mltfr.yaml"
     threads: 1
     params:
         mltfr=MLTFR,

@@ -20,6 +20,7 @@ from mltfr.analysis.variants import parse_variant
 from mltfr.errors import DataError
 from mltfr.evaluate.metrics import metric_names, per_user_metrics
 from mltfr.study.ladder import FAITHFUL
+from mltfr.study.tuning import TUNABLE
 
 KEYS = ("dataset", "backbone", "variant", "protocol", "seed")
 METRICS = tuple(metric_names())  # the keys of result.json's metrics.test / metrics.valid
@@ -178,6 +179,7 @@ def run_row(path: Path, result: dict) -> dict:
     row.update(_resources(path, result))
     row.update(_diagnostics(result))
     row.update(_ladder_fields(result))
+    row.update({key: _setting(result, key) for key in TUNABLE})   # the settings a search may choose
     row["run_dir"] = path.parent.as_posix()
     return row
 

@@ -30,6 +30,7 @@ from mltfr.analysis.variants import BASE, FULL, parse_variant
 from mltfr.errors import DataError
 from mltfr.io import atomic_write_text
 from mltfr.study.ladder import FACTORS
+from mltfr.study.tuning import TUNABLE
 
 ALPHA = 0.05                  # Holm-adjusted Wilcoxon p below which a difference gets a direction
 NOT_TESTABLE = f"not testable (n<{MIN_SEEDS} seeds)"
@@ -395,12 +396,47 @@ def learning_filter_text(comparisons: pd.DataFrame, diag: pd.DataFrame) -> str:
             + "\n".join(lines) + "\n")
 
 
+def _applied(runs: pd.DataFrame, chosen: pd.Series, keys: list) -> tuple[int, int]:
+    """(corrected runs of the chosen point's dataset/backbone that recorded its settings, all of them)."""
+    cell = runs[(runs["dataset"] == chosen["dataset"]) & (runs["backbone"] == chosen["backbone"])
+                & (runs["protocol"] == "corrected")]
+    same = np.isclose(cell[keys].to_numpy(float), chosen[keys].to_numpy(float)).all(axis=1)
+    return int(same.sum()), len(cell)
+
+
+def tuning_text(tables: Path) -> str:
+    """The backbone's validation search: per dataset/backbone the settings chosen and how many
+    corrected runs train with them (from the runs table's recorded settings); '' without a search
+    (tuning.csv, written by `mltfr tune table`, not by `mltfr aggregate`, is empty or absent)."""
+    if not (Path(tables) / "tuning.csv").is_file():
+        return ""
+    search = read_table(tables, "tuning")
+    if search.empty:
+        return ""
+    runs = read_table(tables, "runs")
+    keys = [k for k in TUNABLE if k in search.columns and search[k].notna().any()]
+    lines = []
+    for _, part in search.groupby(["dataset", "backbone"], sort=False):
+        chosen = part[part["chosen"]].iloc[0]
+        same, total = _applied(runs, chosen, keys)
+        late = "" if same == total else f"; the other {total - same} predate the search and are to be retrained"
+        partial = "" if chosen["complete"] else " (the search is incomplete: a provisional choice)"
+        settings = ", ".join(f"{k} = {chosen[k]:g}" for k in keys)
+        lines.append(f"- {chosen['dataset']}/{chosen['backbone']}: **{settings}**, validation {chosen['metric']} "
+                     f"{chosen['valid']:.4f}, the best of {len(part)} points{partial}; {same} of {total} "
+                     f"corrected runs train with these settings{late}.")
+    return ("## The tuned backbone\n\nThe corrected protocol's backbone settings were chosen on "
+            "validation by base, one seed outside the study's seeds; base and every variant of the "
+            "dataset then share them (the faithful protocol keeps the authors' settings).\n\n"
+            + "\n".join(lines) + "\n\n" + embedded(tables, "tuning", "The backbone's validation search") + "\n")
+
+
 def evidence_sections(tables: Path, figures: Path, out: Path, comparisons: pd.DataFrame) -> str:
     """The main table, the ladder, the filter diagnostics (with the learning filter against the
     full method, from `comparisons`) and the controls, each with its figure."""
     link = lambda name: figure_link(figures, name, out)
     diag = read_table(tables, "diagnostics")
-    return ("## Main table\n\n" + embedded(tables, "main", "Main results") + "\n" + link("main_comparison")
+    return (tuning_text(tables) + "## Main table\n\n" + embedded(tables, "main", "Main results") + "\n" + link("main_comparison")
             + "\n## Protocol ladder\n\n" + embedded(tables, "ladder", "Protocol ladder") + "\n" + link("ladder")
             + "\n## Filter diagnostics\n\n" + diagnostics_text(diag) + "\n"
             + learning_filter_text(comparisons, diag) + "\n"

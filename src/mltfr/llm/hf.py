@@ -9,6 +9,7 @@ can stand in for huggingface.co.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -50,11 +51,25 @@ def hub_settings() -> dict:
     return {"endpoint": os.environ.get("HF_ENDPOINT") or None, "cache_dir": cache, "local_files_only": offline}
 
 
+@contextlib.contextmanager
+def offline_mode(offline: bool):
+    """huggingface_hub's offline flag set to `offline` for the duration: the library reads
+    HF_HUB_OFFLINE once, at its import, so without this a process that imported it while the
+    variable was set stays offline after the variable is gone (and the reverse)."""
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
 def download(entry: LlmEntry, filename: str, optional: bool = False) -> Path | None:
     """One file of the entry's repo at its revision; None if `optional` and the repo lacks it."""
-    p = entry.params
+    p, settings = entry.params, hub_settings()
     try:
-        return Path(hf_hub_download(p["repo"], filename, revision=p["revision"], **hub_settings()))
+        with offline_mode(settings["local_files_only"]):
+            return Path(hf_hub_download(p["repo"], filename, revision=p["revision"], **settings))
     except EntryNotFoundError as exc:
         # Local...: not cached and the hub was not asked (offline) or not reachable (an error)
         absent = not isinstance(exc, LocalEntryNotFoundError) or hub_settings()["local_files_only"]

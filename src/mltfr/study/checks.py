@@ -21,6 +21,7 @@ def check_study(study: Study) -> None:
     check_like_entries(study)
     check_block_subsets(study.study)
     check_untrained_backbones(study)
+    check_tuning(study)
     check_variants(study)
 
 
@@ -71,6 +72,20 @@ def check_untrained_backbones(study: Study) -> None:
             raise key_error(key, f"lists {wrong}, a popularity ranking that takes no LLM branch, so block "
                             f"`{name}` cannot run its LLM variants on it",
                             "list it under `study.blocks.baselines.extra_backbones` (variant base) instead")
+
+
+def check_tuning(study: Study) -> None:
+    """A search needs a grid and a trained backbone (pop has no settings to tune)."""
+    block = study.block("tuning")
+    if not block["enabled"]:
+        return
+    if not block["grid"]:
+        raise key_error("study.blocks.tuning.grid", "is empty, so there is nothing to search",
+                        "give RunConfig keys and their values (e.g. `lr: [0.001, 0.003]`) or set enabled: false")
+    wrong = [b for b in study.block_values("tuning", "backbones") if b in UNTRAINED_BACKBONES]
+    if wrong:
+        raise key_error("study.blocks.tuning.backbones", f"lists {wrong}, a popularity ranking with no "
+                        "settings to search", "list trained backbones only (e.g. [sasrec])")
 
 
 def check_variants(study: Study) -> None:

@@ -21,7 +21,9 @@ from pathlib import Path
 
 from mltfr.errors import DataError
 
-CHOICE_FILE = "choice.json"   # written by `mltfr tune choose`, read by `mltfr train --tuned`
+# The RunConfig keys a search may vary (the schema's enum of study.blocks.tuning.grid); the runs
+# table records each run's value of every one, so a reader can check the choice was applied.
+TUNABLE = ("lr", "weight_decay", "batch_size", "model.dropout", "model.attn_dropout", "model.d")
 
 
 def points(grid: dict) -> list[dict]:
@@ -96,5 +98,6 @@ def read_choice(path: str | Path) -> dict:
                         f"`snakemake {path}` (rule tuning_choice)") from None
     if not isinstance(settings, dict) or any(isinstance(v, float) and not math.isfinite(v)
                                              for v in settings.values()):
-        raise DataError(f"{path}: its settings {settings!r} are not a mapping of finite values; rebuild it")
+        raise DataError(f"{path}: its settings {settings!r} are not a mapping of finite values; rebuild it "
+                        f"with `snakemake {path}` (rule tuning_choice)")
     return settings
