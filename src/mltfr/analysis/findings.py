@@ -422,9 +422,9 @@ def null_gain_text(null: pd.DataFrame) -> str:
                      f"{n[f'share_ge_{low}pct']:.0%} of pairs and at least {high}% in {n[f'share_ge_{high}pct']:.0%}"
                      f"{hr_text}; the largest apparent NDCG@10 gain is {n.max_pct:+.1f}%.")
     return ("The paper claims that MLTFR consistently outperforms the baselines, from the authors' reporting "
-            "(one run per cell, the epoch picked on test, a noisy evaluation); under that same reporting, two "
-            "runs that should not differ show a gain as often as this (null_gains.csv; base vs base: ordered "
-            "pairs of distinct seeds, so at most half of the pairs can show a gain):\n\n" + "\n".join(lines) + "\n")
+            "(one run per cell, the epoch picked on test, a noisy evaluation of the LLM branch); under that same "
+            "reporting, two runs that should not differ show a gain as often as this (null_gains.csv; base vs "
+            "base: ordered pairs of distinct seeds, so at most half of the pairs can show a gain):\n\n" + "\n".join(lines) + "\n")
 
 
 def question2(tables: Path, figures: Path, out: Path, demo: str | None) -> str:
