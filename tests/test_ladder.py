@@ -131,6 +131,8 @@ def test_factor_settings_alone_then_together():
     assert "start" not in ladder.rung("rung-pooling").record(ORDER)        # ladder records are unchanged
     assert ladder.is_rung("with-eval_noise+pooling") and ladder.is_factor_setting("with-selection")
     assert not ladder.is_factor_setting("with-user_vector") and not ladder.is_factor_setting("with-")
+    assert [ladder.starts_from(n) for n in ("corrected", "with-pooling", "faithful", "rung-selection")] == [
+        "corrected", "corrected", "faithful", "faithful"]
     # base has no LLM branch: evaluation noise and pooling do not act on it, selection does
     assert not ladder.acts_on(("eval_noise", "pooling"), has_branch=False)
     assert ladder.acts_on(("eval_noise", "selection"), has_branch=False) and ladder.acts_on(("pooling",), True)

@@ -92,6 +92,22 @@ def test_protocol_factors_add_corrected_and_factor_runs_base_only_where_a_factor
         " --set select_on=test --set trace_test=true --rung-order selection")
 
 
+
+def test_a_tuned_backbone_trains_its_factor_settings_with_its_choice():
+    """with-<factor> runs are compared with the corrected runs, so they train with the same choice."""
+    def edit(cfg):
+        only("mltfr", "baselines")(cfg)
+        protocol_factors(cfg, seeds=[1])
+        cfg["study"]["blocks"]["tuning"] = {"enabled": True, "grid": {"lr": [0.001, 0.003]}}
+
+    grid = study(edit)
+    choice = "results/test/tuning/pantry-u10/sasrec/choice.json"
+    for protocol in ("corrected", "with-pooling", "with-eval_noise+pooling"):
+        assert grid.tuned_choice("pantry-u10", "sasrec", protocol) == choice, protocol
+    assert grid.tuned_choice("pantry-u10", "sasrec", "faithful") is None
+    assert grid.tuned_choice("pantry-u10", "sasrec", "rung-selection") is None
+
+
 def test_per_backbone_llms_and_group_positions():
     def edit(cfg):
         cfg["study"]["blocks"]["mltfr"]["llms"] = {"sasrec": ["paraphrase-minilm", "minilm"]}

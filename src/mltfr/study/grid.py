@@ -228,8 +228,9 @@ class Study:
         return [self.layout.tuning_choice.format(dataset=d, backbone=b) for d, b in self.tuned_cells]
 
     def tuned_choice(self, dataset: str, backbone: str, protocol: str) -> str | None:
-        """The choice file a run trains with: a corrected run of a tuned (dataset, backbone)."""
-        if protocol != "corrected" or (dataset, backbone) not in self.tuned_cells:
+        """The choice file a run trains with: a run of a tuned (dataset, backbone) that starts from the
+        corrected protocol (corrected, or a protocol-factor setting compared with it)."""
+        if ladder.starts_from(protocol) != ladder.CORRECTED or (dataset, backbone) not in self.tuned_cells:
             return None
         return self.layout.tuning_choice.format(dataset=dataset, backbone=backbone)
 

@@ -167,6 +167,12 @@ def default_order(name: str) -> tuple:
     return tuple(name.removeprefix(WITH).split(JOIN)) if is_factor_setting(name) else DEFAULT_ORDER
 
 
+def starts_from(name: str) -> str:
+    """The protocol a run of this protocol value starts from: corrected for corrected and every
+    with-<factor> setting, faithful for faithful and the ladder's rungs."""
+    return CORRECTED if name == CORRECTED or is_factor_setting(name) else FAITHFUL
+
+
 def acts_on(factors, has_branch: bool) -> bool:
     """Whether setting `factors` changes a run: always with an LLM branch, else only when one of
     them is not a branch-only factor (base under corrected + evaluation noise is base corrected)."""
