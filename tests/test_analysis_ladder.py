@@ -14,7 +14,9 @@ from scipy import stats as sps
 from fixtures.results import branch_settings, result_document
 from mltfr.analysis.collect import collect_runs, protocol_runs
 from mltfr.evaluate.metrics import per_user_metrics
-from mltfr.analysis.ladder import authors_pick, ladder_table, ladder_tidy, optimism_table, trace_noise
+from mltfr.analysis.ladder import (authors_pick, best_test_epoch, ladder_table, ladder_tidy, optimism_table,
+                                   trace_noise)
+from mltfr.errors import DataError
 from mltfr.analysis.stats import StatsConfig, pvalue_table, run_comparisons
 from mltfr.analysis.tables import build_tables, main_table, protocol_table
 
@@ -74,6 +76,7 @@ def write_run(root, variant, rung, seed, protocol="faithful", users=None):
                              select_on="valid" if selects_on_valid else "test",
                              holdout_valid=protocol == "corrected", mask_history=protocol == "corrected",
                              branch=branch)
+    result["config"]["trace_test"] = rung_record(rung) is not None      # the workflow traces every rung
     (folder / "result.json").write_text(json.dumps(result))
     np.savez(folder / "ranks.npz", test_users=users, test_ranks=ranks)
     write_trace(folder, variant, seed)
@@ -83,7 +86,7 @@ def write_run(root, variant, rung, seed, protocol="faithful", users=None):
 TRACE = pd.DataFrame({"epoch": [1, 2, 3, 4, 5],
                       "test_hr@20": [0.20, 0.25, 0.24, 0.25, 0.23],
                       "test_ndcg@20": [0.10, 0.11, 0.12, 0.09, 0.13],
-                      "test_ndcg@10": [0.050, 0.070, 0.060, 0.075, 0.065],
+                      "test_ndcg@10": [0.050, 0.070, 0.060, 0.065, 0.075],
                       "valid_ndcg@10": [0.04, 0.05, 0.06, 0.05, 0.05]})
 
 
@@ -212,18 +215,32 @@ def test_gain_change_pairs_users_by_id(tree, tidy, tmp_path):
         hand_delta_gain("mltfr", "rung-selection", "rung-pooling", drop=[perm[0]]))
 
 
-def test_optimism_equals_the_hand_computed_value(runs):
-    # the authors' rule on TRACE: epoch 2 (hr 0.25 >= 0.20), 3 loses (0.24 < 0.25), 4 ties hr: kept
-    assert authors_pick(TRACE) == 4
+def test_optimism_gives_three_picks_of_the_same_trace(runs):
+    # the authors' rule on TRACE: epoch 2 (hr 0.25 >= 0.20), 3 loses (0.24 < 0.25), 4 ties hr: kept,
+    # 5 loses; the best test NDCG@10 is at epoch 5; validation picked epoch 3 (best_epoch)
+    assert authors_pick(TRACE) == 4 and best_test_epoch(TRACE) == 5
     table = optimism_table(runs)
-    row = table.tidy.set_index("variant").loc["mltfr"]
-    # test NDCG@10 at epoch 4 minus at epoch 3 (best_epoch = 3): 2 x (0.075 - 0.060), any seed
-    assert row["optimism"] == pytest.approx(0.03) and row["n_seeds"] == 3
-    assert row["test_pick_ndcg@10"] == pytest.approx(0.06 + 2 * 0.015 + 0.01)    # mean seed shift 0.01
+    # the runs that select on validation and traced test: the rungs with selection switched
+    assert sorted(set(table.tidy["setting"])) == ["alone-selection", "rung-eval_noise", "rung-selection"]
+    row = table.tidy.set_index(["variant", "setting"]).loc[("mltfr", "rung-selection")]
+    # mltfr's trace swings 2x around 0.06, shifted by 0.01 per seed (mean shift 0.01)
+    assert row["valid_ndcg@10"] == pytest.approx(0.06 + 0.01)
+    assert row["authors_ndcg@10"] == pytest.approx(0.06 + 2 * 0.005 + 0.01)
+    assert row["best_ndcg@10"] == pytest.approx(0.06 + 2 * 0.015 + 0.01)
+    assert row["authors_optimism"] == pytest.approx(0.01) and row["best_optimism"] == pytest.approx(0.03)
+    assert row["n_seeds"] == 3 and row["epochs"] == "4/5/3, 4/5/3, 4/5/3"
     noise = np.diff(TRACE["test_ndcg@10"]).std(ddof=1) / np.sqrt(2)
     assert trace_noise(TRACE) == pytest.approx(noise) and row["noise"] == pytest.approx(2 * noise)
     # optimism and noise both scale with the variant's swings: rank correlation +1
-    assert "Optimism grows with noise: Spearman rho = +1.00 across 3 variants" in table.caption
+    assert "Optimism grows with noise: Spearman rho = +1.00 across 9 cells" in table.caption
+    assert "lower bound" not in table.caption and "lower bound" not in "".join(table.display.columns)
+
+
+def test_a_traced_run_without_its_trace_is_a_data_error(tree, tmp_path):
+    copy = shutil.copytree(tree, tmp_path / "runs")
+    (copy / "alpha" / "sasrec" / "base" / "rung-selection" / "seed1" / "epochs.csv").unlink()
+    with pytest.raises(DataError, match=r"rung-selection/seed1/epochs.csv: no test trace .* recorded trace_test"):
+        optimism_table(collect_runs(copy))
 
 
 def test_captions_state_budget_and_selection(runs):

@@ -1,4 +1,5 @@
-"""The protocol ladder: rung definitions (mltfr.study.ladder) and ladder runs through `mltfr train`.
+"""The protocol ladder and the protocol-factor settings: their definitions (mltfr.study.ladder) and
+their runs through `mltfr train`.
 
 The runs use tiny synthetic inputs (the ring dataset and a 12-d token table of test_fisher_cli)
 and the single-LLM variant filter-a, whose branch has every branch factor (noise, pooling).
@@ -86,6 +87,59 @@ def test_unknown_rung_names_the_rungs():
     assert not ladder.is_rung("faithful") and not ladder.is_rung("rung-nothing")
 
 
+# ------------------------------------------------------------------ protocol-factor settings
+def resolved(cfg, variant="filter-a"):
+    """Every protocol setting a RunConfig resolves to (the branch's as the model builds it)."""
+    from mltfr.models.variants import base_config
+
+    branch = base_config(cfg.protocol, cfg.backbone, 64, cfg.branch)
+    return {"select_on": cfg.selects_on, "holdout_valid": cfg.holds_out_valid, "mask_history": cfg.masks_history,
+            "epochs": cfg.max_epochs, "eval_noise": branch.eval_noise, "pooling": branch.pooling,
+            "user_vector": branch.user_vector}
+
+
+CORRECTED = {"select_on": "valid", "holdout_valid": True, "mask_history": True, "epochs": 200, "eval_noise": False,
+             "pooling": "user", "user_vector": "window"}
+
+
+@pytest.mark.parametrize("name, changed", [
+    ("with-eval_noise", {"eval_noise": True}),
+    ("with-pooling", {"pooling": "batch"}),
+    ("with-eval_noise+pooling", {"eval_noise": True, "pooling": "batch"}),
+    ("with-selection", {"select_on": "test", "epochs": 100}),      # the authors' rule with its 100 epochs
+    ("with-mask_history", {"mask_history": False}),
+    ("with-holdout_valid", {"holdout_valid": False}),
+])
+def test_a_factor_setting_is_corrected_with_that_factor_faithful(name, changed):
+    setting = ladder.rung(name, ladder.default_order(name))
+    cfg = apply_overrides(RunConfig(protocol=setting.start), setting.overrides)
+    assert setting.start == "corrected" == setting.previous
+    assert resolved(cfg) == {**CORRECTED, **changed}
+    faithful = resolved(RunConfig(protocol="faithful"))
+    assert all(faithful[key] == value for key, value in changed.items())   # each one the authors' value
+
+
+def test_factor_settings_alone_then_together():
+    settings = ladder.factor_settings(["eval_noise", "pooling"], together=True)
+    assert [(s.name, s.index, s.factors) for s in settings] == [
+        ("with-eval_noise", 1, ("eval_noise",)), ("with-pooling", 2, ("pooling",)),
+        ("with-eval_noise+pooling", 3, ("eval_noise", "pooling"))]
+    assert [s.name for s in ladder.factor_settings(["pooling"], together=True)] == ["with-pooling"]
+    assert settings[1].record(("eval_noise", "pooling")) == {
+        "name": "with-pooling", "index": 2, "factors": ["pooling"], "previous": "corrected",
+        "order": ["eval_noise", "pooling"], "start": "corrected"}
+    assert "start" not in ladder.rung("rung-pooling").record(ORDER)        # ladder records are unchanged
+    assert ladder.is_rung("with-eval_noise+pooling") and ladder.is_factor_setting("with-selection")
+    assert not ladder.is_factor_setting("with-user_vector") and not ladder.is_factor_setting("with-")
+    assert [ladder.starts_from(n) for n in ("corrected", "with-pooling", "faithful", "rung-selection")] == [
+        "corrected", "corrected", "faithful", "faithful"]
+    # base has no LLM branch: evaluation noise and pooling do not act on it, selection does
+    assert not ladder.acts_on(("eval_noise", "pooling"), has_branch=False)
+    assert ladder.acts_on(("eval_noise", "selection"), has_branch=False) and ladder.acts_on(("pooling",), True)
+    with pytest.raises(ConfigError, match=r"must name distinct factors from .*\(unknown: \['user_vector'\]\)"):
+        ladder.factor_settings(["eval_noise", "user_vector"])
+
+
 # ------------------------------------------------------------------ ladder runs
 def train(inputs, out, protocol, *extra, backbone="sasrec", variant="filter-a"):  # noqa: F811
     llm = [f"--llm=a={inputs / 'llm' / 'a'}"] if variant != "base" else []
@@ -128,10 +182,26 @@ def test_trace_test_under_evaluation_noise_leaves_the_run_unchanged(inputs, tmp_
     assert traced["rung"]["previous"] == "faithful" and traced["holdout_valid"] is False
 
 
+def test_a_factor_setting_run_and_base_under_branch_factors(inputs, tmp_path):  # noqa: F811
+    noisy, _ = train(inputs, tmp_path / "noisy", "with-eval_noise+pooling")
+    assert (noisy["protocol"], noisy["select_on"], noisy["holdout_valid"], noisy["mask_history"]) == (
+        "corrected", "valid", True, True)
+    assert (noisy["branch"]["eval_noise"], noisy["branch"]["pooling"]) == (True, "batch")
+    assert noisy["rung"] == {"name": "with-eval_noise+pooling", "index": 3, "factors": ["eval_noise", "pooling"],
+                             "previous": "corrected", "order": ["eval_noise", "pooling"], "start": "corrected"}
+    # base has no branch: the setting leaves its run as it is under corrected, so the study reuses it
+    base, base_ranks = train(inputs, tmp_path / "base", "with-eval_noise+pooling", variant="base")
+    corrected, ranks = train(inputs, tmp_path / "corrected", "corrected", variant="base")
+    assert base["metrics"] == corrected["metrics"] and base["best_epoch"] == corrected["best_epoch"]
+    np.testing.assert_array_equal(base_ranks["test_ranks"], ranks["test_ranks"])
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--protocol", "rung-selection", "--set", "select_on=test"], "--set changes a setting of rung rung-selection"),
     (["--protocol", "faithful", "--rung-order", "selection"], "--rung-order applies to protocol-ladder rungs only"),
     (["--protocol", "rung-pooling", "--rung-order", "selection,eval_noise"], "'rung-pooling' is not a"),
+    (["--protocol", "with-pooling", "--set", "branch.pooling=user"], "--set changes a setting of rung with-pooling"),
+    (["--protocol", "with-pooling", "--rung-order", "eval_noise"], "'with-pooling' is not a"),
 ])
 def test_contradicting_a_rung_is_a_one_line_error(inputs, tmp_path, capsys, extra, message):  # noqa: F811
     code = main(["train", "--data", str(inputs / "data"), "--out", str(tmp_path / "r"), "--backbone", "sasrec",
@@ -142,6 +212,7 @@ def test_contradicting_a_rung_is_a_one_line_error(inputs, tmp_path, capsys, extr
 
 @pytest.mark.parametrize("protocol, text", [
     ("rung-noise", "invalid choice: 'rung-noise'"), ("rung-selection --rung-order pooling,user", "unknown"),
+    ("with-user_vector", "invalid choice: 'with-user_vector'"),
 ])
 def test_unknown_rungs_and_orders_are_argument_errors(capsys, protocol, text):
     with pytest.raises(SystemExit) as exit_:

@@ -65,6 +65,50 @@ def test_run_arguments_of_a_sensitivity_and_a_ladder_run():
                                         "seed1/round1/consensus.safetensors")
 
 
+def protocol_factors(cfg, **block):
+    cfg["study"]["blocks"]["protocol_factors"] = {"enabled": True, "variants": ["mltfr", "base"],
+                                                  "factors": ["eval_noise", "pooling"], "together": True, **block}
+
+
+def test_protocol_factors_add_corrected_and_factor_runs_base_only_where_a_factor_acts():
+    plain = set(study(only("mltfr", "baselines")).runs)
+    grid = study(lambda cfg: (only("mltfr", "baselines")(cfg), protocol_factors(cfg, seeds=[1])))
+    added = set(grid.runs) - plain
+    settings = ["with-eval_noise", "with-pooling", "with-eval_noise+pooling"]
+    # mltfr under each setting; base skips them (no LLM branch: its corrected run stands in)
+    assert sorted((r.variant, r.protocol, r.seed) for r in added) == sorted(("mltfr", s, 1) for s in settings)
+    assert {(r.variant, r.protocol) for r in grid.runs if r.protocol == "corrected"} >= {
+        ("mltfr", "corrected"), ("base", "corrected")}
+    run = {"dataset": "pantry-u10", "backbone": "sasrec", "variant": "mltfr", "protocol": "with-eval_noise+pooling",
+           "seed": "1"}
+    assert grid.run_args(run, "out").endswith(
+        " --set branch.eval_noise=true --set branch.pooling=batch --set trace_test=true "
+        "--rung-order eval_noise,pooling")
+    # a factor that acts on base too (the selection rule) runs base as well
+    with_selection = study(lambda cfg: (only("mltfr", "baselines")(cfg),
+                                        protocol_factors(cfg, factors=["selection"], seeds=[1])))
+    assert sorted((r.variant, r.protocol) for r in set(with_selection.runs) - plain) == [
+        ("base", "with-selection"), ("mltfr", "with-selection")]
+    assert with_selection.rung_args("with-selection") == (
+        " --set select_on=test --set trace_test=true --rung-order selection")
+
+
+
+def test_a_tuned_backbone_trains_its_factor_settings_with_its_choice():
+    """with-<factor> runs are compared with the corrected runs, so they train with the same choice."""
+    def edit(cfg):
+        only("mltfr", "baselines")(cfg)
+        protocol_factors(cfg, seeds=[1])
+        cfg["study"]["blocks"]["tuning"] = {"enabled": True, "grid": {"lr": [0.001, 0.003]}}
+
+    grid = study(edit)
+    choice = "results/test/tuning/pantry-u10/sasrec/choice.json"
+    for protocol in ("corrected", "with-pooling", "with-eval_noise+pooling"):
+        assert grid.tuned_choice("pantry-u10", "sasrec", protocol) == choice, protocol
+    assert grid.tuned_choice("pantry-u10", "sasrec", "faithful") is None
+    assert grid.tuned_choice("pantry-u10", "sasrec", "rung-selection") is None
+
+
 def test_per_backbone_llms_and_group_positions():
     def edit(cfg):
         cfg["study"]["blocks"]["mltfr"]["llms"] = {"sasrec": ["paraphrase-minilm", "minilm"]}
@@ -95,6 +139,9 @@ def written_random(cfg, seed_a=1, seed_b=2, like_b="paraphrase-minilm"):
      "config key `study.blocks.sensitivity.n_llms`: asks for 3 LLMs but the mltfr set of sasrec has 2"),
     (lambda cfg: cfg["study"]["blocks"]["protocol_ladder"].update(order=["user_vector", "pooling"]),
      "config key `study.blocks.protocol_ladder.order`"),
+    (lambda cfg: protocol_factors(cfg, factors=["user_vector"]), "config key `study.blocks.protocol_factors.factors"),
+    (lambda cfg: protocol_factors(cfg, variants=["mltfr-nothing"]),
+     "config key `study.blocks.protocol_factors.variants`: names 'mltfr-nothing'"),
 ])
 def test_checks_name_the_key(edit, message):
     with pytest.raises(ConfigError) as info:

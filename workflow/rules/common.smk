@@ -112,6 +112,7 @@ FIGURE_CATEGORIES = {
     "training_curves": "6. Training",
     "protocols": "7. Evaluation protocols",
     "ladder": "7. Evaluation protocols",
+    "null_gains": "7. Evaluation protocols",
 }
 # Tables also shown in the HTML report, captions in workflow/report/table_<name>.rst.
 REPORT_TABLES = (
@@ -121,6 +122,8 @@ REPORT_TABLES = (
     "ladder.csv",
     "optimism.csv",
     "tuning.csv",
+    "protocol_factors.csv",
+    "null_gains.csv",
 )
 
 

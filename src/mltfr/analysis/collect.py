@@ -2,7 +2,8 @@
 
 A run folder is results/runs/{dataset}/{backbone}/{variant}/{protocol}/seed{seed}/ with
 result.json, ranks.npz and epochs.csv (docs/architecture.md); a protocol-ladder run lies in
-{rung}/ instead of {protocol}/ and records `rung` (columns rung, rung_index, ...). Only result
+{rung}/ instead of {protocol}/ and records `rung` (columns rung, rung_index, ...), as does a
+protocol-factor run (with-<factor>: the corrected protocol with that factor faithful). Only result
 files are read here: no torch, so tables and figures can be redrawn anywhere.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from mltfr.analysis.outputs import (DIAGNOSTIC_KEYS, RUN_DIAGNOSTICS, diagnostic
 from mltfr.analysis.variants import parse_variant
 from mltfr.errors import DataError
 from mltfr.evaluate.metrics import metric_names, per_user_metrics
-from mltfr.study.ladder import FAITHFUL
+from mltfr.study.ladder import FAITHFUL, WITH
 from mltfr.study.tuning import TUNABLE
 
 KEYS = ("dataset", "backbone", "variant", "protocol", "seed")
@@ -196,7 +197,8 @@ def _rung_name(result: dict) -> str | None:
 def _ladder_fields(result: dict) -> dict:
     """The run's ladder rung (rung, rung_index, rung_previous, rung_order: the configured factor
     order joined by ','), the protocol settings the ladder varies and how long the run trained
-    (epoch_budget, epochs_run, early_stopped: mltfr.analysis.demonstration reads them), as recorded.
+    (epoch_budget, epochs_run, early_stopped: mltfr.analysis.demonstration reads them) and whether
+    it traced test at every evaluation (trace_test: the optimism's runs), as recorded.
 
     An ordinary faithful run is rung 0 "faithful"; an ordinary corrected run has no rung (NaN).
     """
@@ -213,19 +215,38 @@ def _ladder_fields(result: dict) -> dict:
         "select_on": result.get("select_on"), "holdout_valid": result.get("holdout_valid"),
         "mask_history": result.get("mask_history"), "eval_noise": branch.get("eval_noise"),
         "pooling": branch.get("pooling"), "user_vector": branch.get("user_vector"),
+        "trace_test": bool((result.get("config") or {}).get("trace_test", False)),
     }
 
 
-def is_ladder_run(runs: pd.DataFrame) -> pd.Series:
-    """True for the protocol ladder's own runs (rung > 0); the faithful rung 0 is an ordinary run."""
+def is_setting_run(runs: pd.DataFrame) -> pd.Series:
+    """True for the runs with a protocol setting of their own (a ladder rung > 0, a with-<factor>
+    setting); the faithful rung 0 is an ordinary run."""
     if "rung" not in runs.columns:
         return pd.Series(False, index=runs.index)
     return runs["rung"].notna() & (runs["rung"] != FAITHFUL_RUNG)
 
 
+def is_factor_run(runs: pd.DataFrame) -> pd.Series:
+    """True for the protocol-factor runs (with-<factor>: corrected with that factor faithful)."""
+    setting = is_setting_run(runs)
+    return setting & runs["rung"].astype(str).str.startswith(WITH) if setting.any() else setting
+
+
+def is_ladder_run(runs: pd.DataFrame) -> pd.Series:
+    """True for the protocol ladder's own runs (rung > 0); the faithful rung 0 is an ordinary run."""
+    return is_setting_run(runs) & ~is_factor_run(runs)
+
+
+def run_setting(runs: pd.DataFrame) -> pd.Series:
+    """Each run's protocol folder: its rung or with-<factor> setting, else its protocol."""
+    return runs["protocol"].where(~is_setting_run(runs), runs.get("rung"))
+
+
 def protocol_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """The ordinary faithful and corrected runs: what every table but the ladder's compares."""
-    return runs[~is_ladder_run(runs)]
+    """The ordinary faithful and corrected runs: what every table but the ladder's and the
+    protocol factors' compares."""
+    return runs[~is_setting_run(runs)]
 
 
 def _diagnostics(result: dict) -> dict:
@@ -279,8 +300,7 @@ def collect_runs(source: str | Path | Iterable[str | Path],
 
 def _merge_benchmarks(runs: pd.DataFrame, bench: pd.DataFrame) -> pd.DataFrame:
     """Benchmark columns joined by run folder: a ladder run's benchmarks lie under its rung."""
-    folder = runs["protocol"].where(~is_ladder_run(runs), runs["rung"])
-    merged = runs.assign(protocol=folder).merge(bench, on=list(KEYS), how="left")
+    merged = runs.assign(protocol=run_setting(runs)).merge(bench, on=list(KEYS), how="left")
     return merged.assign(protocol=runs["protocol"].to_numpy())
 
 

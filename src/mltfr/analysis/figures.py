@@ -24,6 +24,7 @@ import seaborn as sns  # noqa: E402
 
 from mltfr.analysis.collect import diagnostics_frame, sensitivity_runs  # noqa: E402
 from mltfr.analysis.demonstration import demonstration_label  # noqa: E402
+from mltfr.analysis.null_gains import THRESHOLDS, faithful_runs  # noqa: E402
 from mltfr.analysis.tables import NO_RUNS, paired_gain, protocol_table  # noqa: E402
 from mltfr.analysis.variants import ABLATIONS, BASE, FULL, parse_variant  # noqa: E402
 from mltfr.io import atomic_path  # noqa: E402
@@ -347,6 +348,23 @@ def ladder_figure(ladder: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+def null_gains_figure(pairs: pd.DataFrame) -> plt.Figure:
+    """Per dataset/backbone (columns) and null comparison (rows): the share of pairs whose apparent
+    relative gain is at least x (complementary ECDF), NDCG@10 and HR@10, with the 1/2/5% marks."""
+    if pairs.empty:
+        return empty_figure("How often the authors' reporting finds a gain in nothing")
+    data = pairs.assign(panel=pairs["dataset"] + " · " + pairs["backbone"], metric=pairs["metric"].str.upper())
+    grid = sns.displot(data, x="gain_pct", hue="metric", col="panel", row="comparison", kind="ecdf",
+                       complementary=True, facet_kws={"sharex": False}, **FACET)
+    for ax in grid.axes.flat:
+        for t in THRESHOLDS:
+            ax.axvline(t, color="0.4", lw=0.8, ls="--", zorder=0)
+        ax.axvline(0, color="0.3", lw=0.8, zorder=0)
+    grid.set_axis_labels("apparent relative gain (%)", "share of pairs with gain >= x")
+    _titles(grid)
+    return grid.figure
+
+
 DIAG_MEASURES = {"effective_share": "effective tokens / |V|", "argmax_agreement": "argmax agreement"}
 
 
@@ -389,14 +407,17 @@ def figure_runs(runs: pd.DataFrame, ladder_runs: pd.DataFrame) -> dict[str, pd.D
         "protocols": runs,
         "diagnostics": runs[variant.isin(diagnostics_frame(runs)["variant"])],
         "ladder": ladder_runs,
+        "null_gains": faithful_runs(runs),
     }
 
 
 def draw_figures(runs: pd.DataFrame, epochs: pd.DataFrame, interp: list, folder: str | Path,
-                 ladder: pd.DataFrame | None = None, ladder_runs: pd.DataFrame | None = None) -> list[Path]:
+                 ladder: pd.DataFrame | None = None, ladder_runs: pd.DataFrame | None = None,
+                 null_pairs: pd.DataFrame | None = None) -> list[Path]:
     """Every figure of outputs.FIGURES into `folder`, each with a red banner when its runs are a
     demonstration; `ladder` is the ladder table's tidy frame and `ladder_runs` its runs
-    (mltfr.analysis.ladder.ladder_frame), `runs` the protocol runs (no ladder runs)."""
+    (mltfr.analysis.ladder.ladder_frame), `null_pairs` the null-gain pairs
+    (mltfr.analysis.null_gains.null_pairs), `runs` the protocol runs (no ladder runs)."""
     sns.set_theme(style="whitegrid", context="paper")
     figures = {
         "single_llm_gains": lambda: single_llm_gains_figure(runs),
@@ -409,6 +430,7 @@ def draw_figures(runs: pd.DataFrame, epochs: pd.DataFrame, interp: list, folder:
         "protocols": lambda: protocols_figure(runs),
         "diagnostics": lambda: diagnostics_figure(runs),
         "ladder": lambda: ladder_figure(ladder if ladder is not None else pd.DataFrame()),
+        "null_gains": lambda: null_gains_figure(null_pairs if null_pairs is not None else pd.DataFrame()),
     }
     drawn = figure_runs(runs, ladder_runs if ladder_runs is not None else runs.iloc[:0])
     return [p for name, draw in figures.items()

@@ -10,8 +10,9 @@ paragraph followed by its evidence:
    (comparisons.csv: mltfr vs base, filter-<llm> vs base, mltfr vs the random controls; the
    corrected protocol is the headline, the faithful one shown beside it; pop as a floor, main.csv)
 2. Does the authors' protocol overstate the gain, and through which quirk?
-   (comparisons.csv per protocol, protocols.csv, ladder.csv's change of the gain per rung,
-   optimism.csv)
+   (protocol_factors.csv: the gain per protocol on matched seeds and MLTFR's own factors switched
+   on top of the corrected protocol; ladder.csv's change of the gain per rung; optimism.csv;
+   null_gains.csv: how often the authors' reporting finds a gain in nothing)
 
 A table of a block that did not run (a header-only CSV) gives the line NOT_RUN.
 """
@@ -25,11 +26,12 @@ import pandas as pd
 
 from mltfr.analysis.demonstration import MIN_SEEDS, demonstration_label
 from mltfr.analysis.stats import format_p
+from mltfr.analysis.null_gains import THRESHOLDS
 from mltfr.analysis.tables import DIAG_GROUP, PROTOCOL_FACTORS
 from mltfr.analysis.variants import BASE, FULL, parse_variant
 from mltfr.errors import DataError
 from mltfr.io import atomic_write_text
-from mltfr.study.ladder import FACTORS
+from mltfr.study.ladder import FACTORS, FAITHFUL, WITH, default_order
 from mltfr.study.tuning import TUNABLE
 
 ALPHA = 0.05                  # Holm-adjusted Wilcoxon p below which a difference gets a direction
@@ -234,25 +236,67 @@ def question1(rows: pd.DataFrame, main: pd.DataFrame, demo: str | None) -> str:
 
 
 # ---------------------------------------------------------------- question 2
-def protocol_gains(rows: pd.DataFrame) -> str:
-    """MLTFR's gain over base under the faithful and the corrected protocol, per dataset/backbone
-    (the paired per-user differences of comparisons.csv), and which protocol shows more."""
-    gains = rows[rows["comparison"] == f"{FULL} vs {BASE}"] if len(rows) else rows
+def noise_words(delta: float, low: float, high: float, n_seeds: float, up: str, down: str) -> str:
+    """Whether a change is inside noise (its 95% bootstrap CI includes 0), else `up` / `down` by
+    its sign; NOT_TESTABLE with fewer than MIN_SEEDS seeds."""
+    if not n_seeds >= MIN_SEEDS:
+        return NOT_TESTABLE
+    if not np.isfinite(low) or low <= 0 <= high:
+        return "inside noise (the 95% CI of the change includes 0)"
+    return f"{up if delta > 0 else down} (the 95% CI of the change excludes 0)"
+
+
+def gain_name(variant: str) -> str:
+    """"MLTFR's gain", or "<variant>'s gain" for another variant."""
+    return "MLTFR's gain" if variant == FULL else f"{variant}'s gain"
+
+
+def protocol_gains(factors: pd.DataFrame) -> str:
+    """MLTFR's gain over base under the faithful and the corrected protocol on matched seeds, per
+    dataset/backbone (protocol_factors.csv, setting faithful), and whether the change is noise."""
+    rows = factors[(factors["setting"] == FAITHFUL) & (factors["variant"] == FULL)] if len(factors) else factors
     lines = []
-    for (dataset, backbone), cell in (gains.groupby(CELL_KEYS, sort=True) if len(gains) else []):
-        by = cell.set_index("protocol")
-        if not {"faithful", "corrected"} <= set(by.index):
-            continue
-        f, c = by.loc["faithful"], by.loc["corrected"]
-        excess = f["mean_diff"] - c["mean_diff"]
-        word = (f"overstates it by {excess:+.4f}" if round(excess, 4) > 0 else
-                f"understates it by {-excess:.4f}" if round(excess, 4) < 0 else
-                "shows the same gain to the 4th decimal")
-        lines.append(f"- {dataset}/{backbone}: MLTFR's gain over base is {_ci_cell(f)} under the faithful "
-                     f"protocol ({f['n_seeds']:.0f} seed(s)) and {_ci_cell(c)} under the corrected one "
-                     f"({c['n_seeds']:.0f} seed(s)): the faithful protocol {word} "
-                     "(point estimates; the ladder below switches the factors one at a time).")
-    return "\n".join(lines) + "\n" if lines else f"MLTFR vs base under both protocols: {NOT_RUN}.\n"
+    for r in rows.dropna(subset=["delta_gain"]).itertuples() if len(rows) else []:
+        word = noise_words(r.delta_gain, r.delta_gain_ci_low, r.delta_gain_ci_high, r.n_seeds,
+                           "the faithful protocol overstates it", "the faithful protocol understates it")
+        lines.append(f"- {r.dataset}/{r.backbone}: on the {r.n_seeds:.0f} seed(s) MLTFR and base ran under "
+                     f"both protocols, MLTFR's gain over base is "
+                     f"{_with_ci(r.gain, r.gain_ci_low, r.gain_ci_high)} under the faithful protocol and "
+                     f"{_with_ci(r.gain_corrected, r.gain_corrected_ci_low, r.gain_corrected_ci_high)} under "
+                     f"the corrected one; the faithful protocol changes it by "
+                     f"{_with_ci(r.delta_gain, r.delta_gain_ci_low, r.delta_gain_ci_high)}: {word}.")
+    return "\n".join(lines) + "\n" if lines else f"MLTFR vs base under both protocols on matched seeds: {NOT_RUN}.\n"
+
+
+def faithful_setting_words(setting: str) -> str:
+    """'evaluation noise (Gumbel noise also at evaluation)' for with-eval_noise; factors joined by ' + '."""
+    described = {col: (name, faithful) for name, col, faithful, _ in PROTOCOL_FACTORS}
+    parts = []
+    for factor in default_order(setting):
+        name, faithful = described.get(FACTORS[factor][0].removeprefix("branch."), (factor, "faithful"))
+        parts.append(f"{name} ({faithful})")
+    return " + ".join(parts)
+
+
+def factor_gains(factors: pd.DataFrame) -> str:
+    """The change of each variant's gain over base when MLTFR's own factors are set back to the
+    authors' values on top of the corrected protocol (protocol_factors.csv, with-<factor> rows)."""
+    rows = factors[factors["setting"].astype(str).str.startswith(WITH)] if len(factors) else factors
+    if rows.empty:
+        return f"MLTFR's own factors on top of the corrected protocol (study block protocol_factors): {NOT_RUN}.\n"
+    lines = []
+    for r in rows.itertuples():
+        base = ("base: its own runs" if r.reference_setting == r.setting else
+                "base: its corrected runs, which a factor acting only in the LLM branch leaves unchanged")
+        word = noise_words(r.delta_gain, r.delta_gain_ci_low, r.delta_gain_ci_high, r.n_seeds,
+                           "the authors' setting raises the gain", "the authors' setting lowers the gain")
+        lines.append(f"- {faithful_setting_words(r.setting)} on top of the corrected protocol ({r.setting}) "
+                     f"changes {gain_name(r.variant)} over base on {r.dataset}/{r.backbone} by "
+                     f"{_with_ci(r.delta_gain, r.delta_gain_ci_low, r.delta_gain_ci_high) or 'nothing measured'} "
+                     f"({r.n_seeds:.0f} seed(s); {base}): {word}.")
+    return ("Each of MLTFR's own factors, set back to the authors' value on top of the corrected protocol "
+            "(protocol_factors.csv: Δ gain = gain(setting) - gain(corrected), 95% bootstrap CI over users):\n\n"
+            + "\n".join(lines) + "\n")
 
 
 def factor_words(rung: str) -> str:
@@ -285,7 +329,8 @@ def ladder_verdict(ladder: pd.DataFrame, demo: str | None) -> str:
     lines = [f"- **{factor_words(r.rung)}** changes the gain of {r.variant} over {r.gain_reference} on "
              f"{r.dataset}/{r.backbone} by {_with_ci(r.delta_gain, r.delta_gain_ci_low, r.delta_gain_ci_high)} "
              f"({r.gain_n_seeds:.0f} seeds): switching it to the corrected setting "
-             f"{'lowers' if r.delta_gain < 0 else 'raises'} the gain." for r in tested.itertuples()]
+             f"{'lowers' if r.delta_gain < 0 else 'raises'} the gain{selection_note(r.rung)}."
+             for r in tested.itertuples()]
     lines += [f"- {factor_words(r.rung)} moves the gain of {r.variant} on {r.dataset}/{r.backbone} by "
               f"{_with_ci(r.delta_gain, r.delta_gain_ci_low, r.delta_gain_ci_high)}, but with "
               f"{r.gain_n_seeds:.0f} seed(s): {NOT_TESTABLE}." for r in moved.drop(tested.index).itertuples()]
@@ -305,7 +350,8 @@ def ladder_without_gain(ladder: pd.DataFrame, demo: str | None) -> str:
     (Δ from the previous rung, Holm-adjusted Wilcoxon over users), and that it cannot say which
     factor changes the gain."""
     steps = ladder[np.isfinite(ladder["delta"].astype(float))].rename(columns={"ndcg@10": "ndcg"})
-    lines = [f"- {factor_words(r.rung)} moves {r.variant}'s test NDCG@10 on {r.dataset}/{r.backbone} by "
+    lines = [selection_rung_text(r) if is_selection(r.rung) else
+             f"- {factor_words(r.rung)} moves {r.variant}'s test NDCG@10 on {r.dataset}/{r.backbone} by "
              f"{r.delta:+.4f} from "
              f"{r.previous} (to {r.ndcg:.4f}; Wilcoxon over users, Holm: "
              f"{format_p(r.p_wilcoxon_holm) or 'not computed'}; {r.n_seeds:.0f} seed(s)"
@@ -318,6 +364,26 @@ def ladder_without_gain(ladder: pd.DataFrame, demo: str | None) -> str:
                 "moves the reference's test NDCG@10 (ladder.csv):\n\n") + "\n".join(lines) + "\n"
 
 
+def is_selection(rung: str) -> bool:
+    return rung.partition("-")[2] == "selection"
+
+
+def selection_note(rung: str) -> str:
+    """For a selection rung: that it reports another epoch of the previous rung's runs, so its
+    change is the optimism table's (cited, not measured twice)."""
+    if not is_selection(rung):
+        return ""
+    return (" (this rung trains as the previous one, epoch by epoch, and reports another epoch: the "
+            "change is the difference of the two variants' optimism of picking the epoch on test, optimism.csv)")
+
+
+def selection_rung_text(r) -> str:
+    """The selection rung of a reference ladder: cites the optimism of picking the epoch on test."""
+    return (f"- {factor_words(r.rung)}: {r.variant} on {r.dataset}/{r.backbone} trains as at {r.previous}, epoch "
+            "by epoch, and reports another epoch of the same runs, so its change of test NDCG@10 is the "
+            f"optimism of picking the epoch on test, given once below (optimism.csv, setting {r.rung}).")
+
+
 def factors_off_the_ladder(ladder: pd.DataFrame) -> list[str]:
     """The factors in which the protocols differ (tables.PROTOCOL_FACTORS) that no cumulative rung
     of the ladder switches (a study may run only the first rungs)."""
@@ -327,26 +393,60 @@ def factors_off_the_ladder(ladder: pd.DataFrame) -> list[str]:
 
 
 def optimism_text(optimism: pd.DataFrame) -> str:
-    """The optimism of best-on-test selection per dataset/backbone/variant (optimism.csv)."""
+    """The optimism of picking the epoch on test per dataset/backbone/variant/setting (optimism.csv):
+    the authors' test pick and the best test epoch against the validation pick, on the same traces."""
     if optimism.empty:
-        return f"Optimism of best-on-test selection: {NOT_RUN}.\n"
+        return f"Optimism of picking the epoch on test: {NOT_RUN}.\n"
     noise = lambda v: f"evaluation noise {v:.4f}" if np.isfinite(v) else "evaluation noise not measured"
-    lines = [f"- {r.variant} on {r.dataset}/{r.backbone}: the authors' best-on-test pick scores "
-             f"{r.optimism:+.4f} test NDCG@10 against the validation pick (a lower bound; {noise(r.noise)}; "
-             f"{r.n_seeds:.0f} seed(s))." for r in optimism.itertuples()]
+    lines = [f"- {r.variant} on {r.dataset}/{r.backbone} ({r.setting}, {r.n_seeds:.0f} seed(s)): on the same test "
+             f"traces, the authors' test pick scores {r.authors_optimism:+.4f} test NDCG@10 against the validation "
+             f"pick and the best test NDCG@10 epoch {r.best_optimism:+.4f} ({noise(r.noise)}; epochs "
+             f"authors/best/valid per seed: {r.epochs})." for r in optimism.itertuples()]
     return "\n".join(lines) + "\n"
 
 
-def question2(rows: pd.DataFrame, tables: Path, figures: Path, out: Path, demo: str | None) -> str:
-    """Section 2: the gain per protocol, the ladder's factors, the optimism, then the evidence."""
+def null_gain_text(null: pd.DataFrame) -> str:
+    """How often runs that differ only in their seed show a gain under the authors' reporting
+    (null_gains.csv), in one sentence per dataset/backbone/comparison."""
+    if null.empty:
+        return f"How often the authors' reporting finds a gain in nothing: {NOT_RUN} (too few faithful seeds).\n"
+    wide = null.set_index(["dataset", "backbone", "comparison", "metric"])
+    low, high = THRESHOLDS[0], THRESHOLDS[-1]
+    lines = []
+    for (dataset, backbone, comparison), part in wide.groupby(level=[0, 1, 2], sort=False):
+        n = part.xs("ndcg@10", level="metric").iloc[0]
+        hr = part.xs("hr@10", level="metric").iloc[0] if "hr@10" in part.index.get_level_values("metric") else None
+        hr_text = (f" (HR@10: {hr[f'share_ge_{low}pct']:.0%} and {hr[f'share_ge_{high}pct']:.0%})"
+                   if hr is not None else "")
+        lines.append(f"- {dataset}/{backbone}, {comparison} ({n.n_seeds_method:.0f} x {n.n_seeds_baseline:.0f} "
+                     f"seeds, {n.n_pairs:.0f} pairs): an apparent NDCG@10 gain of at least {low}% in "
+                     f"{n[f'share_ge_{low}pct']:.0%} of pairs and at least {high}% in {n[f'share_ge_{high}pct']:.0%}"
+                     f"{hr_text}; the largest apparent NDCG@10 gain is {n.max_pct:+.1f}%.")
+    return ("The paper claims that MLTFR consistently outperforms the baselines, from the authors' reporting "
+            "(one run per cell, the epoch picked on test, a noisy evaluation of the LLM branch); under that same "
+            "reporting, two runs that should not differ show a gain as often as this (null_gains.csv; base vs "
+            "base: ordered pairs of distinct seeds, so at most half of the pairs can show a gain):\n\n" + "\n".join(lines) + "\n")
+
+
+def question2(tables: Path, figures: Path, out: Path, demo: str | None) -> str:
+    """Section 2: the gain per protocol on matched seeds, MLTFR's own factors, the ladder's
+    factors, the optimism, the null gains, then the evidence."""
+    factors = read_table(tables, "protocol_factors")
     return ("## 2. Does the authors' protocol overstate the gain, and through which quirk?\n\n"
-            f"**Verdict**\n\n{lead(demo, 'gain per protocol')} (stats/comparisons.csv):\n\n{protocol_gains(rows)}\n"
+            f"**Verdict**\n\n{lead(demo, 'gain per protocol, on matched seeds')} (protocol_factors.csv, setting "
+            f"faithful: Δ gain = gain(faithful) - gain(corrected), 95% bootstrap CI over users):\n\n"
+            f"{protocol_gains(factors)}\n{factor_gains(factors)}\n"
             f"{ladder_verdict(read_table(tables, 'ladder'), demo)}\n"
             f"**Optimism of picking the epoch on test** (optimism.csv)\n\n"
             f"{optimism_text(read_table(tables, 'optimism'))}\n"
+            f"**How often the authors' reporting finds a gain in nothing** (null_gains.csv)\n\n"
+            f"{null_gain_text(read_table(tables, 'null_gains'))}\n"
             f"**Evidence**\n\n{embedded(tables, 'protocols', 'Faithful vs corrected protocol')}\n"
             f"{figure_link(figures, 'protocols', out)}\n"
-            f"{embedded(tables, 'optimism', 'Optimism of best-on-test selection')}\n")
+            f"{embedded(tables, 'protocol_factors', 'Protocol factors on top of the corrected protocol')}\n"
+            f"{embedded(tables, 'optimism', 'Optimism of picking the epoch on test')}\n"
+            f"{embedded(tables, 'null_gains', 'Null gains')}\n"
+            f"{figure_link(figures, 'null_gains', out)}\n")
 
 
 # ---------------------------------------------------------------- evidence sections
@@ -478,7 +578,7 @@ def write_findings(tables: Path, stats: Path, figures: Path, out: Path, study: s
     rows = question1_rows(comparisons)
     text = (header(tables, stats, figures, out, study, demo, coverage_note(runs, planned), planned)
             + question1(rows, read_table(tables, "main"), demo) + "\n"
-            + question2(rows, tables, figures, out, demo) + "\n"
+            + question2(tables, figures, out, demo) + "\n"
             + evidence_sections(tables, figures, out, comparisons))
     atomic_write_text(out, text)
     return out

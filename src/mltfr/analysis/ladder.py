@@ -10,9 +10,11 @@ Ladder runs lie in results/runs/{dataset}/{backbone}/{variant}/{rung}/seed{S}/ a
   users (paired by user id) and a paired t-test over seeds (stats.py), and for mltfr and
   mltfr-randomselect the gain over base and its change from the previous rung, with bootstrap
   CIs over users (per-user gains paired by user id across the four cells).
-- optimism: for each variant's `rung-selection` runs (select on validation, test traced every
-  evaluation), the test NDCG@10 of the epoch the authors' rule picks on test minus that of the
-  epoch validation picked, and the evaluation noise of the test trace.
+- optimism: for every run that selects on validation and traces test at every evaluation
+  (trace_test: the ladder's and the protocol-factor runs), test NDCG@10 at three epochs of the
+  same trace: the authors' rule's pick on test, the best test NDCG@10 epoch and the validation
+  pick, and the evaluation noise of the trace. It is computed here once: the ladder's selection
+  rung reports another epoch of the previous rung's trajectories, so the findings cite it there.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from mltfr.analysis.collect import FAITHFUL_RUNG, KEYS, is_ladder_run, load_epochs, load_user_ndcg
+from mltfr.analysis.collect import FAITHFUL_RUNG, KEYS, is_ladder_run, load_epochs, load_user_ndcg, run_setting
 from mltfr.evaluate.metrics import wins_majority
 from mltfr.study.ladder import DEFAULT_ORDER
 from mltfr.analysis.stats import (FEW_SEEDS, MIN_SEEDS, StatsConfig, add_holm, bootstrap_ci, compare_pair,
@@ -34,9 +36,10 @@ from mltfr.errors import DataError
 FACTORS = DEFAULT_ORDER   # the ladder's default factor order (mltfr.study.ladder)
 GAIN_PAIRS = ((FULL, BASE), ("mltfr-randomselect", BASE))   # (variant, reference) of a claimed gain
 LADDER_CELL = ["dataset", "backbone"]
-SELECTION_RUNG = "rung-selection"   # selects on validation, traces test: the optimism's runs
 NOISE_EVALS = 10                    # the last evaluations the noise of a test trace is measured on
 NO_LADDER = "no ladder runs (study block protocol_ladder)"
+NO_TRACE = ("no run selects on validation while tracing test (the runs of study blocks protocol_ladder and "
+            "protocol_factors do)")
 Loader = Callable[[str], pd.Series]
 
 
@@ -181,7 +184,7 @@ GAIN_COLUMNS = ["gain_reference", "gain_n_seeds", "gain_n_users", "gain", "gain_
 TIDY_COLUMNS = [*LADDER_CELL, *LADDER_ROW, "rung_pos", *GAIN_COLUMNS]
 
 
-def _ci_text(value: float, low: float, high: float) -> str:
+def ci_text(value: float, low: float, high: float) -> str:
     """'+0.0012 [-0.0003, +0.0030]', or '' when there is no value."""
     if not np.isfinite(value):
         return ""
@@ -199,9 +202,9 @@ def ladder_table(runs: pd.DataFrame, cfg: StatsConfig = StatsConfig()) -> Table:
     display["Δ previous"] = [f"{d:+.4f}" if np.isfinite(d) else "" for d in tidy["delta"].astype(float)]
     display["p Wilcoxon (Holm)"] = [format_p(p, m) for p, m in zip(tidy["p_wilcoxon_holm"], tidy["mark"])]
     display["p t-test (Holm)"] = [format_p(p) for p in tidy["p_ttest_holm"]]
-    display["gain vs base [95% CI]"] = [_ci_text(*v) for v in tidy[["gain", "gain_ci_low", "gain_ci_high"]]
+    display["gain vs base [95% CI]"] = [ci_text(*v) for v in tidy[["gain", "gain_ci_low", "gain_ci_high"]]
                                         .astype(float).to_numpy()]
-    display["Δ gain [95% CI]"] = [_ci_text(*v) for v in tidy[["delta_gain", "delta_gain_ci_low",
+    display["Δ gain [95% CI]"] = [ci_text(*v) for v in tidy[["delta_gain", "delta_gain_ci_low",
                                                              "delta_gain_ci_high"]].astype(float).to_numpy()]
     display["note"] = tidy["note"].fillna("").astype(str)
     caption = with_run_settings(
@@ -245,81 +248,115 @@ def trace_noise(trace: pd.DataFrame, last: int = NOISE_EVALS) -> float:
 
 
 TRACE_COLUMNS = ("test_hr@20", "test_ndcg@20", "test_ndcg@10")
+PICKS = ("authors", "best", "valid")   # the three epochs of a trace whose test NDCG@10 is reported
+
+
+def best_test_epoch(trace: pd.DataFrame) -> int:
+    """The epoch of the highest test NDCG@10 of the trace (the earliest of ties)."""
+    ordered = trace.sort_values("epoch", kind="stable")
+    return int(ordered["epoch"].iloc[int(np.argmax(ordered["test_ndcg@10"].to_numpy(float)))])
 
 
 def run_optimism(run: pd.Series, epochs: pd.DataFrame) -> dict:
-    """Optimism of one rung-selection run: test NDCG@10 at the authors' test pick minus that at
-    the epoch validation picked (`best_epoch`), and the trace's noise."""
+    """Three picks of one validation-selected run's test trace: the epoch the authors' rule keeps
+    on test, the best test NDCG@10 epoch and the epoch validation picked (`best_epoch`); the test
+    NDCG@10 at each, the two test picks minus the validation pick, and the trace's noise."""
     missing = [c for c in TRACE_COLUMNS if c not in epochs.columns]
     trace = epochs.dropna(subset=list(TRACE_COLUMNS)) if not missing else epochs.iloc[:0]
     if trace.empty:
         raise DataError(f"{run['run_dir']}/epochs.csv: no test trace (columns {', '.join(TRACE_COLUMNS)} "
-                        "missing or empty, or no file); "
-                        "the rung-selection run must trace test every evaluation (trace_test): rerun it")
+                        "missing or empty, or no file) although the run recorded trace_test; rerun it")
     at = trace.set_index("epoch")["test_ndcg@10"]
-    valid_epoch = int(run["best_epoch"])
-    if valid_epoch not in at.index:
-        raise DataError(f"{run['run_dir']}/epochs.csv: no test value at the selected epoch {valid_epoch}; "
+    epochs_of = {"authors": authors_pick(trace), "best": best_test_epoch(trace), "valid": int(run["best_epoch"])}
+    if epochs_of["valid"] not in at.index:
+        raise DataError(f"{run['run_dir']}/epochs.csv: no test value at the selected epoch {epochs_of['valid']}; "
                         "rerun the run with trace_test")
-    test_epoch = authors_pick(trace)
-    return {"test_pick_epoch": test_epoch, "test_pick_ndcg@10": at[test_epoch], "valid_pick_epoch": valid_epoch,
-            "valid_pick_ndcg@10": at[valid_epoch], "optimism": at[test_epoch] - at[valid_epoch],
-            "noise": trace_noise(trace), "n_evals": len(trace)}
+    out = {f"{pick}_epoch": epoch for pick, epoch in epochs_of.items()}
+    out.update({f"{pick}_ndcg@10": at[epoch] for pick, epoch in epochs_of.items()})
+    out.update(authors_optimism=at[epochs_of["authors"]] - at[epochs_of["valid"]],
+               best_optimism=at[epochs_of["best"]] - at[epochs_of["valid"]], noise=trace_noise(trace),
+               n_evals=len(trace))
+    return out
+
+
+def traced_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs that select on validation and traced test at every evaluation (trace_test: the
+    ladder's and the protocol-factor runs), with their `setting` (rung, with-<factor> or protocol)."""
+    if "trace_test" not in runs.columns:
+        return runs.iloc[:0].assign(setting=pd.Series(dtype=str))
+    traced = runs[(runs["select_on"] == "valid") & (runs["trace_test"] == True)]  # noqa: E712 (NaN: not traced)
+    return traced.assign(setting=run_setting(traced))
 
 
 def optimism_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per rung-selection run: its identifiers and run_optimism."""
-    selection = runs[runs["rung"] == SELECTION_RUNG] if "rung" in runs.columns else runs.iloc[:0]
-    epochs = load_epochs(selection)
-    rows = []
-    for _, run in selection.iterrows():
-        mine = epochs[(epochs[list(KEYS)] == run[list(KEYS)].to_numpy()).all(axis=1)]
-        rows.append({**run[list(KEYS)].to_dict(), **run_optimism(run, mine)})
+    """One row per traced validation-selected run: its identifiers, setting and run_optimism."""
+    traced = traced_runs(runs)
+    rows = [{**run[list(KEYS)].to_dict(), "setting": run["setting"],
+             **run_optimism(run, load_epochs(traced.loc[[index]]))} for index, run in traced.iterrows()]
     return pd.DataFrame(rows)
 
 
-OPTIMISM_GROUP = ["dataset", "backbone", "variant"]
-OPTIMISM_VALUES = ["test_pick_ndcg@10", "valid_pick_ndcg@10", "optimism", "noise"]
+OPTIMISM_GROUP = ["dataset", "backbone", "variant", "setting"]
+OPTIMISM_VALUES = ["authors_ndcg@10", "best_ndcg@10", "valid_ndcg@10", "authors_optimism", "best_optimism", "noise"]
+OPTIMISM_LABELS = {"authors_ndcg@10": "authors' test pick", "best_ndcg@10": "best test epoch",
+                   "valid_ndcg@10": "validation pick", "authors_optimism": "authors' pick - valid",
+                   "best_optimism": "best - valid", "noise": "noise"}
 
 
 def noise_correlation(tidy: pd.DataFrame) -> str:
-    """Whether optimism grows with evaluation noise across variants: a Spearman rank correlation
-    of the per-variant means with >= 3 variants (dataset/backbone cells pooled)."""
-    both = tidy[["optimism", "noise"]].dropna()
+    """Whether the authors' pick's optimism grows with evaluation noise across cells (variant and
+    setting): a Spearman rank correlation of the per-cell means with >= 3 cells."""
+    both = tidy[["authors_optimism", "noise"]].dropna()
     if len(both) < 3:
-        return f"Too few variants ({len(both)} < 3) to say whether optimism grows with noise."
+        return f"Too few cells ({len(both)} < 3) to say whether optimism grows with noise."
     if both.nunique().min() < 2:
         return "The rank correlation of optimism and noise is undefined (one of them is constant)."
-    rho = sps.spearmanr(both["optimism"], both["noise"]).statistic
+    rho = sps.spearmanr(both["authors_optimism"], both["noise"]).statistic
     verdict = "grows" if rho > 0 else "does not grow"
-    return f"Optimism {verdict} with noise: Spearman rho = {rho:+.2f} across {len(both)} variants."
+    return f"Optimism {verdict} with noise: Spearman rho = {rho:+.2f} across {len(both)} cells."
+
+
+def epochs_text(group: pd.DataFrame) -> str:
+    """'2/9/3, 2/3/7' : the authors' / best / validation epochs of each seed, in seed order."""
+    ordered = group.sort_values("seed")
+    return ", ".join("/".join(str(int(r[f"{p}_epoch"])) for p in PICKS) for _, r in ordered.iterrows())
 
 
 def optimism_table(runs: pd.DataFrame) -> Table:
-    """Per dataset, backbone and variant: mean over seeds of the test pick's and the validation
-    pick's NDCG@10, their difference (optimism) and the evaluation noise."""
+    """Per dataset, backbone, variant and setting: mean over seeds of test NDCG@10 at the three
+    picks of each run's test trace, the test picks minus the validation pick, and the noise."""
     per_run = optimism_runs(runs)
     if per_run.empty:
         return empty_table("optimism", pd.DataFrame(columns=[*OPTIMISM_GROUP, "n_seeds", *OPTIMISM_VALUES,
-                                                             "optimism_std"]),
-                           "Optimism of best-on-test selection", NO_LADDER)
+                                                             "authors_optimism_std", "best_optimism_std",
+                                                             "epochs"]),
+                           "Optimism of picking the epoch on test", NO_TRACE)
     grouped = per_run.groupby(OPTIMISM_GROUP, sort=True)
     tidy = grouped[OPTIMISM_VALUES].mean().reset_index()
     tidy.insert(len(OPTIMISM_GROUP), "n_seeds", grouped.size().to_numpy())
-    tidy["optimism_std"] = grouped["optimism"].std(ddof=1).to_numpy()
+    for col in ("authors_optimism", "best_optimism"):
+        tidy[f"{col}_std"] = grouped[col].std(ddof=1).to_numpy()
+    tidy["epochs"] = grouped[list(per_run.columns)].apply(epochs_text).to_numpy()
     display = tidy[OPTIMISM_GROUP].astype(str)
     display["n"] = tidy["n_seeds"].astype(str)
     for col in OPTIMISM_VALUES:
-        cells = grouped[col].apply(lambda s: mean_std(s, signed=col == "optimism")).to_numpy()
-        display[col] = cells
+        display[OPTIMISM_LABELS[col]] = grouped[col].apply(
+            lambda s: mean_std(s, signed=col.endswith("optimism"))).to_numpy()
+    display["epochs (authors/best/valid)"] = tidy["epochs"]
     caption = with_run_settings(
-        "Optimism of best-on-test selection, from the rung-selection runs (select on validation, "
-        "test traced at every evaluation): test NDCG@10 at the epoch the authors' rule picks on "
-        "test (not worse on 3 of HR/Precision/Recall/NDCG@20) minus test NDCG@10 at the epoch "
-        f"validation picked, mean ± std over the n seeds; noise = std of the change of test NDCG@10 "
-        f"between successive evaluations over the last {NOISE_EVALS}, / sqrt(2). These runs stop "
-        "early on validation, so the authors' rule searches only the epochs they ran: the optimism "
-        f"is a lower bound. {noise_correlation(tidy)}", runs[runs["rung"] == SELECTION_RUNG])
+        "Optimism of picking the epoch on test, from the runs that select on validation and trace test "
+        "at every evaluation (trace_test: the ladder's and the protocol-factor runs); setting = the run's "
+        "rung, protocol-factor setting or protocol. Three epochs of each run's test trace: the one the "
+        "authors' rule keeps on test (an epoch replaces the best one when not worse on 3 of "
+        "HR/Precision/Recall/NDCG@20; with one target per user: when its HR@20 is at least the best so "
+        "far, ties to the later epoch), the best test NDCG@10 epoch, and the one validation picked. "
+        "Test NDCG@10 at each, mean ± std over the n seeds; the test picks minus the validation pick on "
+        "the same trace; the authors' rule reads HR@20, not NDCG@10, so its pick can score below the "
+        "validation pick, and the best test epoch is the most any test pick can gain on these traces. "
+        "These runs stop early on validation (patience), so both test picks search only the epochs they "
+        "ran. Epochs per seed in seed order. noise = std of the change of test NDCG@10 between "
+        f"successive evaluations over the last {NOISE_EVALS}, / sqrt(2). {noise_correlation(tidy)}",
+        traced_runs(runs))
     return Table("optimism", tidy, display, None, caption)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 # Tables written as <name>.csv (tidy numbers), <name>.md and <name>.tex (formatted).
 TABLES = ("dataset_stats", "main", "single_llm", "ablations", "sensitivity", "efficiency", "protocols",
-          "diagnostics", "ladder", "optimism")
+          "diagnostics", "ladder", "optimism", "protocol_factors", "null_gains")
 TABLE_FORMATS = ("csv", "md", "tex")
 # The backbone's validation search (mltfr.analysis.tuning), its own job: <tables>/tuning.{csv,md,tex}.
 TUNING_TABLE = "tuning"
@@ -19,7 +19,7 @@ RUNS_TABLE = "runs"
 STATS_TABLES = ("comparisons", "pvalues")
 # Figures written as <figures>/<name>.png and .pdf; captions in workflow/report/<name>.rst.
 FIGURES = ("single_llm_gains", "main_comparison", "ablations", "sensitivity", "router_weights",
-           "top_tokens", "training_curves", "protocols", "diagnostics", "ladder")
+           "top_tokens", "training_curves", "protocols", "diagnostics", "ladder", "null_gains")
 FIGURE_FORMATS = ("png", "pdf")
 # Filter diagnostics of a run with an LLM branch (result.json, written by mltfr.models.diagnostics):
 # per LLM `diagnostics.<llm>.<key>` -> runs-table column diagnostic_column(llm, key); the run-level

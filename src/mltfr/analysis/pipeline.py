@@ -13,12 +13,16 @@ ALL_STEPS = ("runs",) + STEPS            # "runs": only runs.csv / runs.parquet
 
 
 def make_tables(runs: pd.DataFrame, data_root: str | Path, out: str | Path, cfg=None) -> list[Path]:
-    """runs.csv/.parquet and every study table under `out` (the ladder's included)."""
+    """runs.csv/.parquet and every study table under `out` (the ladder's, the protocol factors'
+    and the null gains' included)."""
     from mltfr.analysis.ladder import ladder_tables
+    from mltfr.analysis.null_gains import null_gain_table
+    from mltfr.analysis.protocol_factors import protocol_factors_table
     from mltfr.analysis.stats import StatsConfig
 
-    stats = load_dataset_stats(data_root)
-    tables = build_tables(runs, stats) + ladder_tables(runs, cfg or StatsConfig())
+    stats, cfg = load_dataset_stats(data_root), cfg or StatsConfig()
+    tables = build_tables(runs, stats) + ladder_tables(runs, cfg) + [protocol_factors_table(runs, cfg),
+                                                                      null_gain_table(runs)]
     return write_runs(runs, out) + [p for t in tables for p in write_table(t, out)]
 
 
@@ -35,14 +39,16 @@ def make_stats(runs: pd.DataFrame, out: str | Path, cfg=None) -> list[Path]:
 
 def make_figures(runs: pd.DataFrame, out: str | Path, cfg=None) -> list[Path]:
     """Every figure under `out` (PNG and PDF); the ladder's from its own runs, the others from
-    the protocol runs."""
+    the protocol runs (the null gains' from their faithful pairs)."""
     from mltfr.analysis.figures import draw_figures  # matplotlib only when figures are asked for
     from mltfr.analysis.ladder import ladder_frame, ladder_tidy
+    from mltfr.analysis.null_gains import null_pairs
     from mltfr.analysis.stats import StatsConfig
 
     study = protocol_runs(runs)
     ladder = ladder_tidy(runs, cfg or StatsConfig())
-    return draw_figures(study, load_epochs(study), load_interp(study), out, ladder, ladder_frame(runs))
+    return draw_figures(study, load_epochs(study), load_interp(study), out, ladder, ladder_frame(runs),
+                        null_pairs(runs))
 
 
 def aggregate(runs_root: str | Path, data_root: str | Path, tables: str | Path, stats: str | Path,

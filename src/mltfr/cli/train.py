@@ -3,7 +3,8 @@
 Trains one run and evaluates it: writes checkpoint.pt and epochs.csv while training, then
 ranks.npz and result.json into RUN_DIR. Rerunning the same command resumes from the checkpoint.
 Settings, lowest precedence first: RunConfig defaults, the `train:` section of --config, the
-flags below (a protocol-ladder rung as --protocol: faithful + the rung's settings), then
+flags below (a protocol-ladder rung as --protocol: faithful + the rung's settings; a
+protocol-factor setting with-<factor>: corrected + that factor's faithful value), then
 --set key=value.
 """
 from __future__ import annotations
@@ -30,9 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="faithful: authors' protocol (best epoch on test, labelled); "
                              "corrected: early stopping on validation, test once; or a protocol-ladder "
                              "rung (rung-<factor>, alone-<factor>; mltfr.study.ladder): faithful with "
-                             "the rung's factors set to their corrected values")
+                             "the rung's factors set to their corrected values; or with-<factor>[+...]: "
+                             "corrected with those factors set back to their faithful values")
     parser.add_argument("--rung-order", type=rung_order, metavar="F1,F2,...",
-                        help=f"the ladder's factor order for rung-<factor> (default: {','.join(ladder.DEFAULT_ORDER)})")
+                        help=f"the ladder's factor order for rung-<factor> (default: "
+                             f"{','.join(ladder.DEFAULT_ORDER)}), or the protocol-factor block's factors "
+                             "for with-<factor> (default: its own)")
     parser.add_argument("--seed", required=True, type=int, help="random seed of the run")
     parser.add_argument("--variant", default="base", help="model variant; 'base' = ID-only (default)")
     parser.add_argument("--config", type=Path, help="study config YAML; its `train:` section overrides defaults")
@@ -67,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     rung = ladder_rung(args)
     result = train_and_evaluate(split, cfg, args.out, prepared.meta, llm_tables=llm_tables,
                                 resume=not args.no_resume, inputs=inputs,
-                                rung=rung.record(args.rung_order or ladder.DEFAULT_ORDER) if rung else None)
+                                rung=rung.record(args.rung_order or ladder.default_order(rung.name)) if rung else None)
     test = result["metrics"]["test"]
     print(f"{args.out}: test NDCG@10 {test['ndcg@10']:.4f} HR@10 {test['hr@10']:.4f} "
           f"({result['eval_protocol']}, best epoch {result['best_epoch']}, {result['selection']})")
@@ -75,8 +79,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def build_config(args: argparse.Namespace):
-    """RunConfig from defaults, the config's train: section, the flags (a rung: faithful + its
-    settings), then --set, which must leave a rung's settings as the rung sets them."""
+    """RunConfig from defaults, the config's train: section, the flags (a rung: the protocol it
+    starts from, faithful or corrected, + its settings), then --set, which must leave a rung's
+    settings as the rung sets them."""
     from mltfr.train.config import RunConfig, apply_overrides, load_train_section
 
     section = load_train_section(args.config) if args.config else {}
@@ -84,7 +89,7 @@ def build_config(args: argparse.Namespace):
     if args.tuned:
         cfg = apply_overrides(cfg, read_choice(args.tuned))
     rung = ladder_rung(args)
-    protocol = ladder.FAITHFUL if rung else args.protocol
+    protocol = rung.start if rung else args.protocol
     flags = {"backbone": args.backbone, "protocol": protocol, "seed": args.seed, "variant": args.variant}
     if args.device:
         flags["device"] = args.device
@@ -98,22 +103,25 @@ def build_config(args: argparse.Namespace):
 
 
 def ladder_rung(args: argparse.Namespace):
-    """The protocol-ladder rung --protocol names (mltfr.study.ladder.Rung), or None."""
+    """The protocol-ladder rung or protocol-factor setting --protocol names (mltfr.study.ladder.Rung),
+    or None."""
     if not ladder.is_rung(args.protocol):
         if args.rung_order:
             raise ConfigError(f"--rung-order applies to protocol-ladder rungs only, not to --protocol "
                               f"{args.protocol}; drop it or give a rung (rung-<factor>)")
         return None
-    return ladder.rung(args.protocol, args.rung_order or ladder.DEFAULT_ORDER)
+    return ladder.rung(args.protocol, args.rung_order or ladder.default_order(args.protocol))
 
 
 def protocol_or_rung(text: str) -> str:
-    """--protocol: faithful, corrected, or a ladder rung name (rung-<factor>, alone-<factor>)."""
+    """--protocol: faithful, corrected, a ladder rung name (rung-<factor>, alone-<factor>) or a
+    protocol-factor setting (with-<factor>[+<factor>...])."""
     if text in PROTOCOL_CHOICES or ladder.is_rung(text):
         return text
     raise argparse.ArgumentTypeError(
         f"invalid choice: {text!r} (choose from {', '.join(PROTOCOL_CHOICES)}, or a ladder rung "
-        f"rung-<factor> / alone-<factor> with a factor of {', '.join(ladder.FACTORS)})")
+        f"rung-<factor> / alone-<factor> with a factor of {', '.join(ladder.FACTORS)}, or "
+        f"with-<factor>[+<factor>...] with factors of {', '.join(ladder.FAITHFUL_VALUES)})")
 
 
 def rung_order(text: str) -> tuple:

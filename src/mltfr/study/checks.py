@@ -64,7 +64,7 @@ def check_block_subsets(study: dict) -> None:
 
 def check_untrained_backbones(study: Study) -> None:
     """pop is counted, not trained: it has no hidden states, so no LLM block may run it."""
-    for name in ("single_llm", "mltfr", "ablations", "sensitivity", "protocol_ladder"):
+    for name in ("single_llm", "mltfr", "ablations", "sensitivity", "protocol_ladder", "protocol_factors"):
         block = study.block(name)
         wrong = [b for b in study.block_values(name, "backbones") if b in UNTRAINED_BACKBONES]
         if block["enabled"] and wrong:
@@ -91,6 +91,7 @@ def check_tuning(study: Study) -> None:
 def check_variants(study: Study) -> None:
     check_variant_names(study)
     study.ladder_rungs  # noqa: B018  (raises on a bad ladder order)
+    study.factor_settings  # noqa: B018  (raises on a bad factor list)
     pairs = {(run.variant, run.backbone) for run in study.runs}
     check_n_llms(study)
     random_backbones = {b for v, b in pairs if parsed_variant(v).variant.llms == "random"}
@@ -105,18 +106,20 @@ def check_variants(study: Study) -> None:
 
 
 def check_variant_names(study: Study) -> None:
-    """Ablation names and the ladder's variants are names of mltfr.study.variants."""
+    """Ablation names and the variants of the ladder and the protocol-factor block are names of
+    mltfr.study.variants."""
     known = registry.ABLATIONS + registry.CONTROLS
     for name in study.block("ablations")["variants"] or []:
         if name not in known:
             raise key_error("study.blocks.ablations.variants",
                             f"names '{name}', which is not an ablation or control variant",
                             f"use names from {', '.join(known)} (mltfr.study.variants)")
-    for name in study.block("protocol_ladder")["variants"]:
-        if registry.parse(name) is None:
-            raise key_error("study.blocks.protocol_ladder.variants",
-                            f"names '{name}', which is not in mltfr.study.variants",
-                            f"use names from {', '.join(registry.names(['<llm>']))}")
+    for block in ("protocol_ladder", "protocol_factors"):
+        for name in study.block(block)["variants"]:
+            if registry.parse(name) is None:
+                raise key_error(f"study.blocks.{block}.variants",
+                                f"names '{name}', which is not in mltfr.study.variants",
+                                f"use names from {', '.join(registry.names(['<llm>']))}")
 
 
 def check_n_llms(study: Study) -> None:

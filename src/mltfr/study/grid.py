@@ -5,8 +5,8 @@ and to `study` adds its jobs and nothing else. Variant names, their LLMs and rou
 `mltfr.study.variants`. Variants with a consensus expert take three jobs: round 1 (`mltfr
 train`), the merge (`mltfr fisher`), round 2 (`mltfr train --consensus FILE`). The mltfr LLM set
 and its consensus group may differ per backbone (`study.blocks.mltfr.llms` and
-`.consensus_group`: one list, or a mapping backbone -> list). The protocol ladder's rungs
-(`mltfr.study.ladder`) are values of the `protocol` wildcard.
+`.consensus_group`: one list, or a mapping backbone -> list). The protocol ladder's rungs and
+the protocol-factor settings (`mltfr.study.ladder`) are values of the `protocol` wildcard.
 
 DAG speed (the paper grid has thousands of jobs): everything derived from a variant name is cached.
 """
@@ -173,10 +173,36 @@ class Study:
         return [Run(*cell) for cell in grid]
 
     @functools.cached_property
+    def factor_settings(self) -> tuple:
+        """The protocol-factor settings (with-<factor>, then all together when asked), in order."""
+        block = self.block("protocol_factors")
+        try:
+            return tuple(ladder.factor_settings(block["factors"], block["together"]))
+        except ConfigError as exc:
+            raise key_error("study.blocks.protocol_factors.factors", str(exc),
+                            f"name factors of {', '.join(ladder.FAITHFUL_VALUES)}") from None
+
+    def factor_runs(self) -> list:
+        """Every variant under corrected and under each setting that acts on it: a variant without an
+        LLM branch skips the branch-only settings, where its corrected runs stand in (identical runs)."""
+        block = self.block("protocol_factors")
+        if not block["enabled"]:
+            return []
+        name = "protocol_factors"
+        runs = []
+        for dataset, backbone, variant, seed in itertools.product(
+                self.block_values(name, "datasets"), self.block_values(name, "backbones"), block["variants"],
+                self.block_values(name, "seeds")):
+            branch = parsed_variant(variant).variant.llms != "none"
+            settings = [s.name for s in self.factor_settings if ladder.acts_on(s.factors, branch)]
+            runs += [Run(dataset, backbone, variant, protocol, seed) for protocol in [ladder.CORRECTED, *settings]]
+        return runs
+
+    @functools.cached_property
     def runs(self) -> tuple:
         """Every final run of the study (duplicates across blocks removed), in a stable order."""
         runs = itertools.chain.from_iterable(self.block_runs(name) for name in BLOCKS)
-        return tuple(dict.fromkeys(itertools.chain(runs, self.ladder_runs())))
+        return tuple(dict.fromkeys(itertools.chain(runs, self.ladder_runs(), self.factor_runs())))
 
     # ------------------------------------------------------------ the backbone's validation search
     @functools.cached_property
@@ -202,8 +228,9 @@ class Study:
         return [self.layout.tuning_choice.format(dataset=d, backbone=b) for d, b in self.tuned_cells]
 
     def tuned_choice(self, dataset: str, backbone: str, protocol: str) -> str | None:
-        """The choice file a run trains with: a corrected run of a tuned (dataset, backbone)."""
-        if protocol != "corrected" or (dataset, backbone) not in self.tuned_cells:
+        """The choice file a run trains with: a run of a tuned (dataset, backbone) that starts from the
+        corrected protocol (corrected, or a protocol-factor setting compared with it)."""
+        if ladder.starts_from(protocol) != ladder.CORRECTED or (dataset, backbone) not in self.tuned_cells:
             return None
         return self.layout.tuning_choice.format(dataset=dataset, backbone=backbone)
 
@@ -278,10 +305,12 @@ class Study:
 
     @functools.cache
     def rung_args(self, protocol: str) -> str:
-        """A ladder rung's settings as `--set` arguments, trace_test and the order (else nothing)."""
+        """A ladder rung's or a protocol-factor setting's settings as `--set` arguments, trace_test
+        and the order (the ladder's, or the factor block's factors) (else nothing)."""
         if not ladder.is_rung(protocol):
             return ""
-        order = self.block("protocol_ladder")["order"]
+        factor_setting = ladder.is_factor_setting(protocol)
+        order = self.block("protocol_factors")["factors"] if factor_setting else self.block("protocol_ladder")["order"]
         settings = ladder.overrides(protocol, order) | {"trace_test": True}
         sets = [f"--set {key}={cli_value(value)}" for key, value in settings.items()]
         return " ".join(["", *sets, f"--rung-order {','.join(order)}"])

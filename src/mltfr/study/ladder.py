@@ -8,6 +8,15 @@ starts from `--protocol faithful` and sets the factors of its rung to their corr
                      order (cumulative); each differs from the rung before it in one setting
     alone-<factor>   faithful + that factor only (plus the factors it needs, see REQUIRES)
 
+The protocol-factor runs go the other way, from the corrected protocol (`--protocol corrected`):
+
+    with-<factor>    corrected + that factor set back to its faithful value (FAITHFUL_VALUES)
+    with-<f1>+<f2>   corrected + several factors set back together
+
+so each of MLTFR's own factors (evaluation noise, batch pooling) is measured alone on top of the
+clean protocol. A variant without an LLM branch (base) is untouched by the branch-only factors
+(BRANCH_FACTORS): its corrected runs stand in for those settings.
+
 With the default order the rung before user_vector (rung-holdout_valid) has exactly the corrected
 protocol's settings; user_vector (the causal user vector) is a flaw both protocols share.
 The workflow (a rung is the `protocol` wildcard's value), `mltfr train --protocol <rung>` and the
@@ -34,6 +43,15 @@ DEFAULT_ORDER = tuple(FACTORS)
 # (mltfr.models.mltfr.BranchConfig refuses causal + batch pooling).
 REQUIRES = {"user_vector": ("pooling",)}
 PREFIXES = ("rung-", "alone-")
+CORRECTED = "corrected"
+WITH = "with-"          # a protocol-factor setting: with-<factor>[+<factor>...]
+JOIN = "+"
+# factor -> its value under the faithful protocol (the authors' code); the user vector has none:
+# both protocols use the whole-window mean (its value in FACTORS is a repair neither makes)
+FAITHFUL_VALUES = {"selection": "test", "eval_noise": True, "pooling": "batch", "mask_history": False,
+                   "holdout_valid": False}
+# Factors that act only inside the LLM branch: a variant without one trains and ranks the same
+BRANCH_FACTORS = ("eval_noise", "pooling", "user_vector")
 
 
 @dataclass(frozen=True)
@@ -42,14 +60,16 @@ class Rung:
 
     name: str
     index: int                  # 0 = faithful; cumulative rungs 1..n in order, then alone rungs
-    factors: tuple              # the factors set to their corrected values, in order
+    factors: tuple              # the factors it switches (to corrected; with-<factor>: to faithful)
     overrides: dict = field(hash=False)   # RunConfig key -> value, for `--set`
     previous: str | None        # the rung this one differs from in exactly one setting
+    start: str = FAITHFUL       # the protocol the run starts from (corrected for with-<factor>)
 
     def record(self, order) -> dict:
-        """The `rung` entry of a ladder run's result.json."""
-        return {"name": self.name, "index": self.index, "factors": list(self.factors),
-                "previous": self.previous, "order": list(order)}
+        """The `rung` entry of a ladder run's result.json (`start` only when it is not faithful)."""
+        record = {"name": self.name, "index": self.index, "factors": list(self.factors),
+                  "previous": self.previous, "order": list(order)}
+        return record if self.start == FAITHFUL else {**record, "start": self.start}
 
 
 def check_order(order) -> tuple:
@@ -89,8 +109,10 @@ def rungs(order=DEFAULT_ORDER, alone: bool = False) -> list[Rung]:
 
 
 def rung(name: str, order=DEFAULT_ORDER) -> Rung:
-    """The rung called `name` under `order` (alone rungs are found whatever the order)."""
-    by_name = {r.name: r for r in rungs(order, alone=True)}
+    """The rung called `name` under `order` (alone rungs are found whatever the order; a
+    with-<factor> setting is looked up among the settings of the factors `order`)."""
+    found = factor_settings(order, together=True) if name.startswith(WITH) else rungs(order, alone=True)
+    by_name = {r.name: r for r in found}
     if name not in by_name:
         known = ", ".join(by_name)
         raise ConfigError(f"{name!r} is not a protocol-ladder rung of the order {list(order)}; "
@@ -104,5 +126,54 @@ def overrides(rung_name: str, order=DEFAULT_ORDER) -> dict:
 
 
 def is_rung(name: str) -> bool:
-    """Whether `name` is spelled like a ladder rung other than faithful (rung-/alone-<factor>)."""
-    return name.startswith(PREFIXES) and name.partition("-")[2] in FACTORS
+    """Whether `name` is spelled like a ladder rung other than faithful (rung-/alone-<factor>) or
+    like a protocol-factor setting (with-<factor>[+<factor>...])."""
+    return (name.startswith(PREFIXES) and name.partition("-")[2] in FACTORS) or is_factor_setting(name)
+
+
+# ---------------------------------------------------------------- corrected + faithful factors
+def is_factor_setting(name: str) -> bool:
+    """Whether `name` is spelled like with-<factor>[+<factor>...] with factors of FAITHFUL_VALUES."""
+    factors = name.removeprefix(WITH).split(JOIN)
+    return name.startswith(WITH) and all(f in FAITHFUL_VALUES for f in factors)
+
+
+def check_factors(factors) -> tuple:
+    """The factors as a tuple of distinct factors that have a faithful value."""
+    factors = tuple(factors)
+    unknown = [f for f in factors if f not in FAITHFUL_VALUES]
+    if unknown or not factors or len(set(factors)) != len(factors):
+        raise ConfigError(f"protocol factors {list(factors)} must name distinct factors from "
+                          f"{', '.join(FAITHFUL_VALUES)} (unknown: {unknown or 'none'}); fix the list")
+    return factors
+
+
+def factor_setting(factors, index: int) -> Rung:
+    """corrected with `factors` set back to their faithful values: with-<f1>[+<f2>...]."""
+    overrides = {FACTORS[f][0]: FAITHFUL_VALUES[f] for f in factors}
+    return Rung(WITH + JOIN.join(factors), index, tuple(factors), overrides, CORRECTED, start=CORRECTED)
+
+
+def factor_settings(factors, together: bool = False) -> list[Rung]:
+    """Each factor alone on top of corrected, then (with `together` and >= 2 factors) all of them."""
+    factors = check_factors(factors)
+    out = [factor_setting((f,), i) for i, f in enumerate(factors, start=1)]
+    return out + ([factor_setting(factors, len(out) + 1)] if together and len(factors) > 1 else [])
+
+
+def default_order(name: str) -> tuple:
+    """The factor order a rung is looked up in when none is given: a with- setting's own factors,
+    else DEFAULT_ORDER."""
+    return tuple(name.removeprefix(WITH).split(JOIN)) if is_factor_setting(name) else DEFAULT_ORDER
+
+
+def starts_from(name: str) -> str:
+    """The protocol a run of this protocol value starts from: corrected for corrected and every
+    with-<factor> setting, faithful for faithful and the ladder's rungs."""
+    return CORRECTED if name == CORRECTED or is_factor_setting(name) else FAITHFUL
+
+
+def acts_on(factors, has_branch: bool) -> bool:
+    """Whether setting `factors` changes a run: always with an LLM branch, else only when one of
+    them is not a branch-only factor (base under corrected + evaluation noise is base corrected)."""
+    return has_branch or any(f not in BRANCH_FACTORS for f in factors)
