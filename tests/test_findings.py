@@ -11,8 +11,8 @@ import pytest
 
 from fixtures.results import branch_settings, metrics_of, result_document, write_run_folder
 from mltfr.analysis.demonstration import demonstration_label
-from mltfr.analysis.findings import (NOT_TESTABLE, excluded_gain, learning_filter_text, question1_rows, verdict,
-                                     write_findings)
+from mltfr.analysis.findings import (NOT_TESTABLE, excluded_gain, headline, learning_filter_text, question1_rows,
+                                     verdict, write_findings)
 from mltfr.analysis.pipeline import aggregate
 from mltfr.analysis.stats import StatsConfig
 from mltfr.cli import main as cli_main
@@ -204,6 +204,10 @@ def test_the_headline_states_the_excluded_gain_per_dataset(converged):
             f"{row['ci_high']:+.4f}], seeds and users resampled). Verdict: **better**") in head
     assert f"MDE: the t-test detects a difference of {row['mde']:.4f} ({row['mde'] / base:.1%}) with 80% power" in head
     assert "faithful" not in head and text.index("## Headline") < text.index("## 1.")
+    # a dataset whose runs hold no mltfr vs base says so (a study run in pieces)
+    rows = question1_rows(pd.read_csv(converged["stats"] / "comparisons.csv"))
+    assert headline(rows, None, ["alpha", "beta"]).endswith("\n- beta: MLTFR vs base not run in this study.\n")
+    assert headline(rows.iloc[:0], None, []) == "## Headline\n\nMLTFR vs base: not run in this study.\n"
 
 
 def test_the_headline_of_a_loss_and_of_an_underpowered_margin():

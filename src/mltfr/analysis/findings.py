@@ -159,15 +159,23 @@ def excluded_gain(row) -> str:
             f"{_number(row.mde_holm)} ({share(row.mde_holm)}) at Holm's strictest level.{reach}")
 
 
-def headline(rows: pd.DataFrame, demo: str | None) -> str:
-    """Per dataset/backbone, under the headline protocol (corrected where it ran, else the
-    authors'): which gains of MLTFR over base the data exclude, the verdict and the MDE."""
-    gains = rows[rows["comparison"] == f"{FULL} vs {BASE}"] if len(rows) else rows
-    if gains.empty:
-        return f"## Headline\n\nMLTFR vs base: {NOT_RUN}.\n"
+def headline_rows(gains: pd.DataFrame) -> pd.DataFrame:
+    """One MLTFR-vs-base row per dataset/backbone: the headline protocol's (corrected where it
+    ran, else the authors')."""
     rank = {p: i for i, p in enumerate(PROTOCOL_ORDER)}
     first = gains.sort_values("protocol", key=lambda p: p.map(lambda v: rank.get(v, len(rank))), kind="stable")
-    lines = [excluded_gain(cell.iloc[0]) for _, cell in first.groupby(CELL_KEYS, sort=True)]
+    return first.groupby(CELL_KEYS, sort=True).head(1).sort_values(CELL_KEYS, kind="stable")
+
+
+def headline(rows: pd.DataFrame, demo: str | None, datasets: list[str] = ()) -> str:
+    """Per dataset/backbone: which gains of MLTFR over base the data exclude, the verdict and the
+    MDE (`excluded_gain`); each of `datasets` without that comparison says so."""
+    gains = rows[rows["comparison"] == f"{FULL} vs {BASE}"] if len(rows) else rows
+    lines = [excluded_gain(row) for row in headline_rows(gains).itertuples()] if len(gains) else []
+    shown = set(gains["dataset"]) if len(gains) else set()
+    lines += [f"- {dataset}: MLTFR vs base {NOT_RUN}." for dataset in sorted(set(datasets) - shown)]
+    if not lines:
+        return f"## Headline\n\nMLTFR vs base: {NOT_RUN}.\n"
     return ("## Headline\n\n" + lead(demo, "what the data say about MLTFR's gain over base, per dataset "
             "(stats/comparisons.csv):") + "\n\n" + "\n".join(lines) + "\n")
 
@@ -511,7 +519,7 @@ def write_findings(tables: Path, stats: Path, figures: Path, out: Path, study: s
     comparisons = read_table(stats, "comparisons")
     rows = question1_rows(comparisons)
     text = (header(tables, stats, figures, out, study, demo, coverage_note(runs, planned), planned)
-            + headline(rows, demo) + "\n"
+            + headline(rows, demo, list(runs["dataset"]) if len(runs) else []) + "\n"
             + question1(rows, read_table(tables, "main"), demo) + "\n"
             + question2(rows, tables, figures, out, demo) + "\n"
             + evidence_sections(tables, figures, out, comparisons))
