@@ -16,7 +16,8 @@ from fixtures.results import branch_settings, result_document
 from mltfr.analysis import outputs
 from mltfr.analysis.collect import KEYS, collect_runs, load_user_ndcg
 from mltfr.analysis.pipeline import aggregate
-from mltfr.analysis.stats import StatsConfig, bootstrap_ci, holm, rank_biserial, run_comparisons, wilcoxon_test
+from mltfr.analysis.stats import (StatsConfig, bootstrap_ci, holm, mde, rank_biserial, run_comparisons, tost,
+                                  two_level_ci, user_ttest, wilcoxon_test)
 from mltfr.analysis.tables import diagnostics_table, main_table, render_latex, render_markdown
 from mltfr.cli import main as cli_main
 from mltfr.errors import DataError
@@ -250,21 +251,29 @@ def pooled(tree, dataset, variant, protocol):
     return np.mean(per_seed, axis=0)
 
 
-def test_wilcoxon_ci_and_effect_match_scipy(runs, tree):
-    table = run_comparisons(runs, StatsConfig(n_resamples=1000))
+def test_tests_ci_margin_and_effect_match_scipy(runs, tree):
+    table = run_comparisons(runs, StatsConfig(n_resamples=1000, margin=0.1))
     row = table.query("dataset == 'alpha' and protocol == 'corrected' and variant == 'mltfr' "
                       "and reference == 'base'").iloc[0]
     a, b = pooled(tree, "alpha", "mltfr", "corrected"), pooled(tree, "alpha", "base", "corrected")
+    assert row["p_ttest_users"] == pytest.approx(sps.ttest_rel(a, b).pvalue, rel=1e-9)
     assert row["p_wilcoxon"] == pytest.approx(sps.wilcoxon(a, b).pvalue, rel=1e-12)
-    assert row["mean_diff"] == pytest.approx((a - b).mean())
+    assert row["mean_diff"] == pytest.approx((a - b).mean()) and row["sd_diff"] == pytest.approx((a - b).std(ddof=1))
+    # the margin: 10% of base's test NDCG@10 over the common seeds (result.json: 0.10, 0.12, 0.14)
+    assert row["margin_relative"] == 0.1 and row["margin"] == pytest.approx(0.1 * 0.12)
+    assert row["p_tost"] == pytest.approx(tost(a - b, 0.012), rel=1e-12)
+    assert row["mde"] == pytest.approx(mde((a - b).std(ddof=1), N_USERS))
+    family = table.query("dataset == 'alpha' and protocol == 'corrected'")
+    assert row["mde_holm"] == pytest.approx(mde((a - b).std(ddof=1), N_USERS, 0.05 / len(family)))
     assert row["ci_low"] < (a - b).mean() < row["ci_high"] and row["ci_low"] > 0
     assert row["rank_biserial"] == 1.0           # mltfr never worse than base on any user
-    assert row["p_wilcoxon_holm"] >= row["p_wilcoxon"] and row["mark"] == "***"
+    assert row["p_ttest_users_holm"] >= row["p_ttest_users"] and row["mark"] == "***"
+    assert row["p_wilcoxon_holm"] >= row["p_wilcoxon"]
     # paired t-test over seeds: differences all 0.03 -> undefined, NaN with a note
     assert np.isnan(row["p_ttest"]) and "constant" in row["note"]
     assert row["n_seeds"] == 3 and row["n_users"] == N_USERS
-    family = table.query("dataset == 'alpha' and protocol == 'corrected'")
-    assert family["p_wilcoxon_holm"].to_numpy() == pytest.approx(holm(family["p_wilcoxon"].to_numpy()), nan_ok=True)
+    for test in ("p_ttest_users", "p_tost", "p_wilcoxon", "p_ttest"):
+        assert family[f"{test}_holm"].to_numpy() == pytest.approx(holm(family[test].to_numpy()), nan_ok=True)
     assert set(table["reference"]) == {"base", "mltfr"}
     assert len(table) == 2 * 2 * (6 + 5)   # 6 variants vs base, 5 vs mltfr, per dataset x protocol
 
@@ -283,6 +292,54 @@ def test_bootstrap_is_reproducible_and_zero_diffs_are_handled():
     assert wilcoxon_test(a, a) == (0.0, 1.0, "all per-user differences are zero")
     assert np.isnan(rank_biserial(np.zeros(4)))
     assert rank_biserial(np.array([1.0, -2.0, 3.0])) == pytest.approx((1 + 3 - 2) / 6)
+
+
+def test_tost_and_mde_against_hand_computed_values():
+    d = np.array([0.010, -0.004, 0.006, 0.002, 0.008, -0.002])
+    n, mean = 6, 0.02 / 6
+    sd = np.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))         # 0.0056095
+    se = sd / np.sqrt(n)                                            # 0.0022901
+    # TOST at +-0.01: H0 mean >= +0.01 is the harder one, t = (mean - 0.01) / se = -2.911 on 5 df
+    assert (mean - 0.01) / se == pytest.approx(-2.9111, abs=1e-4)
+    assert tost(d, 0.01) == pytest.approx(sps.t.cdf((mean - 0.01) / se, n - 1), rel=1e-12)
+    assert tost(d, 0.01) == pytest.approx(0.01668, abs=1e-5)
+    assert tost(-d, 0.01) == pytest.approx(0.01668, abs=1e-5)      # mirrored: H0 mean <= -0.01 is the harder
+    assert tost(d, 0.005) == pytest.approx(0.2497, abs=1e-4)        # t = (mean - 0.005) / se = -0.728
+    assert tost(d, 0.003) > 0.5                                     # the mean lies outside the margin
+    assert tost(np.zeros(4), 0.01) == 0.0 and tost(np.full(4, 0.02), 0.01) == 1.0   # infinite t
+    # the verdict test is the one-sample t-test of d: t = mean / se = 1.4556 on 5 df
+    t, p, note = user_ttest(d)
+    assert t == pytest.approx(mean / se) and p == pytest.approx(2 * sps.t.sf(mean / se, n - 1)) and not note
+    assert user_ttest(np.zeros(5)) == (0.0, 1.0, "all per-user differences are zero")
+    # MDE = (t_{0.975, 5} + t_{0.80, 5}) * se, the textbook table's 2.5706 and 0.9195
+    assert mde(sd, n) == pytest.approx((2.5706 + 0.9195) * se, rel=1e-4)
+    # issue 20's Pantry numbers (per-user sd 0.026, 7,123 users): 0.0009, and 0.0011 at Holm's 0.05 / 9
+    assert mde(0.026, 7123) == pytest.approx(0.000863, abs=1e-6)
+    assert mde(0.026, 7123, 0.05 / 9) == pytest.approx(0.001114, abs=1e-6)
+    # independent check: the two-sided t-test's power at the MDE is 80% (noncentral t)
+    df, shift, crit = 7122, mde(0.026, 7123) / (0.026 / np.sqrt(7123)), sps.t.ppf(0.975, 7122)
+    assert sps.nct.sf(crit, df, shift) + sps.nct.cdf(-crit, df, shift) == pytest.approx(0.80, abs=1e-4)
+
+
+def test_two_level_bootstrap_holds_the_variance_between_seeds():
+    """Seed offsets of +-0.03 dominate user noise of sd 0.01: the two-level CI is as wide as the
+    seed variance says; the users-only CI of the seed-averaged vector misses it. With no seed
+    variance the two agree."""
+    rng = np.random.default_rng(7)
+    offsets = np.array([-0.03, -0.015, 0.0, 0.015, 0.03])              # one per seed
+    diffs = offsets[:, None] + rng.normal(0.0, 0.01, (5, 400))         # (seeds, users)
+    low, high = two_level_ci(diffs)
+    users_low, users_high = bootstrap_ci(diffs.mean(axis=0), np.zeros(400))
+    assert (high - low) > 20 * (users_high - users_low)
+    # the bootstrap's own variance: seeds' spread / S (with replacement: population variance) + users'
+    half = 1.96 * np.sqrt(offsets.var() / 5 + diffs.mean(axis=0).var() / 400)
+    assert (high - low) / 2 == pytest.approx(half, rel=0.1)
+    assert two_level_ci(diffs) == (low, high)                           # seeded: reproducible
+    assert two_level_ci(diffs, StatsConfig(seed=1)) != (low, high)
+    same = np.tile(rng.normal(0.001, 0.01, 400), (5, 1))                # every seed alike
+    low, high = two_level_ci(same)
+    users_low, users_high = bootstrap_ci(same[0], np.zeros(400))
+    assert (high - low) == pytest.approx(users_high - users_low, rel=0.1)
 
 
 def test_figures_exist_and_are_not_blank(tree, tmp_path):
@@ -332,6 +389,20 @@ def test_stats_cli_and_determinism(tree, tmp_path):
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == sorted(
         p.name for p in outputs.stats_outputs(tmp_path / "s"))
     assert "***" in (tmp_path / "s" / "pvalues.md").read_text()
+    table = pd.read_csv(tmp_path / "s" / "comparisons.csv")
+    assert (table["margin_relative"] == 0.05).all()                      # StatsConfig's default
+    assert cli_main([*args, "--margin", "0.1"]) == 0
+    wider = pd.read_csv(tmp_path / "s" / "comparisons.csv")
+    assert (wider["margin_relative"] == 0.1).all() and wider["margin"].to_numpy() == pytest.approx(2 * table["margin"])
+    assert cli_main([*args, "--margin", "5"]) == 2
+
+
+def test_a_margin_outside_0_1_is_a_one_line_error(tree, tmp_path, capsys):
+    args = ["aggregate", "--runs", str(tree / "runs"), "--stats", str(tmp_path / "s"), "--only", "stats",
+            "--margin", "5"]
+    assert cli_main(args) == 2
+    assert "--margin 5.0: the equivalence margin is a share of the reference's NDCG@10; pass a value " \
+           "between 0 and 1" in capsys.readouterr().err
 
 
 def test_empty_blocks_still_write_every_output(tmp_path):

@@ -276,7 +276,8 @@ def test_one_seed_shows_no_marks_and_no_plus_minus(tmp_path):
     assert not main.bold.to_numpy().any() and "±" not in "".join(main.display.to_numpy().ravel())
     assert (main.display["alpha / n"] == "1").all()
     pvalues = pvalue_table(run_comparisons(runs, CFG))
-    assert set(pvalues.tidy["mark"]) == {"n<3"} and "*" not in "".join(pvalues.display["p Wilcoxon (Holm)"])
+    assert set(pvalues.tidy["mark"]) == {"n<3"} and "*" not in "".join(pvalues.display["p t-test users (Holm)"])
+    assert all("(n<3)" in cell for cell in pvalues.display["p t-test users (Holm)"])
 
 
 def test_ladder_figure_is_drawn(tidy, tmp_path):

@@ -74,9 +74,18 @@ def test_real_pantry_stats(pantry_runs):
     runs = collect_runs(root)
     row = run_comparisons(runs, StatsConfig(n_resamples=500)).iloc[0]
     rand = np.mean([user_ndcg(np.random.default_rng(s).integers(1, n_items + 1, len(pop))) for s in SEEDS], axis=0)
+    d = user_ndcg(pop) - rand
+    assert row["p_ttest_users"] == pytest.approx(sps.ttest_rel(user_ndcg(pop), rand).pvalue, rel=1e-9)
     assert row["p_wilcoxon"] == pytest.approx(sps.wilcoxon(user_ndcg(pop), rand).pvalue, rel=1e-9)
-    assert row["p_wilcoxon"] < 1e-10 and row["mark"] == "***"
-    assert row["ci_low"] < user_ndcg(pop).mean() - rand.mean() < row["ci_high"]
+    assert row["p_ttest_users"] < 1e-10 and row["p_wilcoxon"] < 1e-10 and row["mark"] == "***"
+    assert row["ci_low"] < d.mean() < row["ci_high"]
+    # the margin: 5% of the random ranking's test NDCG@10 (mean over the seeds); popularity's gain
+    # is far outside it, so TOST cannot show equivalence
+    assert row["margin"] == pytest.approx(0.05 * np.mean([user_ndcg(np.random.default_rng(s).integers(
+        1, n_items + 1, len(pop))).mean() for s in SEEDS]), rel=1e-12)
+    assert d.mean() > 10 * row["margin"] and row["p_tost"] > 0.99
+    se = d.std(ddof=1) / np.sqrt(len(d))
+    assert row["mde"] == pytest.approx((sps.norm.ppf(0.975) + sps.norm.ppf(0.8)) * se, rel=1e-3)  # z ~ t at 7,122 df
     assert row["n_users"] == 7123
     assert user_ndcg(pop).mean() == pytest.approx(0.0136592, abs=1e-7)   # measured, pins the ranking
     # popularity's NDCG@10 on Pantry, the same in every "seed" -> std 0

@@ -11,8 +11,8 @@ import pytest
 
 from fixtures.results import branch_settings, metrics_of, result_document, write_run_folder
 from mltfr.analysis.demonstration import demonstration_label
-from mltfr.analysis.findings import (NOT_TESTABLE, learning_filter_text, question1_rows, verdict,
-                                     write_findings)
+from mltfr.analysis.findings import (NOT_TESTABLE, excluded_gain, headline, learning_filter_text, question1_rows,
+                                     verdict, write_findings)
 from mltfr.analysis.pipeline import aggregate
 from mltfr.analysis.stats import StatsConfig
 from mltfr.cli import main as cli_main
@@ -139,12 +139,15 @@ def red_pixels(png: Path) -> int:
 
 
 def test_verdict_rule():
-    assert verdict(0.001, 0.02, 0.4, 3) == "better"
-    assert verdict(0.001, -0.02, -0.4, 5) == "worse"
-    assert verdict(0.001, 0.02, -0.1, 3) == "no difference"      # the mean and the test disagree in sign
-    assert verdict(0.2, 0.02, 0.4, 3) == "no difference"         # not significant after Holm
-    assert verdict(np.nan, 0.02, 0.4, 3) == "no difference"
-    assert verdict(1e-9, 0.02, 0.4, 2) == NOT_TESTABLE == "not testable (n<3 seeds)"
+    # verdict(Holm p of the t-test over users, Holm p of TOST at the margin, mean difference, seeds)
+    assert verdict(0.001, 0.9, 0.02, 3) == "better"
+    assert verdict(0.001, 0.9, -0.02, 5) == "worse"
+    assert verdict(0.001, 0.001, 0.0001, 3) == "better"          # a difference comes first, even within the margin
+    assert verdict(0.2, 0.01, 0.0001, 3) == "equivalent"         # no difference, and within the margin
+    assert verdict(0.2, 0.2, 0.0001, 3) == "inconclusive"        # neither
+    assert verdict(np.nan, np.nan, 0.02, 3) == "inconclusive"
+    assert verdict(0.049, 0.9, 0.0, 3) == "inconclusive"         # no direction to a zero mean
+    assert verdict(1e-9, 1e-9, 0.02, 2) == NOT_TESTABLE == "not testable (n<3 seeds)"
 
 
 def test_demonstration_label_counts_unconverged_runs_and_thin_cells():
@@ -173,7 +176,7 @@ def test_question1_verdicts(demo):
     verdicts = rows.set_index(["protocol", "comparison"])["verdict"].to_dict()
     for protocol in ("corrected", "faithful"):
         assert verdicts[(protocol, "mltfr vs base")] == "better"
-        assert verdicts[(protocol, "mltfr vs mltfr-random")] == "no difference"      # identical runs
+        assert verdicts[(protocol, "mltfr vs mltfr-random")] == "equivalent"         # identical runs
         assert verdicts[(protocol, "mltfr vs mltfr-randomselect")] == "better"
     assert verdicts[("corrected", "filter-x vs base")] == NOT_TESTABLE                # one seed
     mltfr = rows[(rows["protocol"] == "corrected") & (rows["comparison"] == "mltfr vs mltfr-randomselect")]
@@ -181,12 +184,48 @@ def test_question1_verdicts(demo):
     text = section(report(demo), "## 1.", "## 2.")
     corrected = section(text, "**Verdict under the corrected protocol", "**Verdict under the faithful")
     assert ("alpha/sasrec: **no: MLTFR beats base but not every control (mltfr vs mltfr-random: "
-            "no difference)**") in corrected
-    assert ("Answer under corrected: yes in 0 of 1 dataset/backbone cells; 1 of 4 comparisons show no "
-            "difference, 1 are not testable (n<3 seeds).") in corrected
+            "equivalent)**") in corrected
+    assert ("Answer under corrected: yes in 0 of 1 dataset/backbone cells; of 4 comparisons: 2 better, "
+            "0 worse, 1 equivalent, 0 inconclusive, 1 not testable (n<3 seeds).") in corrected
     assert "filter-x vs base: **not testable (n<3 seeds)**" in corrected
     assert "The verdicts below are a demonstration, not findings." in text
     assert re.search(r"base sasrec 0\.\d{4} is above the popularity floor 0\.\d{4}", text)
+
+
+def test_the_headline_states_the_excluded_gain_per_dataset(converged):
+    """MLTFR beats base on alpha: the headline gives the CI's ends as the gains the data exclude,
+    relative to base's NDCG@10, from comparisons.csv (corrected: the headline protocol)."""
+    text = report(converged)
+    head = section(text, "## Headline", "## 1.")
+    row = pd.read_csv(converged["stats"] / "comparisons.csv").query("protocol == 'corrected'").iloc[0]
+    base = row["seed_mean_reference"]
+    assert (f"- alpha/sasrec (corrected, 3 seed(s)): the data exclude gains of MLTFR over base above "
+            f"{row['ci_high']:+.4f} NDCG@10, {row['ci_high'] / base:.1%} of base's {base:.4f}, and below "
+            f"{row['ci_low']:+.4f}, {row['ci_low'] / base:.1%} (the ends of the 95% CI [{row['ci_low']:+.4f}, "
+            f"{row['ci_high']:+.4f}], seeds and users resampled). Verdict: **better**") in head
+    assert f"MDE: the t-test detects a difference of {row['mde']:.4f} ({row['mde'] / base:.1%}) with 80% power" in head
+    assert "faithful" not in head and text.index("## Headline") < text.index("## 1.")
+    # a dataset whose runs hold no mltfr vs base says so (a study run in pieces)
+    rows = question1_rows(pd.read_csv(converged["stats"] / "comparisons.csv"))
+    assert headline(rows, None, ["alpha", "beta"]).endswith("\n- beta: MLTFR vs base not run in this study.\n")
+    assert headline(rows.iloc[:0], None, []) == "## Headline\n\nMLTFR vs base: not run in this study.\n"
+
+
+def test_the_headline_of_a_loss_and_of_an_underpowered_margin():
+    row = pd.Series({"dataset": "a", "backbone": "sasrec", "protocol": "corrected", "n_seeds": 5,
+                     "ci_low": -0.0030, "ci_high": -0.0010, "seed_mean_reference": 0.0200, "margin": 0.0010,
+                     "mde": 0.0008, "mde_holm": 0.0010, "p_ttest_users_holm": 0.001, "p_tost_holm": 0.9,
+                     "verdict": "worse"})
+    line = excluded_gain(row)
+    assert line.startswith("- a/sasrec (corrected, 5 seed(s)): the data exclude any gain of MLTFR over base "
+                           "(the 95% CI [-0.0030, -0.0010], seeds and users resampled, lies at or below 0). "
+                           "Verdict: **worse**")
+    assert "margin ±0.0010, 5.0%, TOST Holm p 0.900" in line and "MDE: " in line and "smaller than" not in line
+    row.update({"ci_low": -0.0015, "ci_high": 0.0005, "mde": 0.0016, "verdict": "inconclusive"})
+    line = excluded_gain(row)
+    assert "above +0.0005 NDCG@10, 2.5% of base's 0.0200 (the upper end of the 95% CI [-0.0015, +0.0005]" in line
+    assert line.endswith("The margin is smaller than the MDE: even with no true difference, TOST shows "
+                         "equivalence at it with under 80% power.")
 
 
 def test_question2_names_the_factor_that_moves_the_gain(demo):
@@ -231,8 +270,9 @@ def test_diagnostics_are_stated_in_words(demo):
 def test_the_learning_filter_is_compared_with_the_full_method_in_words(converged):
     """mltfr-learnfilter vs mltfr per cell, with its own diagnostics; 'not run' without it."""
     comparison = {"dataset": "alpha", "backbone": "sasrec", "protocol": "corrected", "n_seeds": 5,
-                  "p_wilcoxon_holm": 0.01, "p_ttest_holm": 0.02, "mean_diff": 0.002, "rank_biserial": 0.3,
-                  "ci_low": 0.001, "ci_high": 0.003}
+                  "p_ttest_users_holm": 0.01, "p_tost_holm": 0.6, "p_wilcoxon_holm": 0.03, "p_ttest_holm": 0.02,
+                  "mean_diff": 0.002, "rank_biserial": 0.3, "ci_low": 0.001, "ci_high": 0.003, "margin": 0.0006,
+                  "margin_relative": 0.05, "mde": 0.0009, "mde_holm": 0.0011, "seed_mean_reference": 0.012}
     rows = pd.DataFrame([{**comparison, "variant": "mltfr-learnfilter", "reference": "mltfr"},
                          {**comparison, "variant": "mltfr-learnfilter", "reference": "base", "mean_diff": -1.0},
                          {**comparison, "variant": "mltfr-random", "reference": "mltfr", "mean_diff": -1.0}])
@@ -245,7 +285,8 @@ def test_the_learning_filter_is_compared_with_the_full_method_in_words(converged
             "0.004 (mltfr-learnfilter/y on alpha, sasrec, corrected); effective tokens, as a share of the "
             "vocabulary, 90.0% in every cell; argmax agreement 10.0% in every cell") in text
     assert text.endswith("- alpha/sasrec, corrected: mltfr-learnfilter vs mltfr: **better** (Δ NDCG@10 "
-                         "+0.0020 [+0.0010, +0.0030], Holm p 0.010, 5 seed(s)).\n")
+                         "+0.0020 [+0.0010, +0.0030], t-test Holm p 0.010, margin ±0.0006 (TOST Holm p 0.600), "
+                         "MDE 0.0009, 5 seed(s)).\n")
     assert "-1.0" not in text                                   # only the comparison with mltfr
     not_run = "A filter that learns (mltfr-learnfilter): not run in this study.\n"
     assert learning_filter_text(rows.iloc[1:], diag) == not_run

@@ -142,3 +142,19 @@ def pair_study(**top) -> dict:
     doc = study_doc()
     doc["study"]["llms"] = ["minilm", "paraphrase-minilm"]
     return doc | top
+
+
+def test_the_equivalence_margin_defaults_to_the_statistics_default_and_is_checked(monkeypatch):
+    """study.equivalence.margin: the schema's default is the one `mltfr aggregate` uses without
+    --margin; a margin outside (0, 1) fails naming the key."""
+    from mltfr.analysis.stats import StatsConfig
+
+    monkeypatch.chdir(REPO)
+    assert load_study(pair_study(), "s.yaml").study["equivalence"] == {"margin": StatsConfig.margin} == {"margin": 0.05}
+    doc = pair_study()
+    doc["study"]["equivalence"] = {"margin": 5}
+    with pytest.raises(ConfigError, match=r"config key `study.equivalence.margin`"):
+        load_study(doc, "s.yaml")
+    doc["study"]["equivalence"] = {"margn": 0.1}
+    with pytest.raises(ConfigError, match="margn"):
+        load_study(doc, "s.yaml")

@@ -6,7 +6,9 @@ folder per line). The manifest depends on every run's result.json, so a changed 
 reruns the manifest and the steps below, and nothing upstream. Output names are fixed by
 mltfr.analysis.outputs. The efficiency table reads the training jobs' benchmark files
 (results/<study>/benchmarks), which exist once their result.json does. `mltfr findings` writes
-the study's findings report from the tables and statistics (no number typed by hand).
+the study's findings report from the tables and statistics (no number typed by hand). The
+statistics test equivalence at the study's declared margin (study.equivalence.margin, a param:
+changing it reruns them).
 """
 
 
@@ -65,8 +67,9 @@ rule stats:
     threads: 1
     params:
         mltfr=MLTFR,
+        margin=STUDY.study["equivalence"]["margin"],
     shell:
-        "{params.mltfr} aggregate --only stats --runs {input.manifest}"
+        "{params.mltfr} aggregate --only stats --runs {input.manifest} --margin {params.margin}"
         f" --stats {LAYOUT.stats} > {{log}} 2>&1"
 
 

@@ -7,7 +7,7 @@ imports torch, so everything can be redrawn on any machine. Modules:
     variants  variant name -> study block
     collect   result files -> tidy runs table, per-user NDCG, epochs, interpretability
     tables    study tables (CSV, Markdown, LaTeX)
-    stats     Wilcoxon / t-test / bootstrap / Holm for every comparison
+    stats     t-test over users, TOST, MDE, Wilcoxon, two-level bootstrap, Holm for every comparison
     figures   seaborn figures (PNG, PDF)
     pipeline  the steps of `mltfr aggregate`
     demonstration  the "demonstration, not a result" label of unconverged or thin runs

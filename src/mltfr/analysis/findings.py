@@ -2,9 +2,10 @@
 
 Reads only <tables>/*.csv (runs.csv included) and the .md views it embeds, and
 <stats>/comparisons.csv; never the runs. Every number and verdict in the report comes from those
-files: verdicts from one rule (`verdict`), numbers formatted from the CSV values. Figures are
-linked relative to the report's folder. It answers two questions, each with a computed verdict
-paragraph followed by its evidence:
+files: verdicts from one rule (`verdict`: better / worse / equivalent / inconclusive), numbers
+formatted from the CSV values. Figures are linked relative to the report's folder. A headline
+states per dataset which gains of MLTFR over base the data exclude (`headline`); then it answers
+two questions, each with a computed verdict paragraph followed by its evidence:
 
 1. Do LLM token tables help an ID-based sequential recommender, beyond the controls?
    (comparisons.csv: mltfr vs base, filter-<llm> vs base, mltfr vs the random controls; the
@@ -25,8 +26,8 @@ import numpy as np
 import pandas as pd
 
 from mltfr.analysis.demonstration import MIN_SEEDS, demonstration_label
-from mltfr.analysis.stats import format_p
 from mltfr.analysis.null_gains import THRESHOLDS
+from mltfr.analysis.stats import ALPHA, format_p
 from mltfr.analysis.tables import DIAG_GROUP, PROTOCOL_FACTORS
 from mltfr.analysis.variants import BASE, FULL, parse_variant
 from mltfr.errors import DataError
@@ -34,7 +35,6 @@ from mltfr.io import atomic_write_text
 from mltfr.study.ladder import FACTORS, FAITHFUL, WITH, default_order
 from mltfr.study.tuning import TUNABLE
 
-ALPHA = 0.05                  # Holm-adjusted Wilcoxon p below which a difference gets a direction
 NOT_TESTABLE = f"not testable (n<{MIN_SEEDS} seeds)"
 NOT_RUN = "not run in this study"
 # The controls MLTFR must beat for its gain to come from the LLM tables: random tables of the same
@@ -77,21 +77,30 @@ def figure_link(figures: Path, name: str, out: Path) -> str:
 
 
 # ---------------------------------------------------------------- the verdict rule
-def verdict(p_holm: float, mean_diff: float, rank_biserial: float, n_seeds: float) -> str:
-    """'better' / 'worse' when >= MIN_SEEDS common seeds back the comparison, the Holm-adjusted
-    Wilcoxon p is < ALPHA, and the mean per-user difference agrees in sign with the test's own
-    direction (rank-biserial r); NOT_TESTABLE with fewer seeds; 'no difference' otherwise."""
+def verdict(p_holm: float, p_tost_holm: float, mean_diff: float, n_seeds: float) -> str:
+    """The verdict of one comparison with >= MIN_SEEDS common seeds (NOT_TESTABLE with fewer):
+    'better' / 'worse' (the sign of the mean per-user difference) when the Holm-adjusted p of
+    the paired t-test over users is < ALPHA; else 'equivalent' when the Holm-adjusted TOST p at
+    the declared margin is < ALPHA; else 'inconclusive' (neither a difference nor equivalence)."""
     if not n_seeds >= MIN_SEEDS:
         return NOT_TESTABLE
-    agree = np.sign(mean_diff) == np.sign(rank_biserial) != 0
-    if np.isfinite(p_holm) and p_holm < ALPHA and agree:
+    if np.isfinite(p_holm) and p_holm < ALPHA and mean_diff != 0:
         return "better" if mean_diff > 0 else "worse"
-    return "no difference"
+    if np.isfinite(p_tost_holm) and p_tost_holm < ALPHA:
+        return "equivalent"
+    return "inconclusive"
+
+
+VERDICTS = ("better", "worse", "equivalent", "inconclusive", NOT_TESTABLE)
+# comparisons.csv columns an oriented row keeps unchanged (the p-values are symmetric; the margin,
+# MDE and seed_mean_reference stay those of comparisons.csv's reference)
+KEPT = ["dataset", "backbone", "protocol", "n_seeds", "p_ttest_users_holm", "p_tost_holm", "p_wilcoxon_holm",
+        "p_ttest_holm", "margin", "margin_relative", "mde", "mde_holm", "seed_mean_reference"]
 
 
 def _oriented(rows: pd.DataFrame, label: str, sign: int) -> pd.DataFrame:
     """Comparison rows as '<label>' with differences signed so that > 0 favours its left side."""
-    out = rows[["dataset", "backbone", "protocol", "n_seeds", "p_wilcoxon_holm", "p_ttest_holm"]].copy()
+    out = rows[KEPT].copy()
     out["comparison"] = label
     for col in ("mean_diff", "rank_biserial"):
         out[col] = sign * rows[col] + 0.0          # + 0.0: a flipped 0 prints as +0.0000, not -0.0000
@@ -116,9 +125,62 @@ def question1_rows(comparisons: pd.DataFrame) -> pd.DataFrame:
 
 def with_verdicts(rows: pd.DataFrame) -> pd.DataFrame:
     """Oriented comparison rows with a `verdict` column (the verdict rule above)."""
-    rows["verdict"] = [verdict(*v) for v in rows[["p_wilcoxon_holm", "mean_diff", "rank_biserial",
+    rows["verdict"] = [verdict(*v) for v in rows[["p_ttest_users_holm", "p_tost_holm", "mean_diff",
                                                   "n_seeds"]].to_numpy(float)]
     return rows
+
+
+def margin_words(rows: pd.DataFrame) -> str:
+    """'±5% of the reference's test NDCG@10 (...)', the declared margin(s) of comparisons.csv."""
+    shares = "/".join(f"{m * 100:g}%" for m in sorted(set(rows["margin_relative"].dropna()))) or "none"
+    return (f"±{shares} of the reference's test NDCG@10 (study.equivalence.margin; the reference is base, "
+            "or mltfr in a comparison with a control)")
+
+
+# ---------------------------------------------------------------- the headline
+def excluded_gain(row) -> str:
+    """One dataset/backbone's headline line: the gains of MLTFR over base its 95% CI excludes,
+    its verdict at the margin and the MDE, relative to base's test NDCG@10."""
+    share = lambda v: f"{v / row.seed_mean_reference:.1%}" if row.seed_mean_reference > 0 else "n/a"
+    where = f"{row.dataset}/{row.backbone} ({row.protocol}, {row.n_seeds:.0f} seed(s))"
+    if not np.isfinite(row.ci_high):
+        return f"- {where}: no confidence interval, so no gain is excluded; verdict **{row.verdict}**."
+    ci = f"95% CI [{row.ci_low:+.4f}, {row.ci_high:+.4f}], seeds and users resampled"
+    if row.ci_high <= 0:
+        bound = f"the data exclude any gain of MLTFR over base (the {ci}, lies at or below 0)"
+    else:
+        below = f", and below {row.ci_low:+.4f}, {share(row.ci_low)}" if row.ci_low > 0 else ""
+        ends = "the ends" if below else "the upper end"
+        bound = (f"the data exclude gains of MLTFR over base above {row.ci_high:+.4f} NDCG@10, "
+                 f"{share(row.ci_high)} of base's {row.seed_mean_reference:.4f}{below} ({ends} of the {ci})")
+    reach = (" The margin is smaller than the MDE: even with no true difference, TOST shows equivalence "
+             "at it with under 80% power." if row.verdict == "inconclusive" and row.margin < row.mde else "")
+    p_t = format_p(row.p_ttest_users_holm) or "none"
+    return (f"- {where}: {bound}. Verdict: **{row.verdict}** (t-test Holm p {p_t}; equivalence margin "
+            f"±{_number(row.margin)}, {share(row.margin)}, TOST Holm p {format_p(row.p_tost_holm) or 'none'}). "
+            f"MDE: the t-test detects a difference of {_number(row.mde)} ({share(row.mde)}) with 80% power, "
+            f"{_number(row.mde_holm)} ({share(row.mde_holm)}) at Holm's strictest level.{reach}")
+
+
+def headline_rows(gains: pd.DataFrame) -> pd.DataFrame:
+    """One MLTFR-vs-base row per dataset/backbone: the headline protocol's (corrected where it
+    ran, else the authors')."""
+    rank = {p: i for i, p in enumerate(PROTOCOL_ORDER)}
+    first = gains.sort_values("protocol", key=lambda p: p.map(lambda v: rank.get(v, len(rank))), kind="stable")
+    return first.groupby(CELL_KEYS, sort=True).head(1).sort_values(CELL_KEYS, kind="stable")
+
+
+def headline(rows: pd.DataFrame, demo: str | None, datasets: list[str] = ()) -> str:
+    """Per dataset/backbone: which gains of MLTFR over base the data exclude, the verdict and the
+    MDE (`excluded_gain`); each of `datasets` without that comparison says so."""
+    gains = rows[rows["comparison"] == f"{FULL} vs {BASE}"] if len(rows) else rows
+    lines = [excluded_gain(row) for row in headline_rows(gains).itertuples()] if len(gains) else []
+    shown = set(gains["dataset"]) if len(gains) else set()
+    lines += [f"- {dataset}: MLTFR vs base {NOT_RUN}." for dataset in sorted(set(datasets) - shown)]
+    if not lines:
+        return f"## Headline\n\nMLTFR vs base: {NOT_RUN}.\n"
+    return ("## Headline\n\n" + lead(demo, "what the data say about MLTFR's gain over base, per dataset "
+            "(stats/comparisons.csv):") + "\n\n" + "\n".join(lines) + "\n")
 
 
 # ---------------------------------------------------------------- question 1
@@ -130,7 +192,10 @@ def cell_answer(cell: pd.DataFrame) -> str:
     if main is None:
         return "MLTFR did not run here"
     if main != "better":
-        return f"MLTFR vs base is {main}" if main == NOT_TESTABLE else f"no: MLTFR vs base is {main}"
+        return {NOT_TESTABLE: f"MLTFR vs base is {main}",
+                "equivalent": "no: MLTFR is equivalent to base within the margin",
+                "worse": "no: MLTFR is worse than base",
+                "inconclusive": "not shown: MLTFR vs base is inconclusive"}[main]
     if controls.empty:
         return "MLTFR beats base, but no control ran: the gain cannot be credited to the LLM tables"
     if (controls == "better").all():
@@ -140,9 +205,15 @@ def cell_answer(cell: pd.DataFrame) -> str:
 
 
 def _diff_text(row) -> str:
-    """'Δ NDCG@10 +0.0123 [+0.0050, +0.0200], Holm p 0.003, 3 seed(s)' of one oriented row."""
-    p = format_p(row.p_wilcoxon_holm) or "none"
-    return f"Δ NDCG@10 {_ci_cell(row) or 'none'}, Holm p {p}, {row.n_seeds:.0f} seed(s)"
+    """'Δ NDCG@10 +0.0123 [+0.0050, +0.0200], t-test Holm p 0.003, margin ±0.0006 (TOST Holm p
+    0.500), MDE 0.0009, 3 seed(s)' of one oriented row."""
+    p, p_tost = format_p(row.p_ttest_users_holm) or "none", format_p(row.p_tost_holm) or "none"
+    return (f"Δ NDCG@10 {_ci_cell(row) or 'none'}, t-test Holm p {p}, margin ±{_number(row.margin)} "
+            f"(TOST Holm p {p_tost}), MDE {_number(row.mde)}, {row.n_seeds:.0f} seed(s)")
+
+
+def _number(value: float) -> str:
+    return f"{value:.4f}" if np.isfinite(value) else "none"
 
 
 def question1_paragraph(rows: pd.DataFrame, protocol: str) -> str:
@@ -155,26 +226,29 @@ def question1_paragraph(rows: pd.DataFrame, protocol: str) -> str:
     counts = part["verdict"].value_counts()
     answers = [cell_answer(cell) for _, cell in part.groupby(CELL_KEYS, sort=True)]
     yes = sum(a.startswith("yes") for a in answers)
+    tally = ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS)
     summary = (f"Answer under {protocol}: yes in {yes} of {len(answers)} dataset/backbone cells; "
-               f"{counts.get('no difference', 0)} of {len(part)} comparisons show no difference, "
-               f"{counts.get(NOT_TESTABLE, 0)} are {NOT_TESTABLE}.")
+               f"of {len(part)} comparisons: {tally}.")
     return f"{summary}\n\n" + "\n".join(lines) + "\n"
 
 
 def evidence_table(rows: pd.DataFrame) -> str:
     """The comparisons of question 1, the corrected protocol beside the faithful one."""
     cells = rows.assign(diff=[_ci_cell(r) for r in rows.itertuples()],
-                        p=[format_p(p) for p in rows["p_wilcoxon_holm"]],
-                        p_t=[format_p(p) for p in rows["p_ttest_holm"]],
+                        margin=[f"±{m:.4f}" if np.isfinite(m) else "" for m in rows["margin"]],
+                        p_t=[format_p(p) for p in rows["p_ttest_users_holm"]],
+                        p_tost=[format_p(p) for p in rows["p_tost_holm"]],
+                        p_w=[format_p(p) for p in rows["p_wilcoxon_holm"]],
+                        mde=[f"{m:.4f}" if np.isfinite(m) else "" for m in rows["mde"]],
                         n=rows["n_seeds"].map("{:.0f}".format))
+    names = {"n": "n seeds", "diff": "Δ NDCG@10 [95% CI]", "margin": "margin", "p_t": "p t-test (Holm)",
+             "p_tost": "p TOST (Holm)", "p_w": "p Wilcoxon (Holm)", "mde": "MDE", "verdict": "verdict"}
     protocols = [p for p in PROTOCOL_ORDER if p in set(rows["protocol"])] + sorted(
         set(rows["protocol"]) - set(PROTOCOL_ORDER))
     wide = None
     for protocol in protocols:
-        block = cells[cells["protocol"] == protocol][[*CELL_KEYS, "comparison", "n", "diff", "p", "p_t", "verdict"]]
-        block = block.rename(columns={"n": f"{protocol}: n seeds", "diff": f"{protocol}: Δ NDCG@10 [95% CI]",
-                                      "p": f"{protocol}: p Wilcoxon (Holm)", "p_t": f"{protocol}: p t-test (Holm)",
-                                      "verdict": f"{protocol}: verdict"})
+        block = cells[cells["protocol"] == protocol][[*CELL_KEYS, "comparison", *names]]
+        block = block.rename(columns={key: f"{protocol}: {name}" for key, name in names.items()})
         wide = block if wide is None else wide.merge(block, on=[*CELL_KEYS, "comparison"], how="outer")
     order = {c: i for i, c in enumerate(rows["comparison"].unique())}   # question1_rows' order
     wide = wide.sort_values([*CELL_KEYS, "comparison"], key=lambda c: c.map(order) if c.name == "comparison"
@@ -223,10 +297,14 @@ def question1(rows: pd.DataFrame, main: pd.DataFrame, demo: str | None) -> str:
     head = "## 1. Do LLM token tables help an ID-based sequential recommender, beyond the controls?\n\n"
     if rows.empty:
         return head + f"Comparisons with base or MLTFR: {NOT_RUN}.\n\n" + popularity_floor(main)
-    rule = (f"Verdict rule: better/worse only when the Holm-adjusted Wilcoxon p over users is < {ALPHA}, "
-            "the mean per-user difference agrees in sign with the rank-biserial r, and at least "
-            f"{MIN_SEEDS} common seeds back it; fewer seeds: {NOT_TESTABLE}; else no difference. "
-            "Differences: left side minus right side (stats/comparisons.csv, oriented).")
+    rule = (f"Verdict rule: better/worse when the paired t-test over users "
+            f"(per-user test NDCG@10, seeds averaged per user) has a Holm-adjusted p < {ALPHA} (the sign of "
+            "the mean difference gives the direction); else equivalent when two one-sided t-tests (TOST) "
+            f"at the margin of {margin_words(rows)} have a Holm-adjusted p < {ALPHA}; else inconclusive; "
+            f"fewer than {MIN_SEEDS} common seeds: {NOT_TESTABLE}. Holm within each dataset/backbone/"
+            "protocol, each test on its own. 95% CIs resample seeds, then users (two-level bootstrap); "
+            "MDE: the smallest difference the t-test finds with 80% power. Differences: left side minus "
+            "right side (stats/comparisons.csv, oriented); Wilcoxon over users is a secondary column.")
     text = head + (f"**{demo}** The verdicts below are a demonstration, not findings.\n\n" if demo else "") + rule
     protocols = [p for p in PROTOCOL_ORDER if p in set(rows["protocol"])]
     for protocol in protocols:
@@ -577,6 +655,7 @@ def write_findings(tables: Path, stats: Path, figures: Path, out: Path, study: s
     comparisons = read_table(stats, "comparisons")
     rows = question1_rows(comparisons)
     text = (header(tables, stats, figures, out, study, demo, coverage_note(runs, planned), planned)
+            + headline(rows, demo, list(runs["dataset"]) if len(runs) else []) + "\n"
             + question1(rows, read_table(tables, "main"), demo) + "\n"
             + question2(tables, figures, out, demo) + "\n"
             + evidence_sections(tables, figures, out, comparisons))

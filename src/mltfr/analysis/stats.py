@@ -1,23 +1,32 @@
-"""Significance of every comparison with `base` and with full `mltfr` (scipy.stats).
+"""Significance, equivalence and power of every comparison with `base` and with full `mltfr`.
 
-For a variant A against a reference B of the same dataset/backbone/protocol:
+For a variant A against a reference B of the same dataset/backbone/protocol (scipy.stats):
 
-- Per-user vectors: per-user test NDCG@10 from ranks.npz, averaged over the seeds both variants
-  have (pooling seeds this way keeps one paired observation per user); users aligned by index.
-- Wilcoxon signed-rank over users (zero_method="wilcox": users whose NDCG is equal under A and B,
-  typically both outside the top 10, carry no sign and are dropped, the standard treatment).
-  All differences zero -> p = 1 with a note.
-- Effect size: matched-pairs rank-biserial correlation r = (T+ - T-) / (T+ + T-) over the
-  non-zero differences, in [-1, 1], the effect size that belongs to the Wilcoxon test. Cohen's
-  d_z (mean / sd of the per-user differences) is reported beside it for readers used to it.
-- Paired t-test over seeds on mean test NDCG@10 (the run-level result); NaN with a note when
-  fewer than MIN_SEEDS (3) common seeds or when the seed differences are constant.
-- Users are paired by user id (the index of the per-user vectors), never by position.
-- Bootstrap 95% CI of the mean per-user difference A - B (paired: users' differences are
-  resampled; percentile method, seeded: the same inputs give the same interval).
+- Per-user vectors: per-user test NDCG@10 from ranks.npz, for every seed both variants have;
+  users are paired by user id (the index of the per-user vectors), never by position, and only
+  users every one of those runs has are kept. The tests use the seed-averaged per-user
+  differences d_u = mean_s (A_su - B_su): one paired observation per user.
+- The verdict test: the paired t-test over users (one-sample t-test of d against 0, two-sided).
+  At recommender sample sizes the t-test holds its type-I error where Wilcoxon and the sign test
+  inflate it (Ihemelandu & Ekstrand, SIGIR 2023, arXiv 2305.02461).
+- Equivalence at a margin declared in advance (study.equivalence.margin, StatsConfig.margin): the
+  absolute margin is margin x the reference's test NDCG@10 (mean over the common seeds); two
+  one-sided t-tests on d (TOST, Lakens 2017): H0- mean <= -margin and H0+ mean >= +margin;
+  p_tost = the larger of the two one-sided p-values.
+- Minimum detectable effect at 80% power of the verdict test (`mde`, see `mde`).
+- Wilcoxon signed-rank over users, a secondary column (zero_method="wilcox": users whose NDCG is
+  equal under A and B, typically both outside the top 10, carry no sign and are dropped). All
+  differences zero -> p = 1 with a note. Its effect size, the matched-pairs rank-biserial r =
+  (T+ - T-) / (T+ + T-), and Cohen's d_z (mean / sd of d) are reported beside it.
+- Paired t-test over seeds on mean test NDCG@10 (the run-level result; `t_stat`, `p_ttest`); NaN
+  with a note when fewer than MIN_SEEDS (3) common seeds or when the seed differences are constant.
+- 95% CI of the mean difference by a two-level bootstrap (`two_level_ci`): seeds and users
+  resampled, so the interval holds the variance between training seeds, not only between users.
 - Holm correction within each family = (dataset, backbone, protocol): all comparisons that
-  share one set of test users. Significance marks: * p<0.05, ** p<0.01, *** p<0.001 (Holm, Wilcoxon),
-  only with >= MIN_SEEDS common seeds; with fewer the mark is FEW_SEEDS ("n<3"), which says why.
+  share one set of test users, separately for each test (t-test over users, TOST, Wilcoxon,
+  t-test over seeds). Significance marks (of the verdict test): * p<0.05, ** p<0.01,
+  *** p<0.001 (Holm), only with >= MIN_SEEDS common seeds; with fewer the mark is FEW_SEEDS
+  ("n<3"), which says why.
 """
 from __future__ import annotations
 
@@ -34,14 +43,18 @@ from mltfr.analysis.variants import BASE, FULL
 
 FAMILY = ("dataset", "backbone", "protocol")
 FEW_SEEDS = f"n<{MIN_SEEDS}"   # the mark of a comparison with too few seeds: says why there is none
+ALPHA = 0.05                   # two-sided level of every test and of the MDE (Holm-adjusted p < ALPHA)
+POWER = 0.80                   # the power the minimum detectable effect is stated at
+BATCH = 100                    # bootstrap resamples drawn at once: (BATCH, users) index arrays
 
 
 @dataclass
 class StatsConfig:
-    n_resamples: int = 2000      # (int) bootstrap resamples of users
+    n_resamples: int = 2000      # (int) bootstrap resamples
     confidence: float = 0.95     # (float) bootstrap CI level
     seed: int = 0                # (int) bootstrap RNG seed: fixed so outputs are reproducible
     k: int = 10                  # (int) cut-off of the per-user NDCG
+    margin: float = 0.05         # (float) equivalence margin, a share of the reference's test NDCG@10
 
 
 def holm(pvalues) -> np.ndarray:
@@ -102,6 +115,77 @@ def seed_ttest(a: np.ndarray, b: np.ndarray) -> tuple[float, float, str]:
     return float(res.statistic), float(res.pvalue), ""
 
 
+def user_ttest(d: np.ndarray) -> tuple[float, float, str]:
+    """(t, p, note) of the paired t-test over users: one-sample t-test of the per-user differences
+    d against 0, two-sided; all zero -> p = 1, constant otherwise or < 2 users -> NaN, with a note."""
+    d = np.asarray(d, float)
+    if len(d) < 2:
+        return np.nan, np.nan, f"t-test over users needs >= 2 users, has {len(d)}"
+    if not np.any(d):
+        return 0.0, 1.0, "all per-user differences are zero"
+    if np.ptp(d) == 0:
+        return np.nan, np.nan, "t-test over users undefined: per-user differences are constant"
+    res = stats.ttest_1samp(d, 0.0)
+    return float(res.statistic), float(res.pvalue), ""
+
+
+def tost(d: np.ndarray, margin: float) -> float:
+    """p of two one-sided t-tests (TOST, Lakens 2017) that the mean of d lies within
+    (-margin, +margin): max(p of H0 mean <= -margin, p of H0 mean >= +margin). Constant d (the
+    t statistics are infinite): 0 when its value lies strictly within the margin, else 1."""
+    d = np.asarray(d, float)
+    if len(d) < 2 or not margin > 0:
+        return np.nan
+    if np.ptp(d) == 0:
+        return 0.0 if abs(d[0]) < margin else 1.0
+    above_low = stats.ttest_1samp(d, -margin, alternative="greater").pvalue
+    below_high = stats.ttest_1samp(d, margin, alternative="less").pvalue
+    return float(max(above_low, below_high))
+
+
+def mde(sd: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float:
+    """Minimum detectable effect of the paired t-test over n users with per-user SD sd: the
+    smallest true mean difference it finds at two-sided level alpha with the given power,
+    MDE = (t_{1-alpha/2, n-1} + t_{power, n-1}) * sd / sqrt(n) (the normal-approximation power
+    formula with t quantiles). Not Holm-adjusted: pass alpha / m for the level Holm's first step
+    uses in a family of m (`add_mde_holm`)."""
+    if n < 2 or not np.isfinite(sd):
+        return np.nan
+    df = n - 1
+    return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * sd / np.sqrt(n))
+
+
+def two_level_ci(diffs: np.ndarray, cfg: StatsConfig = StatsConfig()) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean per-user difference, resampling seeds and users.
+
+    diffs: (seeds, users) per-user differences A - B at each common seed, users paired by id.
+    Each resample draws the S seeds with replacement, then the U users with replacement, and
+    takes the mean of diffs over the drawn seeds x the drawn users (the drawn seeds' per-user
+    difference vectors averaged, then that vector's mean over the drawn users). The users are
+    drawn once per resample and used in every drawn seed: seeds and users are crossed (every
+    seed tests the same users), so a user's persistent difference counts as one observation, not
+    as one per seed (Owen 2007, the pigeonhole bootstrap). Conservative: noise specific to one
+    seed and user enters through both levels (up to ~sqrt(3) x the users-only width when the
+    differences have no seed or user structure). Seeded by cfg.seed; vectorised over BATCH
+    resamples at a time.
+    """
+    diffs = np.asarray(diffs, float)
+    if diffs.ndim != 2 or diffs.shape[1] < 2:
+        return np.nan, np.nan
+    rng = np.random.default_rng(cfg.seed)
+    n_seeds, n_users = diffs.shape
+    means = np.empty(cfg.n_resamples)
+    for start in range(0, cfg.n_resamples, BATCH):
+        size = min(BATCH, cfg.n_resamples - start)
+        seeds = rng.integers(0, n_seeds, size=(size, n_seeds))       # (size, S) drawn seeds
+        users = rng.integers(0, n_users, size=(size, n_users))       # (size, U) drawn users
+        per_user = diffs[seeds].mean(axis=1)                         # (size, U) over the drawn seeds
+        means[start:start + size] = np.take_along_axis(per_user, users, axis=1).mean(axis=1)
+    tail = (1 - cfg.confidence) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return float(low), float(high)
+
+
 def bootstrap_ci(a: np.ndarray, b: np.ndarray, cfg: StatsConfig = StatsConfig()) -> tuple[float, float]:
     """Paired percentile bootstrap CI of mean(a - b), seeded by cfg.seed.
 
@@ -136,13 +220,43 @@ def seed_means(runs: pd.DataFrame, variant: str, metric: str = "ndcg@10") -> pd.
     return runs.loc[runs["variant"] == variant].set_index("seed")[f"test_{metric}"]
 
 
+def per_seed_users(runs: pd.DataFrame, variant: str, seeds: list[int],
+                   load: Callable[[str], pd.Series]) -> pd.DataFrame:
+    """Per-user NDCG of `variant`, one column per seed of `seeds` (users present in every seed,
+    paired by user id), in the order the runs table lists the runs."""
+    rows = runs[(runs["variant"] == variant) & runs["seed"].isin(seeds)]
+    return pd.concat([load(d) for d in rows["run_dir"]], axis=1, join="inner", keys=rows["seed"].tolist())
+
+
 def pooled_users(runs: pd.DataFrame, variant: str, seeds: list[int],
                  load: Callable[[str], pd.Series]) -> pd.Series:
     """Per-user NDCG of `variant` averaged over `seeds` (users present in every seed, paired by
     user id), sorted by user id so the bootstrap does not depend on the order runs wrote users."""
-    rows = runs[(runs["variant"] == variant) & runs["seed"].isin(seeds)]
-    per_seed = pd.concat([load(d) for d in rows["run_dir"]], axis=1, join="inner")
-    return per_seed.mean(axis=1).sort_index()
+    return per_seed_users(runs, variant, seeds, load).mean(axis=1).sort_index()
+
+
+def seed_user_diffs(runs: pd.DataFrame, variant: str, reference: str, seeds: list[int],
+                    load: Callable[[str], pd.Series]) -> np.ndarray:
+    """(seeds, users) per-user NDCG of `variant` minus `reference` at each of `seeds`, paired by
+    seed and by user id (users every run of both has, sorted by id): the two-level bootstrap's input."""
+    a, b = per_seed_users(runs, variant, seeds, load).align(
+        per_seed_users(runs, reference, seeds, load), join="inner")   # users x seeds, both axes aligned
+    return (a - b).sort_index()[seeds].to_numpy().T
+
+
+def user_tests(a: np.ndarray, b: np.ndarray, margin: float) -> tuple[dict, list[str]]:
+    """The statistics over users of the seed-averaged per-user vectors a and b (paired by user):
+    the verdict t-test, TOST at `margin` (absolute), the MDE, Wilcoxon and the effect sizes;
+    and their notes."""
+    d = a - b
+    sd = d.std(ddof=1) if len(d) > 1 else np.nan
+    t_u, p_u, note_u = user_ttest(d)
+    w, p_w, note_w = wilcoxon_test(a, b)
+    values = {"n_users": len(d), "mean_diff": d.mean() if len(d) else np.nan, "sd_diff": sd,
+              "t_stat_users": t_u, "p_ttest_users": p_u, "p_tost": tost(d, margin), "mde": mde(sd, len(d)),
+              "wilcoxon_stat": w, "p_wilcoxon": p_w, "rank_biserial": rank_biserial(d),
+              "cohen_dz": cohen_dz(d) if len(d) else np.nan}
+    return values, [note_u, note_w]
 
 
 def compare_pair(cell_runs: pd.DataFrame, variant: str, reference: str,
@@ -151,23 +265,22 @@ def compare_pair(cell_runs: pd.DataFrame, variant: str, reference: str,
     a_seed, b_seed = seed_means(cell_runs, variant), seed_means(cell_runs, reference)
     seeds = sorted(set(a_seed.index) & set(b_seed.index))
     row = {"n_seeds": len(seeds), "seed_mean_variant": a_seed[seeds].mean(),
-           "seed_mean_reference": b_seed[seeds].mean()}
+           "seed_mean_reference": b_seed[seeds].mean(), "margin_relative": cfg.margin}
     if not seeds:
         return {**row, "n_users": 0, "note": "no common seeds"}
+    row["margin"] = cfg.margin * row["seed_mean_reference"]
     a, b = pooled_users(cell_runs, variant, seeds, load).align(
         pooled_users(cell_runs, reference, seeds, load), join="inner")
-    d = a.to_numpy() - b.to_numpy()
-    w, p_w, note_w = wilcoxon_test(a.to_numpy(), b.to_numpy())
+    users, notes = user_tests(a.to_numpy(), b.to_numpy(), row["margin"])
     t, p_t, note_t = seed_ttest(a_seed[seeds].to_numpy(), b_seed[seeds].to_numpy())
-    lo, hi = bootstrap_ci(a.to_numpy(), b.to_numpy(), cfg)
-    return {**row, "n_users": len(d), "mean_diff": d.mean() if len(d) else np.nan,
-            "ci_low": lo, "ci_high": hi, "wilcoxon_stat": w, "p_wilcoxon": p_w,
-            "rank_biserial": rank_biserial(d), "cohen_dz": cohen_dz(d) if len(d) else np.nan,
-            "t_stat": t, "p_ttest": p_t, "note": "; ".join(n for n in (note_w, note_t) if n)}
+    lo, hi = two_level_ci(seed_user_diffs(cell_runs, variant, reference, seeds, load), cfg)
+    note = "; ".join(dict.fromkeys(n for n in (*notes, note_t) if n))   # each note once
+    return {**row, **users, "ci_low": lo, "ci_high": hi, "t_stat": t, "p_ttest": p_t, "note": note}
 
 
 def run_comparisons(runs: pd.DataFrame, cfg: StatsConfig = StatsConfig()) -> pd.DataFrame:
-    """The comparisons table: one row per comparison, Holm-adjusted p-values and marks added.
+    """The comparisons table: one row per comparison, Holm-adjusted p-values, the Holm-level
+    MDE and the marks added.
 
     Per-user vectors are loaded one cell at a time so memory stays one cell's worth. The protocol
     ladder's runs are left out (the ladder table tests them).
@@ -187,22 +300,41 @@ def run_comparisons(runs: pd.DataFrame, cfg: StatsConfig = StatsConfig()) -> pd.
         for pair in cell_pairs.itertuples(index=False):
             stats_row = compare_pair(cell_runs, pair.variant, pair.reference, load, cfg)
             rows.append({**pair._asdict(), **stats_row})
-    return add_holm(pd.DataFrame(rows, columns=[*pairs.columns, *_STAT_COLUMNS]))
+    table = add_mde_holm(pd.DataFrame(rows, columns=[*pairs.columns, *_STAT_COLUMNS]))
+    return add_holm(table, columns=HOLM_TESTS, mark_on=VERDICT_TEST)
 
 
-_STAT_COLUMNS = ["n_seeds", "seed_mean_variant", "seed_mean_reference", "n_users", "mean_diff",
-                 "ci_low", "ci_high", "wilcoxon_stat", "p_wilcoxon", "rank_biserial", "cohen_dz",
-                 "t_stat", "p_ttest", "note"]
+_STAT_COLUMNS = ["n_seeds", "seed_mean_variant", "seed_mean_reference", "n_users", "mean_diff", "sd_diff",
+                 "ci_low", "ci_high", "margin_relative", "margin", "t_stat_users", "p_ttest_users", "p_tost",
+                 "mde", "wilcoxon_stat", "p_wilcoxon", "rank_biserial", "cohen_dz", "t_stat", "p_ttest", "note"]
+VERDICT_TEST = "p_ttest_users"   # the test whose Holm p gives a comparison its direction and mark
+# Holm-adjusted within each family, each test on its own: the verdict test, TOST, Wilcoxon
+# (secondary) and the t-test over seeds.
+HOLM_TESTS = (VERDICT_TEST, "p_tost", "p_wilcoxon", "p_ttest")
 
 
-def add_holm(table: pd.DataFrame, family: tuple[str, ...] = FAMILY) -> pd.DataFrame:
-    """Holm-adjusted p_wilcoxon_holm / p_ttest_holm within each family, and the marks."""
+def add_mde_holm(table: pd.DataFrame, family: tuple[str, ...] = FAMILY) -> pd.DataFrame:
+    """mde_holm: the MDE at ALPHA / m, m = the comparisons of the family with a verdict-test p:
+    the level of Holm's first (strictest) step, so an effect this large is found with 80% power
+    whatever the other p-values are (an upper bound of the MDE under Holm)."""
     table = table.copy()
-    for col in ("p_wilcoxon", "p_ttest"):
+    m = table.groupby(list(family))[VERDICT_TEST].transform(lambda p: p.notna().sum()) \
+        if len(table) else pd.Series(dtype=float)
+    table["mde_holm"] = [mde(sd, n, ALPHA / k) if k else np.nan
+                         for sd, n, k in zip(table["sd_diff"], table["n_users"], m)]
+    return table
+
+
+def add_holm(table: pd.DataFrame, family: tuple[str, ...] = FAMILY,
+             columns: tuple[str, ...] = ("p_wilcoxon", "p_ttest"), mark_on: str = "p_wilcoxon") -> pd.DataFrame:
+    """Holm-adjusted <column>_holm of each p-value column within each family, and the marks of
+    `mark_on`'s Holm p."""
+    table = table.copy()
+    for col in columns:
         table[f"{col}_holm"] = np.nan
         for _, idx in table.groupby(list(family), sort=False).groups.items():
             table.loc[idx, f"{col}_holm"] = holm(table.loc[idx, col].to_numpy(float))
-    table["mark"] = [seed_aware_mark(p, n) for p, n in zip(table["p_wilcoxon_holm"], table["n_seeds"])]
+    table["mark"] = [seed_aware_mark(p, n) for p, n in zip(table[f"{mark_on}_holm"], table["n_seeds"])]
     return table
 
 
@@ -221,30 +353,39 @@ def format_p(p: float, mark: str = "") -> str:
 
 
 def pvalue_table(table: pd.DataFrame, runs: pd.DataFrame | None = None) -> Table:
-    """One table of every comparison: difference, CI, effect size, Holm p-values with marks;
-    the caption states the epoch budget and selection rule of `runs` when given."""
+    """One table of every comparison: difference, two-level CI, margin, the verdict t-test, TOST,
+    MDE, Wilcoxon and the t-test over seeds (Holm p-values, the verdict test's with marks); the
+    caption states the epoch budget and selection rule of `runs` when given."""
     keys = ["protocol", "backbone", "dataset", "reference", "variant"]
     t = table.sort_values(keys, kind="stable").reset_index(drop=True)
-    tidy_cols = keys + ["n_users", "n_seeds", "mean_diff", "ci_low", "ci_high", "rank_biserial",
+    tidy_cols = keys + ["n_users", "n_seeds", "mean_diff", "ci_low", "ci_high", "margin", "mde", "mde_holm",
+                        "rank_biserial", "p_ttest_users", "p_ttest_users_holm", "p_tost", "p_tost_holm",
                         "p_wilcoxon", "p_wilcoxon_holm", "p_ttest", "p_ttest_holm", "mark"]
     if t.empty:
         return empty_table("pvalues", t[tidy_cols], "Significance",
                            "no comparisons (the runs hold no `base` or `mltfr` with another variant)")
+    number = lambda values: [f"{v:.4f}" if np.isfinite(v) else "" for v in values]
     display = t[keys].copy()
     display["n seeds"] = [f"{n:.0f}" for n in t["n_seeds"]]
     display["Δ NDCG@10"] = [f"{v:+.4f}" if np.isfinite(v) else "" for v in t["mean_diff"]]
     display["95% CI"] = [f"[{lo:+.4f}, {hi:+.4f}]" if np.isfinite(lo) else ""
                          for lo, hi in zip(t["ci_low"], t["ci_high"])]
-    display["r_rb"] = [f"{v:+.3f}" if np.isfinite(v) else "" for v in t["rank_biserial"]]
-    display["p Wilcoxon (Holm)"] = [format_p(p, m) for p, m in zip(t["p_wilcoxon_holm"], t["mark"])]
-    display["p t-test (Holm)"] = [format_p(p) for p in t["p_ttest_holm"]]
+    display["margin ±"] = number(t["margin"])
+    display["MDE (Holm)"] = [f"{a} ({b})" if a else "" for a, b in zip(number(t["mde"]), number(t["mde_holm"]))]
+    display["p t-test users (Holm)"] = [format_p(p, m) for p, m in zip(t["p_ttest_users_holm"], t["mark"])]
+    display["p TOST (Holm)"] = [format_p(p) for p in t["p_tost_holm"]]
+    display["p Wilcoxon (Holm)"] = [format_p(p) for p in t["p_wilcoxon_holm"]]
+    display["p t-test seeds (Holm)"] = [format_p(p) for p in t["p_ttest_holm"]]
     display["note"] = t["note"].fillna("")
-    tidy = t[tidy_cols]
-    caption = ("Variant minus reference in per-user test NDCG@10 (seeds averaged per user), "
-               "bootstrap 95% CI, rank-biserial r, Wilcoxon signed-rank over users and paired "
-               "t-test over seeds (>= 3 common seeds), Holm-corrected per dataset/backbone/protocol; "
-               f"* p<0.05, ** p<0.01, *** p<0.001, only with >= {MIN_SEEDS} common seeds ({FEW_SEEDS}: "
-               "too few seeds for a mark); n_seeds = seeds common to both runs.")
+    caption = ("Variant minus reference in per-user test NDCG@10 (seeds averaged per user); 95% CI of a "
+               "two-level bootstrap (seeds, then users, resampled); equivalence margin ± the study's share "
+               "of the reference's test NDCG@10; MDE: the smallest difference the t-test over users finds "
+               "with 80% power at two-sided 0.05 (at 0.05 / family size: Holm's strictest step); p-values: "
+               "paired t-test over users (the verdict test), two one-sided t-tests at the margin (TOST), "
+               "Wilcoxon signed-rank over users and paired t-test over seeds (>= 3 common seeds), each "
+               "Holm-corrected per dataset/backbone/protocol; marks (t-test over users): * p<0.05, "
+               f"** p<0.01, *** p<0.001, only with >= {MIN_SEEDS} common seeds ({FEW_SEEDS}: too few seeds "
+               "for a mark); n_seeds = seeds common to both runs.")
     if runs is not None:
         caption = with_run_settings(caption, runs)
-    return Table("pvalues", tidy, display, None, caption)
+    return Table("pvalues", t[tidy_cols], display, None, caption)

@@ -32,8 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: results/<study>/benchmarks)")
     parser.add_argument("--only", action="append", choices=["runs", "tables", "stats", "figures"],
                         help="run only this step (repeatable); default: tables, stats and figures")
-    parser.add_argument("--bootstrap-resamples", type=int, default=2000, help="bootstrap resamples of users")
+    parser.add_argument("--bootstrap-resamples", type=int, default=2000,
+                        help="bootstrap resamples (seeds and users in the comparisons, users in the ladder)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap RNG seed")
+    parser.add_argument("--margin", type=float, default=None,
+                        help="equivalence margin of the comparisons (TOST), a share of the reference's test "
+                             "NDCG@10, in (0, 1); the workflow passes study.equivalence.margin "
+                             "(default: mltfr.analysis.stats.StatsConfig.margin, 0.05)")
     parser.add_argument("--config", default=None,
                         help="study config; accepted so every rule can pass it, not needed here")
 
@@ -58,7 +63,11 @@ def run(args: argparse.Namespace) -> int:
     layout = study_layout(Path(args.runs))
     tables = args.tables or (str(Path(args.out).parent) if args.out else layout.tables)
     steps = tuple(args.only) if args.only else ("runs",) if args.out else STEPS
-    cfg = StatsConfig(n_resamples=args.bootstrap_resamples, seed=args.seed)
+    if args.margin is not None and not 0 < args.margin < 1:
+        raise ConfigError(f"--margin {args.margin}: the equivalence margin is a share of the reference's "
+                          "NDCG@10; pass a value between 0 and 1, e.g. --margin 0.05")
+    margin = StatsConfig.margin if args.margin is None else args.margin
+    cfg = StatsConfig(n_resamples=args.bootstrap_resamples, seed=args.seed, margin=margin)
     written = aggregate(args.runs, args.data or layout.data_root, tables, args.stats or layout.stats,
                         args.figures or layout.figures, benchmarks=args.benchmarks or layout.benchmarks,
                         steps=steps, cfg=cfg)
