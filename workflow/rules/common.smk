@@ -179,6 +179,19 @@ def train_inputs(wildcards):
     return [ancient(marker) for marker in markers + ([choice] if choice else [])]
 
 
+def tuning_choices():
+    """Every tuned cell's choice file; with rebuild_only, those of cells with a search run on disk
+    (a search not trained yet is left out of the table, as runs are)."""
+    choices = STUDY.tuning_choices()
+    if not REBUILD_ONLY:
+        return choices
+    return [
+        choice
+        for choice, cell in zip(choices, STUDY.tuned_cells)
+        if any(Path(result).is_file() for result in STUDY.tuning_results(*cell))
+    ]
+
+
 def tuning_inputs(wildcards):
     """A search run reads its dataset only (base, no LLM)."""
     return [ancient(LAYOUT.data_marker.format(dataset=wildcards.dataset))]

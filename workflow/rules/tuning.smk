@@ -15,7 +15,7 @@ rule tuning_choice:
     log:
         f"{LAYOUT.logs}/tuning/{{dataset}}/{{backbone}}.log",
     benchmark:
-        f"{LAYOUT.benchmarks}/tuning/{{dataset}}/{{backbone}}.tsv"
+        f"{LAYOUT.benchmarks}/report/tuning/{{dataset}}/{{backbone}}.tsv"
     conda:
         "../../envs/mltfr.yaml"
     threads: 1
@@ -29,7 +29,7 @@ rule tuning_choice:
 
 rule tuning_table:
     input:
-        choices=STUDY.tuning_choices(),
+        choices=tuning_choices(),
     output:
         report_tables(aggregate_outputs.tuning_outputs(LAYOUT.tables)),
     log:
