@@ -63,7 +63,8 @@ def expected_merge(inputs, run_dir, state_dict):
     llms = {n: inputs / "llm" / n for n in ("a", "b")}
     model = build_model(cfg, split.n_items, torch.device("cpu"), llms)
     model.load_state_dict(state_dict)
-    windows = torch.from_numpy(train_windows(split.train_offsets, split.train_items, cfg.model.max_len))
+    windows = torch.from_numpy(train_windows(split.train_offsets, split.train_items, cfg.model.max_len,
+                                             cfg.window_items))
     return merge_round1(model, windows.split(cfg.batch_size), seed=cfg.seed)[0]
 
 
@@ -93,3 +94,4 @@ def test_fisher_uses_the_protocols_round1_state_and_is_seeded(inputs, tmp_path, 
         assert any(not torch.allclose(merged[k], not_want[k], atol=1e-3) for k in want)
     again, _ = fisher(run_dir, tmp_path / "c2.safetensors")
     assert all(torch.equal(merged[k], again[k]) for k in merged)    # seeded: the same merge twice
+

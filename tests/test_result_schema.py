@@ -50,6 +50,8 @@ def test_real_runs_validate(inputs, tmp_path, backbone, variant, protocol):
                  "--protocol", protocol, "--seed", "0", "--variant", variant, *FAST, *llm]) == 0
     result = json.loads((out / "result.json").read_text())
     assert schema_errors(result) == []
+    faithful = protocol == "faithful"                       # the settings resolved by protocol
+    assert result["model"]["impl"] == ("authors" if faithful else "ours")
     assert (result["branch"] is None) == (variant == "base")
     assert ("interp" in result and "diagnostics" in result) == (variant != "base")
     assert set(result["metrics"]) == ({"test", "valid"} if protocol == "corrected" else {"test"})

@@ -51,8 +51,7 @@ def run(args: argparse.Namespace) -> int:
     model = build_model(cfg, split.n_items, device, {k: Path(v) for k, v in inputs["llm"].items()})
     state_dict, meta_state = round1_state(payload, cfg.selects_on)
     model.load_state_dict(state_dict)
-    windows = torch.from_numpy(batching.train_windows(split.train_offsets, split.train_items,
-                                                      cfg.model.max_len)).to(device)
+    windows = torch.from_numpy(batching.run_windows(split, cfg)).to(device)
     start = time.perf_counter()
     state, meta = merge_round1(model, windows.split(cfg.batch_size), seed=cfg.seed)
     meta.update(round1=str(args.run), seconds=round(time.perf_counter() - start, 3), seed=cfg.seed,

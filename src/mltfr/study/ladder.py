@@ -9,7 +9,8 @@ starts from `--protocol faithful` and sets the factors of its rung to their corr
     alone-<factor>   faithful + that factor only (plus the factors it needs, see REQUIRES)
 
 With the default order the rung before user_vector (rung-holdout_valid) has exactly the corrected
-protocol's settings; user_vector (the causal user vector) is a flaw both protocols share.
+protocol's settings; user_vector (the causal user vector) is a flaw both protocols share. Every
+setting whose default differs between the protocols is a factor (tests/test_ladder.py checks it).
 The workflow (a rung is the `protocol` wildcard's value), `mltfr train --protocol <rung>` and the
 analysis (`rung` in result.json) all read this module. Torch-free.
 """
@@ -26,6 +27,7 @@ FACTORS = {
     "eval_noise": ("branch.eval_noise", False),   # Gumbel noise at evaluation on -> off
     "pooling": ("branch.pooling", "user"),        # tokens pooled over the batch -> per user
     "mask_history": ("mask_history", True),       # history items ranked -> masked
+    "impl": ("model.impl", "ours"),               # the authors' backbone implementation -> ours
     "holdout_valid": ("holdout_valid", True),     # validation item kept in training -> held out
     "user_vector": ("branch.user_vector", "causal"),  # whole-window mean -> prefix mean (both flawed)
 }

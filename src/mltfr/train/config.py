@@ -118,6 +118,24 @@ class RunConfig:
         return self.protocol == "corrected" if self.holdout_valid is None else self.holdout_valid
 
     @property
+    def backbone_impl(self) -> str:
+        """The backbone implementation (`model.impl`, the protocol's when unset): authors | ours."""
+        if self.model.impl is not None:
+            return self.model.impl
+        return "authors" if self.protocol == "faithful" else "ours"
+
+    @property
+    def resolved_model(self) -> BackboneConfig:
+        """The backbone settings the model is built with: `model`, its impl resolved by protocol."""
+        return dataclasses.replace(self.model, impl=self.backbone_impl)
+
+    @property
+    def window_items(self) -> int:
+        """Items in a training window: L + 1 (L predictions), or the authors' sampler's L (the
+        most recent L training items, L - 1 predictions) under the authors' implementation."""
+        return self.model.max_len if self.backbone_impl == "authors" else self.model.max_len + 1
+
+    @property
     def max_epochs(self) -> int:
         """The epoch budget: `epochs`, or the selection rule's default when unset: the authors'
         fixed 100 when selecting on test, at most 200 with early stopping on validation (so the

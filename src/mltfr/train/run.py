@@ -53,7 +53,7 @@ def build_trainer(split, cfg: RunConfig, run_dir: Path, llm_tables: dict | None 
 
 def build_model(cfg: RunConfig, n_items: int, device: torch.device, llm_tables: dict | None = None):
     """The backbone of `cfg` with its variant's branch, on `device` (seed the RNG first)."""
-    model = build_backbone(cfg.backbone, n_items, cfg.model)
+    model = build_backbone(cfg.backbone, n_items, cfg.resolved_model)   # model.impl resolved
     attach_branch(model, cfg, llm_tables or {})
     return model.to(device)
 
