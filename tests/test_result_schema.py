@@ -52,6 +52,7 @@ def test_real_runs_validate(inputs, tmp_path, backbone, variant, protocol):
     assert schema_errors(result) == []
     faithful = protocol == "faithful"                       # the settings resolved by protocol
     assert result["model"]["impl"] == ("authors" if faithful else "ours")
+    assert (result["train_vocab"], result["n_items"]) == ((True, 4794) if faithful else (False, 4884))
     assert (result["branch"] is None) == (variant == "base")
     assert ("interp" in result and "diagnostics" in result) == (variant != "base")
     assert set(result["metrics"]) == ({"test", "valid"} if protocol == "corrected" else {"test"})

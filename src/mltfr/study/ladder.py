@@ -27,6 +27,7 @@ FACTORS = {
     "eval_noise": ("branch.eval_noise", False),   # Gumbel noise at evaluation on -> off
     "pooling": ("branch.pooling", "user"),        # tokens pooled over the batch -> per user
     "mask_history": ("mask_history", True),       # history items ranked -> masked
+    "vocabulary": ("train_vocab", False),         # only the training split's items -> every item
     "impl": ("model.impl", "ours"),               # the authors' backbone implementation -> ours
     "holdout_valid": ("holdout_valid", True),     # validation item kept in training -> held out
     "user_vector": ("branch.user_vector", "causal"),  # whole-window mean -> prefix mean (both flawed)

@@ -52,6 +52,10 @@ class RunConfig:
     #                               with patience; None = by protocol: faithful test, corrected valid
     holdout_valid: bool | None = None  # (bool) hold the validation (second-to-last) item out of
     #                                    training; None = by protocol: faithful False, corrected True
+    train_vocab: bool | None = None  # (bool) number only the items of the training split, as the
+    #                                  authors' loader (Pantry: 4,794 of 4,884; a target outside it is
+    #                                  never hit, an item outside it never ranked); None = by protocol:
+    #                                  faithful True, corrected False (every item of the dataset)
     trace_test: bool = False  # (bool) also evaluate test at every evaluation (test_* in epochs.csv),
     #                           never used for selection: measures the optimism of best-on-test
     eval_batch_size: int = 1024  # (int) users per evaluation block
@@ -128,6 +132,11 @@ class RunConfig:
     def resolved_model(self) -> BackboneConfig:
         """The backbone settings the model is built with: `model`, its impl resolved by protocol."""
         return dataclasses.replace(self.model, impl=self.backbone_impl)
+
+    @property
+    def uses_train_vocab(self) -> bool:
+        """Whether only the training split's items are numbered (the protocol's default when unset)."""
+        return self.protocol == "faithful" if self.train_vocab is None else self.train_vocab
 
     @property
     def window_items(self) -> int:

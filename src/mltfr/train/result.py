@@ -38,6 +38,7 @@ def build_result(trainer, ranks: dict[str, np.ndarray], test_seconds: float, dat
         "best_selection_score": {f"{cfg.selects_on}_{key}": value for key, value in s.best_scores.items()},
         "epochs_run": s.epoch,
         "epoch_budget": cfg.max_epochs,   # train.epochs, or the protocol's default when unset
+        "n_items": trainer.split.n_items,
         "early_stopped": cfg.trains and cfg.selects_on == "valid" and s.epoch < cfg.max_epochs,
         "backbone": cfg.backbone, "variant": cfg.variant, "protocol": cfg.protocol, "seed": cfg.seed,
         "config": cfg.to_dict(),
@@ -73,7 +74,7 @@ def evaluation_fields(cfg: RunConfig, ranks: dict[str, np.ndarray]) -> dict:
             "eval_protocol": label,
             "mask_history": cfg.masks_history if not cfg.sampled_negatives else None,
             "select_on": cfg.selects_on, "holdout_valid": cfg.holds_out_valid,   # resolved by protocol
-            "selection": cfg.selection}
+            "train_vocab": cfg.uses_train_vocab, "selection": cfg.selection}
 
 
 def validated(doc: dict, definition: str | None = None) -> dict:
