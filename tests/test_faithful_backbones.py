@@ -4,12 +4,15 @@ MiniLM table; and the corrected protocol's path (impl ours) left as it was."""
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mltfr.models import BackboneConfig, build_backbone
+from mltfr.models.losses import ce_over_rows
 from mltfr.models.sampling import distinct_negatives
 from mltfr.train.config import RunConfig
-from test_mltfr_real import MAX_LEN, pantry_windows  # noqa: F401  (a fixture)
+from mltfr.train.run import build_model
+from test_mltfr_real import MAX_LEN, minilm_table, pantry_windows  # noqa: F401  (fixtures)
 
 torch.set_num_threads(1)
 
@@ -17,6 +20,26 @@ torch.set_num_threads(1)
 def authors(name: str, n_items: int, **over) -> nn.Module:
     torch.manual_seed(0)
     return build_backbone(name, n_items, BackboneConfig(d=16, max_len=MAX_LEN, impl="authors", **over)).eval()
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory, minilm_table):  # noqa: F811
+    """The MiniLM table and its first 4,096 rows as two cached LLM tables (a consensus group)."""
+    from mltfr.llm.cache import write_meta, write_table
+
+    root = tmp_path_factory.mktemp("tables")
+    for name, table in (("minilm", minilm_table), ("minilm-head", minilm_table[:4096])):
+        (root / name).mkdir()
+        sha = write_table(root / name, table, "fp32")
+        write_meta(root / name, {"vocab_size": table.shape[0], "dim": table.shape[1], "sha256": sha})
+    return {name: root / name for name in ("minilm", "minilm-head")}
+
+
+def mltfr_model(tables, backbone: str, protocol: str, n_items: int = 50):
+    cfg = RunConfig(backbone=backbone, protocol=protocol, variant="mltfr", model={"d": 16, "max_len": MAX_LEN},
+                    device="cpu")
+    torch.manual_seed(0)
+    return build_model(cfg, n_items, torch.device("cpu"), tables)
 
 
 # ---------------------------------------------------------------- SASRec
@@ -60,6 +83,80 @@ def test_faithful_negatives_never_equal_an_input_item(pantry_windows):  # noqa: 
         assert all(len(set(row.tolist())) == row.numel() for row in neg)   # distinct in a row
         hits_last += int((neg == last_target[:, None]).any(1).sum())
     assert hits_last > 0                                            # the last target is not excluded
+
+
+# ---------------------------------------------------------------- BERT4Rec
+def test_bert4rec_reads_the_last_real_position_of_a_short_sequence(pantry_windows):  # noqa: F811
+    windows, n_items = pantry_windows
+    model = authors("bert4rec", n_items)
+    inputs = windows[:8, 1:].clone()                                # (8, 20)
+    inputs[0] = windows[0, 1:].clamp(min=1)                         # row 0 fills the window
+    assert (inputs[1:, 0] == 0).all()
+    with torch.no_grad():
+        user = model.user_representation(inputs)
+        appended = torch.cat([inputs[:, 1:], torch.full_like(inputs[:, :1], model.mask_id)], 1)
+        h = model(appended)                                         # positions counted from the left
+    assert torch.allclose(user[1:], h[1:, -2], atol=1e-6)            # the last item, not the [MASK]
+    assert not torch.allclose(user[1:], h[1:, -1], atol=1e-3)
+    shifted = torch.arange(1, MAX_LEN + 1).clamp(max=MAX_LEN - 1)   # full row: ids shifted, [MASK] last
+    with torch.no_grad():
+        assert torch.allclose(user[0], model(appended[:1], shifted[None])[0, -1], atol=1e-6)
+
+
+def test_bert4rec_attends_to_padding_so_it_is_not_left_padding_invariant(pantry_windows):  # noqa: F811
+    windows, n_items = pantry_windows
+    model = authors("bert4rec", n_items)
+    inputs = windows[1:9, 1:]
+    longest = int((inputs != 0).sum(1).max())
+    assert longest < MAX_LEN - 1
+    with torch.no_grad():
+        assert not torch.allclose(model.user_representation(inputs), model.user_representation(inputs[:, -longest:]),
+                                  atol=1e-4)
+    assert not model.left_padding_invariant
+
+
+def test_bert4rec_training_leaves_out_the_most_recent_training_item(pantry_windows):  # noqa: F811
+    windows, n_items = pantry_windows
+    model = authors("bert4rec", n_items).train()
+    other = windows.clone()
+    other[:, -1] = (windows[:, -1] % n_items) + 1                   # another most recent item
+    losses = []
+    for w in (windows, other):
+        torch.manual_seed(1)                                        # the same dropout draws
+        losses.append(model.loss(w, torch.Generator().manual_seed(2)))
+    assert losses[0] == losses[1]
+    real = windows[:, :-1] != 0                                     # their masking: exactly
+    masked = model.authors_cloze_mask(windows[:, :-1], torch.Generator().manual_seed(3))
+    assert (masked.sum(1) == (real.sum(1) * 0.5).floor().clamp(min=1)).all() and not (masked & ~real).any()
+
+
+def test_bert4rec_padding_slots_hold_the_branch_output(tables, pantry_windows):  # noqa: F811
+    """Their second block attends to the padding slots, which hold the MoE output; ours zeroes it."""
+    seqs = pantry_windows[0][1:9, 1:].clamp(max=49)                 # (8, 20), items of a 50-item model
+    for protocol, zeroed in (("faithful", False), ("corrected", True)):
+        model = mltfr_model(tables, "bert4rec", protocol).eval()
+        with torch.no_grad():
+            out = model.branch(model.embed(seqs), seqs)
+        assert model.branch.cfg.zero_padding is zeroed
+        assert bool((out[seqs == 0] == 0).all()) is zeroed and (out[seqs != 0] != 0).any()
+
+
+def test_bert4rec_cross_entropy_runs_over_all_n_plus_2_rows():
+    g = torch.Generator().manual_seed(0)
+    h, table = torch.randn(7, 16, generator=g), torch.randn(12, 16, generator=g)   # n = 10: rows 0..11
+    targets = torch.randint(1, 11, (7,), generator=g)
+    assert torch.allclose(ce_over_rows(h, targets, table), F.cross_entropy(h @ table.T, targets), atol=1e-6)
+
+
+# ---------------------------------------------------------------- the consensus expert
+@pytest.mark.parametrize("backbone, train_mode", [("sasrec", False), ("bert4rec", True)])
+def test_consensus_expert_train_mode_follows_the_authors_backbone(tables, backbone, train_mode):
+    for protocol in ("faithful", "corrected"):
+        model = mltfr_model(tables, backbone, protocol).train()
+        faithful = protocol == "faithful"
+        assert model.branch.shared.training == (train_mode and faithful)
+        assert model.branch.shared.dropout.p == (0.0 if train_mode and faithful else 0.1)
+        assert model.branch.experts[0].training and model.branch.experts[0].dropout.p == 0.1
 
 
 # ---------------------------------------------------------------- training settings

@@ -16,7 +16,7 @@ faithful/corrected protocols; every study variant is a `BranchConfig` of this on
 Filter weights, the random/causal controls and the filter's cost: mltfr.models.filter.
 
 Deviation from the authors' code, deliberate: the branch output is zeroed at padding positions
-(so padding never leaks into later blocks).
+(so padding never leaks into later blocks), except under the authors' BERT4Rec (zero_padding).
 Consequence of the method, not a choice: with user pooling and K = 1 each position attends to a
 single key, so the attention weight is 1 and the expert's query/key weights get no gradient
 (their Fisher is zero and the Fisher merge sets them to 0, which changes nothing there).
@@ -59,7 +59,8 @@ def prefix_means(h0: Tensor, seqs: Tensor) -> Tensor:
 
 
 class MltfrBranch(nn.Module):
-    """The LLM branch: (h0 (B, L, d), seqs (B, L)) -> (B, L, d), zero at padding positions."""
+    """The LLM branch: (h0 (B, L, d), seqs (B, L)) -> (B, L, d), zero at padding positions
+    (unless cfg.zero_padding is False, as in the authors' BERT4Rec)."""
 
     def __init__(self, cfg: BranchConfig, tables: list[Tensor]):
         super().__init__()
@@ -79,9 +80,12 @@ class MltfrBranch(nn.Module):
         self.diagnostics = None   # training diagnostics (mltfr.models.diagnostics), set by the trainer
         self.reset_interp()
 
-    def _expert(self, dim: int) -> CrossAttentionExpert:
+    def _expert(self, dim: int, shared: bool = False) -> CrossAttentionExpert:
+        """An expert; the consensus expert in train mode (shared_train_mode) has no output dropout:
+        the authors' MoE applies its dropouts to the experts' outputs, not to the shared one's."""
         c = self.cfg
-        return CrossAttentionExpert(c.d, dim, c.n_heads, c.attn_dropout, c.out_dropout)
+        out_dropout = 0.0 if shared and c.shared_train_mode else c.out_dropout
+        return CrossAttentionExpert(c.d, dim, c.n_heads, c.attn_dropout, out_dropout)
 
     def _register_table(self, m: int, table: Tensor) -> int:
         """Trainable: a Parameter (a copy, so the caller's tensor is never trained in place).
@@ -169,21 +173,22 @@ class MltfrBranch(nn.Module):
             self._record(gates, ids, seqs)
         if self.training and self.diagnostics is not None:
             self.diagnostics.record_router(gates, seqs)
-        return o * (seqs > 0).unsqueeze(-1).to(o.dtype)
+        return o * (seqs > 0).unsqueeze(-1).to(o.dtype) if self.cfg.zero_padding else o
 
     def train(self, mode: bool = True) -> "MltfrBranch":
-        """nn.Module.train, except that the frozen consensus expert stays in eval mode (no dropout):
-        the authors call .eval() on it in every forward."""
+        """nn.Module.train, except that the frozen consensus expert stays in eval mode (no dropout),
+        as the authors' SASRec calls .eval() on it in every forward; with shared_train_mode it
+        follows `mode`, as in their BERT4Rec and FMLP-Rec."""
         super().train(mode)
         if self.shared is not None:
-            self.shared.eval()
+            self.shared.train(mode and self.cfg.shared_train_mode)
         return self
 
     def set_shared(self, state: dict[str, Tensor], group: list[int]) -> None:
         """Add the consensus expert of `group` with weights `state`, frozen (requires_grad False,
         eval mode): round 1 a random copy of the first group expert, round 2 the merged expert."""
         group = check_consensus_group(group, self.names, self.dims)
-        shared = self._expert(self.dims[group[0]])
+        shared = self._expert(self.dims[group[0]], shared=True)
         try:
             shared.load_state_dict(state)
         except RuntimeError as err:
@@ -191,6 +196,7 @@ class MltfrBranch(nn.Module):
                               f"{[self.names[m] for m in group]} (D={self.dims[group[0]]}): {err}; "
                               "rerun the Fisher step with the same LLMs and d") from None
         self.shared = shared.to(self.table(0).device).requires_grad_(False).eval()
+        self.shared.train(self.training and self.cfg.shared_train_mode)
         self.group = group
 
     @contextlib.contextmanager

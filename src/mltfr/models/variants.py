@@ -30,7 +30,9 @@ BACKBONE_DEFAULTS = {
 
 # What the authors' BERT4Rec and FMLP-Rec modules do to the branch that their SASRec does not;
 # applied with the backbone's impl "authors" only (the corrected protocol keeps neither).
-AUTHORS_IMPL_DEFAULTS: dict[str, dict] = {}
+AUTHORS_IMPL_DEFAULTS = {
+    "bert4rec": {"shared_train_mode": True, "zero_padding": False},
+}
 
 
 def backbone_defaults(backbone: str, impl: str = "ours") -> dict:
