@@ -148,8 +148,38 @@ def test_bert4rec_cross_entropy_runs_over_all_n_plus_2_rows():
     assert torch.allclose(ce_over_rows(h, targets, table), F.cross_entropy(h @ table.T, targets), atol=1e-6)
 
 
-# ---------------------------------------------------------------- the consensus expert
-@pytest.mark.parametrize("backbone, train_mode", [("sasrec", False), ("bert4rec", True)])
+# ---------------------------------------------------------------- FMLP-Rec
+def test_fmlprec_faithful_tables_are_random_after_construction(tables, minilm_table):  # noqa: F811
+    faithful, corrected = (mltfr_model(tables, "fmlprec", p).branch for p in ("faithful", "corrected"))
+    assert faithful.cfg.reinitialise and not corrected.cfg.reinitialise
+    assert torch.equal(corrected.table(0), minilm_table)
+    table = faithful.table(0).detach()
+    assert table.shape == minilm_table.shape and not torch.allclose(table, minilm_table)
+    assert abs(float(table.std()) - 0.02) < 1e-3 and torch.equal(table, faithful.initial_table(0))
+    # every branch weight redrawn N(0, 0.02), biases 0; round 1's consensus copy independently
+    assert float(faithful.experts[0].key.weight.detach().std()) == pytest.approx(0.02, abs=2e-3)
+    assert (faithful.experts[0].key.bias == 0).all() and (faithful.selectors[0].proj.bias == 0).all()
+    assert not torch.equal(faithful.shared.key.weight, faithful.experts[0].key.weight)
+    assert torch.equal(corrected.shared.key.weight, corrected.experts[0].key.weight)
+
+
+def test_fmlprec_left_padded_rows_compute_the_authors_right_padded_ones(pantry_windows):  # noqa: F811
+    """Their rows are right-padded; the filter is a circular convolution, so our left-padded rows
+    give the same outputs at the real positions (padding zeroed, positions from the oldest item)."""
+    windows, n_items = pantry_windows
+    model = authors("fmlprec", n_items)
+    left = windows[:, 1:]                                           # (64, 20)
+    n = (left != 0).sum(1)
+    right = torch.zeros_like(left)
+    for r in range(len(left)):
+        right[r, :n[r]] = left[r, MAX_LEN - n[r]:]
+    with torch.no_grad():
+        ours, theirs = model(left), model.authors_forward(right)
+    for r in range(len(left)):
+        assert torch.allclose(ours[r, MAX_LEN - n[r]:], theirs[r, :n[r]], atol=1e-5)
+
+
+@pytest.mark.parametrize("backbone, train_mode", [("sasrec", False), ("bert4rec", True), ("fmlprec", True)])
 def test_consensus_expert_train_mode_follows_the_authors_backbone(tables, backbone, train_mode):
     for protocol in ("faithful", "corrected"):
         model = mltfr_model(tables, backbone, protocol).train()

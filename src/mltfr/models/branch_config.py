@@ -36,6 +36,9 @@ class BranchConfig:
     #                              round 1 adds a frozen random copy of the first group expert with it too
     consensus_group: list[int] | None = None  # indices of the LLMs merged (same D); None = largest same-D set
     trainable_tables: bool = True  # (bool) fine-tune the token tables (published) or keep them frozen
+    reinitialise: bool = False   # (bool) after construction redraw every branch weight N(0, 0.02) (biases 0)
+    #                              and every token table N(0, 0.02): the tables are random, as in the
+    #                              authors' FMLP-Rec, whose init_weights runs after the tables are registered
     zero_padding: bool = True   # (bool) zero the branch output at padding positions (the study's choice);
     #                              False: the authors' BERT4Rec, whose second block attends to the padding
     #                              slots, which hold the branch output

@@ -43,6 +43,7 @@ from mltfr.models.filter import (TokenFilter, add_gumbel_noise_, cosine_scores, 
                                  random_token_ids, sample_softmax_ids, straight_through_topk)
 
 SCORE_ELEMENTS = 1 << 24   # causal user vector: positions scored at once x |V| (64 MiB of fp32)
+INIT_STD = 0.02   # reinitialise: the authors' FMLP-Rec init_weights draws N(0, 0.02)
 
 
 def masked_mean(h0: Tensor, seqs: Tensor) -> Tensor:
@@ -78,6 +79,7 @@ class MltfrBranch(nn.Module):
         self.group: list[int] = []
         self.record_interp = False    # on only inside recording(): a count per batch costs a device sync
         self.diagnostics = None   # training diagnostics (mltfr.models.diagnostics), set by the trainer
+        self.table_seed: int | None = None   # reinitialise: the seed the random tables were drawn from
         self.reset_interp()
 
     def _expert(self, dim: int, shared: bool = False) -> CrossAttentionExpert:
@@ -102,6 +104,24 @@ class MltfrBranch(nn.Module):
 
     def table(self, m: int) -> Tensor:
         return getattr(self, f"table{m}")
+
+    def reinitialise_(self) -> None:
+        """The authors' FMLP-Rec init_weights over the branch: every Linear weight N(0, 0.02), its bias
+        0, and every token table N(0, 0.02), drawn from a seed taken from torch's RNG (kept in
+        `table_seed`, so `initial_table` can redraw the start for the drift diagnostic)."""
+        init_linears_(self)
+        self.table_seed = int(torch.randint(0, 2**62, (1,)))
+        with torch.no_grad():
+            for m in range(len(self.dims)):
+                self.table(m).copy_(self.initial_table(m))
+        for selector in self.selectors:
+            if isinstance(selector, TokenFilter):
+                selector.cache.clear()
+
+    def initial_table(self, m: int) -> Tensor:
+        """Table m (|V|, D), on the CPU, as reinitialise_ drew it (call it after reinitialise_)."""
+        gen = torch.Generator().manual_seed(self.table_seed + m)
+        return torch.empty(self.table(m).shape).normal_(0.0, INIT_STD, generator=gen)
 
     def token_sets(self, h0: Tensor, seqs: Tensor) -> tuple[list[Tensor], list[Tensor | None]]:
         """Per LLM the tokens each query attends to and the chosen ids: window (B or 1, T, D_m);
@@ -244,20 +264,36 @@ def build_branch(cfg: BranchConfig, tables: list[Tensor],
     A consensus variant (consensus != "none") always carries a frozen consensus expert, added with
     lambda_s. Round 1 (shared_state None): as in the authors' code, a copy of the first group
     expert taken at its random init. Round 2: the merged expert (see mltfr.models.fisher).
+    cfg.reinitialise (the authors' FMLP-Rec): every weight and table redrawn after construction,
+    round 1's consensus copy too (independently: their init_weights runs after the copy).
     """
     if cfg.names and len(cfg.names) != len(tables):
         raise ConfigError(f"{len(tables)} token tables given for {len(cfg.names)} LLMs {cfg.names}")
     branch = MltfrBranch(cfg, tables)
+    if cfg.reinitialise:
+        branch.reinitialise_()
     if cfg.consensus == "none":
         if shared_state is not None:
             raise ConfigError("a merged consensus expert was given but consensus is 'none' for this "
                               "variant; drop the merged-expert file or use a variant with consensus")
         return branch
     group = resolve_consensus_group(cfg, branch.dims)
-    if shared_state is None:   # round 1: the random init of the first group expert, copied
+    round1 = shared_state is None
+    if round1:   # the random init of the first group expert, copied
         shared_state = branch.experts[group[0]].state_dict()
     branch.set_shared(shared_state, group)
+    if round1 and cfg.reinitialise:
+        init_linears_(branch.shared)
     return branch
+
+
+def init_linears_(module: nn.Module, std: float = INIT_STD) -> None:
+    """Every nn.Linear of `module`: weight N(0, std), bias 0 (the authors' FMLP-Rec init_weights)."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.normal_(layer.weight, 0.0, std)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
 
 
 def attach(model: nn.Module, branch: MltfrBranch | None) -> nn.Module:

@@ -32,6 +32,7 @@ BACKBONE_DEFAULTS = {
 # applied with the backbone's impl "authors" only (the corrected protocol keeps neither).
 AUTHORS_IMPL_DEFAULTS = {
     "bert4rec": {"shared_train_mode": True, "zero_padding": False},
+    "fmlprec": {"shared_train_mode": True, "reinitialise": True},
 }
 
 

@@ -115,12 +115,15 @@ def interpretability(trainer, llm_tables: dict) -> dict:
 
 def branch_diagnostics(trainer, llm_tables: dict) -> dict:
     """The filter diagnostics of the last training epoch (mltfr.models.diagnostics), with each
-    table's drift: the reported (best) state's table against the cached table it started from."""
+    table's drift: the reported (best) state's table against the table it started from (the
+    cached LLM table, or the random one a reinitialised branch drew)."""
     from mltfr.llm import load_table
     from mltfr.models.diagnostics import table_drift
 
     branch = trainer.model.branch
-    drift = {name: table_drift(branch.table(m), load_table(llm_tables[name])[0])
+    start = (branch.initial_table if branch.table_seed is not None
+             else lambda m: load_table(llm_tables[branch.names[m]])[0])
+    drift = {name: table_drift(branch.table(m), start(m))
              for m, name in enumerate(branch.names) if name in llm_tables}
     return trainer.diagnostics.summary(drift)
 
