@@ -10,7 +10,7 @@ from torch import nn
 from mltfr.models import BackboneConfig, build_backbone
 from mltfr.models.losses import ce_over_rows
 from mltfr.models.sampling import distinct_negatives
-from mltfr.train.config import RunConfig
+from mltfr.train.config import AUTHORS_ROUND1_EPOCHS, RunConfig
 from mltfr.train.run import build_model
 from test_mltfr_real import MAX_LEN, minilm_table, pantry_windows  # noqa: F401  (fixtures)
 
@@ -190,6 +190,17 @@ def test_consensus_expert_train_mode_follows_the_authors_backbone(tables, backbo
 
 
 # ---------------------------------------------------------------- training settings
+def test_round1_trains_the_authors_length_under_faithful():
+    round1 = lambda **kw: RunConfig(variant="mltfr", **kw).max_epochs  # noqa: E731
+    assert [round1(protocol="faithful", backbone=b) for b in ("sasrec", "fmlprec", "bert4rec", "gru4rec")] == [
+        20, 20, 100, 20]
+    assert round1(protocol="faithful", consensus_file="c.safetensors") == 100      # round 2: the budget
+    assert round1(protocol="faithful", epochs=5) == 5 and round1(protocol="corrected") == 200
+    assert round1(protocol="faithful", round1_budget="full") == 100
+    assert RunConfig(protocol="faithful", variant="base").max_epochs == 100
+    assert AUTHORS_ROUND1_EPOCHS == {"sasrec": 20, "fmlprec": 20, "bert4rec": 100}
+
+
 def test_faithful_windows_hold_the_authors_last_l_items():
     from mltfr.train.batching import train_windows
 

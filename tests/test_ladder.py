@@ -55,7 +55,7 @@ def resolved(c: RunConfig) -> tuple:
     from mltfr.models.variants import base_config
 
     return (c.selects_on, c.holds_out_valid, c.masks_history, c.max_epochs, c.uses_train_vocab,
-            c.resolved_model, c.window_items,
+            c.resolved_model, c.round1_length, c.shuffles_fisher, c.window_items,
             base_config(c.protocol, c.backbone, 64, c.branch, impl=c.backbone_impl))
 
 

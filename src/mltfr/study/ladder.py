@@ -29,6 +29,8 @@ FACTORS = {
     "mask_history": ("mask_history", True),       # history items ranked -> masked
     "vocabulary": ("train_vocab", False),         # only the training split's items -> every item
     "impl": ("model.impl", "ours"),               # the authors' backbone implementation -> ours
+    "first_round": ("round1_budget", "full"),     # round 1 the authors' length -> the run's budget
+    "fisher_order": ("fisher_shuffle", False),    # Fisher batches shuffled -> in user order
     "holdout_valid": ("holdout_valid", True),     # validation item kept in training -> held out
     "user_vector": ("branch.user_vector", "causal"),  # whole-window mean -> prefix mean (both flawed)
 }

@@ -53,3 +53,12 @@ def n_steps(n: int, batch_size: int) -> int:
 def run_windows(split, cfg) -> np.ndarray:
     """The training windows of a run (`cfg`: a RunConfig) on `split`: its window length."""
     return train_windows(split.train_offsets, split.train_items, cfg.model.max_len, cfg.window_items)
+
+
+def fisher_batches(windows: torch.Tensor, batch_size: int, shuffle_seed: int | None) -> tuple:
+    """The Fisher pass's (B, L+1) batches: in user order, or (`shuffle_seed` given) in a
+    permutation drawn from a CPU generator seeded with it, as the authors' sampler shuffles."""
+    if shuffle_seed is not None:
+        order = epoch_order(len(windows), torch.Generator().manual_seed(shuffle_seed))
+        windows = windows[order.to(windows.device)]
+    return windows.split(batch_size)

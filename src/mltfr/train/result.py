@@ -39,6 +39,7 @@ def build_result(trainer, ranks: dict[str, np.ndarray], test_seconds: float, dat
         "epochs_run": s.epoch,
         "epoch_budget": cfg.max_epochs,   # train.epochs, or the protocol's default when unset
         "n_items": trainer.split.n_items,
+        "round1_budget": cfg.round1_length, "fisher_shuffle": cfg.shuffles_fisher,   # resolved by protocol
         "early_stopped": cfg.trains and cfg.selects_on == "valid" and s.epoch < cfg.max_epochs,
         "backbone": cfg.backbone, "variant": cfg.variant, "protocol": cfg.protocol, "seed": cfg.seed,
         "config": cfg.to_dict(),
