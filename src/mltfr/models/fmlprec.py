@@ -81,7 +81,8 @@ class FMLPRec(SequentialRecommender):
         xavier_uniform_rows_(self.embed.pos_emb.weight, max_len + 1)
 
     def embedding(self, seqs: Tensor) -> Tensor:
-        """(B, L) -> (B, L, d) like the authors' code: LN(item + position), padding not zeroed."""
+        """(B, L) -> (B, L, d): LN(item + position), padding not zeroed, as the FMLP-Rec paper's
+        `add_position_embedding`; the MLTFR authors define it but never call it (impl authors)."""
         emb = self.embed
         positions = torch.arange(seqs.shape[1], device=seqs.device)
         return emb.dropout(emb.norm(emb.item_emb(seqs) + emb.pos_emb(positions)))
