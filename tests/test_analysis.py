@@ -498,6 +498,25 @@ def test_trainer_layout_and_manifest(tmp_path):
     assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["runs.csv", "runs.parquet"]
 
 
+def test_captions_name_the_cells_whose_llm_runs_read_random_tables(runs, tmp_path):
+    """A run whose branch redrew its token tables (the authors' FMLP-Rec, faithful) is named in the
+    caption of every table over it; without one, no column and no sentence (the committed study)."""
+    assert "random_tables" not in runs and "Random tables" not in main_table(runs).caption
+    test = {"hr@5": 0.1, "hr@10": 0.2, "hr@20": 0.3, "ndcg@5": 0.05, "ndcg@10": 0.1, "ndcg@20": 0.12, "mrr": 0.04}
+    for backbone, reinitialised in (("fmlprec", True), ("sasrec", False)):
+        folder = tmp_path / "runs" / "d" / backbone / "filter-x" / "faithful" / "seed1"
+        folder.mkdir(parents=True)
+        doc = result_document("d", backbone, "filter-x", "faithful", 1, test)
+        doc.update(synthetic_diagnostics("filter-x", 1), interp={
+            "router_weights": {"x": 1.0}, "top_tokens": {"x": []}, "n_positions": 1, "token_format": "x"},
+            branch={**branch_settings(["x"]), "reinitialise": reinitialised})
+        (folder / "result.json").write_text(json.dumps(doc))
+    runs = collect_runs(tmp_path / "runs")
+    assert runs.set_index("backbone")["random_tables"].to_dict() == {"fmlprec": True, "sasrec": False}
+    assert ("Random tables: the LLM runs of fmlprec (faithful) redraw every token table from N(0, 0.02)"
+            in main_table(runs).caption)
+
+
 def test_missing_cells_render_blank_not_nan():
     """A variant run on one dataset only leaves the other dataset's cells empty in Markdown/LaTeX."""
     from mltfr.analysis.tables import Table

@@ -88,6 +88,16 @@ def test_target_outside_item_range_refused():
         rank(FixedModel(torch.ones(1, 1), torch.ones(4, 1)), evalset([4], [[]]), False)
 
 
+def test_an_unnumbered_target_ranks_below_every_item():
+    """Target 0: an item outside a train-only vocabulary (the faithful split) is never hit."""
+    items = torch.tensor([[9.0], [1.0], [2.0], [3.0]])              # row 0 (padding) scores highest
+    es = evalset([0, 3], [[], [1]])
+    model = FixedModel(torch.ones(2, 1), items)
+    np.testing.assert_array_equal(rank(model, es, False), [4, 1])
+    np.testing.assert_array_equal(rank(model, es, True), [4, 1])
+    np.testing.assert_array_equal(rank_sampled(model, es, n_neg=5, seed=0)[:1], [6])
+
+
 def test_sampled_negatives_avoid_history_and_are_seeded():
     es = evalset([1, 2], [[3, 4, 5], list(range(1, 30))])
     negs = sample_negatives(es, n_items=40, n_neg=100, seed=7)

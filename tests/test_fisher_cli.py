@@ -54,7 +54,7 @@ def expected_merge(inputs, run_dir, state_dict):
     """The merge `mltfr fisher` must write when it runs on `state_dict` (same batches, same seed)."""
     from mltfr.data import load_prepared
     from mltfr.models.fisher import merge_round1
-    from mltfr.train.batching import train_windows
+    from mltfr.train.batching import fisher_batches, train_windows
     from mltfr.train.config import RunConfig
     from mltfr.train.run import build_model, split_for_run
 
@@ -63,8 +63,10 @@ def expected_merge(inputs, run_dir, state_dict):
     llms = {n: inputs / "llm" / n for n in ("a", "b")}
     model = build_model(cfg, split.n_items, torch.device("cpu"), llms)
     model.load_state_dict(state_dict)
-    windows = torch.from_numpy(train_windows(split.train_offsets, split.train_items, cfg.model.max_len))
-    return merge_round1(model, windows.split(cfg.batch_size), seed=cfg.seed)[0]
+    windows = torch.from_numpy(train_windows(split.train_offsets, split.train_items, cfg.model.max_len,
+                                             cfg.window_items))
+    batches = fisher_batches(windows, cfg.batch_size, cfg.seed if cfg.shuffles_fisher else None)
+    return merge_round1(model, batches, seed=cfg.seed)[0]
 
 
 # ladder rungs: the state follows the selection (rung-selection: faithful, early stopping on
@@ -93,3 +95,20 @@ def test_fisher_uses_the_protocols_round1_state_and_is_seeded(inputs, tmp_path, 
         assert any(not torch.allclose(merged[k], not_want[k], atol=1e-3) for k in want)
     again, _ = fisher(run_dir, tmp_path / "c2.safetensors")
     assert all(torch.equal(merged[k], again[k]) for k in merged)    # seeded: the same merge twice
+
+
+@pytest.mark.parametrize("protocol, order", [("faithful", "shuffled"), ("corrected", "users")])
+def test_fisher_batches_follow_the_protocol(inputs, tmp_path, protocol, order):
+    """Faithful: the authors' sampler shuffles the Fisher pass's batches (seeded by the run's seed);
+    corrected: user order."""
+    from mltfr.train.batching import fisher_batches
+
+    run_dir = tmp_path / "r1"
+    round1(inputs, run_dir, protocol)
+    _, meta = fisher(run_dir, tmp_path / "c.safetensors")
+    assert meta["batch_order"] == order
+    windows = torch.arange(40).repeat(3, 1).T                       # (40, 3): row i holds i
+    first = lambda seed: torch.cat(fisher_batches(windows, 16, seed))[:, 0].tolist()  # noqa: E731
+    assert first(None) == list(range(40))
+    assert sorted(first(3)) == list(range(40)) and first(3) == first(3) != first(4) != list(range(40))
+    assert [len(b) for b in fisher_batches(windows, 16, 3)] == [16, 16, 8]

@@ -51,21 +51,40 @@ def test_each_rung_differs_from_its_previous_in_exactly_one_setting(order):
                                                             "branch.user_vector": "causal"}
 
 
-def test_the_rung_before_user_vector_is_the_corrected_protocol():
-    """Every setting the two protocols resolve differently, resolved the same (budget aside)."""
+def resolved(c: RunConfig) -> tuple:
+    """Every setting a run resolves by protocol, and its branch settings."""
     from mltfr.models.variants import base_config
 
-    faithful = RunConfig(protocol="faithful", epochs=5)
+    return (c.selects_on, c.holds_out_valid, c.masks_history, c.max_epochs, c.uses_train_vocab,
+            c.resolved_model, c.round1_length, c.shuffles_fisher, c.window_items,
+            base_config(c.protocol, c.backbone, 64, c.branch, impl=c.backbone_impl))
+
+
+@pytest.mark.parametrize("backbone", ["sasrec", "bert4rec", "fmlprec"])
+def test_the_rung_before_user_vector_is_the_corrected_protocol(backbone):
+    """Every setting the two protocols resolve differently, resolved the same; on
+    round 1 of mltfr, where the round-1 budget and each backbone's branch quirks matter."""
+    faithful = RunConfig(protocol="faithful", backbone=backbone, variant="mltfr")
     rung = apply_overrides(faithful, ladder.overrides("rung-holdout_valid"))
-    corrected = RunConfig(protocol="corrected", epochs=5)
-    resolved = lambda c: (c.selects_on, c.holds_out_valid, c.masks_history, c.max_epochs,  # noqa: E731
-                          base_config(c.protocol, c.backbone, 64, c.branch))
-    assert resolved(rung) == resolved(corrected) != resolved(faithful)
+    corrected = RunConfig(protocol="corrected", backbone=backbone, variant="mltfr")
+    assert resolved(rung) == resolved(corrected)
+    assert all(a != b for a, b in zip(resolved(rung)[1:], resolved(faithful)[1:]))   # each one differs
     assert ladder.overrides("rung-user_vector") == {**ladder.overrides("rung-holdout_valid"),
                                                     "branch.user_vector": "causal"}
     assert ladder.rung("rung-pooling").record(ORDER) == {
         "name": "rung-pooling", "index": 3, "factors": ["selection", "eval_noise", "pooling"],
         "previous": "rung-eval_noise", "order": list(ORDER)}
+
+
+def test_every_setting_resolved_by_protocol_is_a_factor():
+    """A RunConfig setting left at None takes the protocol's value; each such setting (and
+    model.impl, and the branch's protocol settings) is a ladder factor, so the ladder reaches
+    the corrected protocol. epochs goes with the selection rule; consensus_file is not a setting."""
+    import dataclasses
+
+    by_protocol = {f.name for f in dataclasses.fields(RunConfig) if f.default is None}
+    by_protocol = by_protocol - {"epochs", "consensus_file"} | {"model.impl", "branch.pooling", "branch.eval_noise"}
+    assert by_protocol == {key for key, _ in ladder.FACTORS.values()} - {"branch.user_vector"}
 
 
 @pytest.mark.parametrize("order, message", [
@@ -88,7 +107,7 @@ def test_unknown_rung_names_the_rungs():
 
 
 # ------------------------------------------------------------------ protocol-factor settings
-def resolved(cfg, variant="filter-a"):
+def evaluation_settings(cfg):
     """Every protocol setting a RunConfig resolves to (the branch's as the model builds it)."""
     from mltfr.models.variants import base_config
 
@@ -114,8 +133,8 @@ def test_a_factor_setting_is_corrected_with_that_factor_faithful(name, changed):
     setting = ladder.rung(name, ladder.default_order(name))
     cfg = apply_overrides(RunConfig(protocol=setting.start), setting.overrides)
     assert setting.start == "corrected" == setting.previous
-    assert resolved(cfg) == {**CORRECTED, **changed}
-    faithful = resolved(RunConfig(protocol="faithful"))
+    assert evaluation_settings(cfg) == {**CORRECTED, **changed}
+    faithful = evaluation_settings(RunConfig(protocol="faithful"))
     assert all(faithful[key] == value for key, value in changed.items())   # each one the authors' value
 
 

@@ -50,6 +50,10 @@ def test_real_runs_validate(inputs, tmp_path, backbone, variant, protocol):
                  "--protocol", protocol, "--seed", "0", "--variant", variant, *FAST, *llm]) == 0
     result = json.loads((out / "result.json").read_text())
     assert schema_errors(result) == []
+    faithful = protocol == "faithful"                       # the settings resolved by protocol
+    assert result["model"]["impl"] == ("authors" if faithful else "ours")
+    assert (result["train_vocab"], result["n_items"]) == ((True, 4794) if faithful else (False, 4884))
+    assert (result["round1_budget"], result["fisher_shuffle"]) == (("authors", True) if faithful else ("full", False))
     assert (result["branch"] is None) == (variant == "base")
     assert ("interp" in result and "diagnostics" in result) == (variant != "base")
     assert set(result["metrics"]) == ({"test", "valid"} if protocol == "corrected" else {"test"})

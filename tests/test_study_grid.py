@@ -36,7 +36,7 @@ def only(*blocks):
 
 def test_test_config_runs_by_block():
     grid = study()
-    assert len(grid.runs) == 29                                  # tests/test_workflow_e2e.py's 29 runs
+    assert len(grid.runs) == 37                                  # tests/test_workflow_e2e.py's 37 runs
     baselines = [r for r in grid.runs if r.variant == "base" and r.protocol in ("faithful", "corrected")]
     assert sorted({r.backbone for r in baselines}) == ["pop", "sasrec", "sasrec-ce"]
     assert grid.all_llms() == ["minilm", "paraphrase-minilm", "random-minilm", "random-paraphrase-minilm"]

@@ -90,7 +90,8 @@ def test_sasrec_one_epoch_on_pantry_via_cli(pantry, tmp_path, capsys):
 
 def popularity_test_ranks(data, protocol):
     """Each user's last item ranked by its count in the protocol's training split, with numpy
-    (pessimistic ties; corrected also drops the user's other history items from the candidates)."""
+    (pessimistic ties; corrected also drops the user's other history items from the candidates;
+    faithful numbers only the training items, so a target outside them is below all of them)."""
     from mltfr.data import load_prepared
 
     p = load_prepared(data)
@@ -99,6 +100,8 @@ def popularity_test_ranks(data, protocol):
     counts = np.bincount(p.items[in_train], minlength=p.n_items + 1)
     targets = p.items[p.offsets[1:] - 1]
     ranks = (counts[1:][None, :] >= counts[targets][:, None]).sum(1)   # (U,): the target counts itself
+    if protocol == "faithful":
+        ranks = np.where(counts[targets] > 0, ranks, (counts[1:] > 0).sum() + 1)
     if protocol == "corrected":
         user = np.repeat(np.arange(len(lengths)), lengths)
         history = ~np.isin(np.arange(len(p.items)), p.offsets[1:] - 1)       # all but each last item

@@ -280,13 +280,17 @@ def collect_runs(source: str | Path | Iterable[str | Path],
 
     `source`: see find_result_files. `run_dir` keeps the path as given (relative to the working
     directory in the workflow, so the table does not depend on the machine).
-    Benchmark columns (bench_s, bench_max_rss_mb) are added when `benchmarks` exists.
+    Benchmark columns (bench_s, bench_max_rss_mb) are added when `benchmarks` exists; the column
+    random_tables when a run's branch redrew its token tables (tables.random_tables_note).
     """
     files = find_result_files(source)
     results = [read_json(f) for f in files]
     runs = pd.DataFrame([run_row(f, r) for f, r in zip(files, results)])
     for param in runs.loc[runs["block"] == "sensitivity", "param"].dropna().unique():
         runs[f"setting:{param}"] = [_number(_setting(r, param)) for r in results]  # the default's point
+    random_tables = [bool((r.get("branch") or {}).get("reinitialise")) for r in results]
+    if any(random_tables):   # the authors' FMLP-Rec redraws its LLM tables (BranchConfig.reinitialise)
+        runs["random_tables"] = random_tables
     dup = runs.duplicated([*KEYS, "rung"], keep=False)
     if dup.any():
         raise DataError(f"two result files describe the same run: "

@@ -103,10 +103,23 @@ def budget_and_selection(runs: pd.DataFrame) -> str:
     return f"Epoch budget: {', '.join(budgets)}; selection: {'; '.join(rules) or 'not recorded'}."
 
 
+def random_tables_note(runs: pd.DataFrame) -> str:
+    """A sentence naming the backbone/protocol cells whose LLM runs read random tables (column
+    random_tables: the branch redrew its token tables, as the authors' FMLP-Rec); '' when none."""
+    if "random_tables" not in runs or not runs["random_tables"].eq(True).any():
+        return ""
+    cells = runs.loc[runs["random_tables"].eq(True), ["backbone", "protocol"]].drop_duplicates()
+    names = ", ".join(f"{b} ({p})" for b, p in sorted(map(tuple, cells.to_numpy())))
+    return (f"Random tables: the LLM runs of {names} redraw every token table from N(0, 0.02) after "
+            "loading it, as the authors' FMLP-Rec code does (its init_weights runs after the LLM "
+            "tables are registered), so they hold no LLM knowledge.")
+
+
 def with_run_settings(caption: str, runs: pd.DataFrame) -> str:
-    """`caption` followed by the epoch budget and selection rule of `runs`, after the
-    demonstration label when `runs` are a demonstration (mltfr.analysis.demonstration)."""
-    note = budget_and_selection(runs)
+    """`caption` followed by the epoch budget and selection rule of `runs` (and which cells ran on
+    random tables), after the demonstration label when `runs` are a demonstration
+    (mltfr.analysis.demonstration)."""
+    note = " ".join(n for n in (budget_and_selection(runs), random_tables_note(runs)) if n)
     text = f"{caption} {note}" if note else caption
     label = demonstration_label(runs)
     return f"{label} {text}" if label else text

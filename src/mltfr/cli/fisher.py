@@ -1,11 +1,12 @@
 """`mltfr fisher --run ROUND1_DIR --out consensus.safetensors`
 
 The step between the two rounds of a consensus variant: loads round 1's state (by the run's
-selection, see `round1_state`), runs one pass over the training batches (in their stored order,
-every random draw from the run's seed) with dropout off to get the diagonal empirical Fisher of
-every expert parameter, merges the experts of the same-dimension group (Fisher-weighted, or plain
-mean for `mltfr-meanconsensus`) and writes the merged expert for `mltfr train --consensus`. The
-metadata records which state was used (`round1_state`, `round1_epoch`).
+selection, see `round1_state`), runs one pass over the training batches (in user order, or in an
+order shuffled by the run's seed under `fisher_shuffle`; every random draw from the run's seed)
+with dropout off to get the diagonal empirical Fisher of every expert parameter, merges the
+experts of the same-dimension group (Fisher-weighted, or plain mean for `mltfr-meanconsensus`)
+and writes the merged expert for `mltfr train --consensus`. The metadata records which state was
+used (`round1_state`, `round1_epoch`) and the batch order (`batch_order`).
 """
 from __future__ import annotations
 
@@ -51,12 +52,12 @@ def run(args: argparse.Namespace) -> int:
     model = build_model(cfg, split.n_items, device, {k: Path(v) for k, v in inputs["llm"].items()})
     state_dict, meta_state = round1_state(payload, cfg.selects_on)
     model.load_state_dict(state_dict)
-    windows = torch.from_numpy(batching.train_windows(split.train_offsets, split.train_items,
-                                                      cfg.model.max_len)).to(device)
+    windows = torch.from_numpy(batching.run_windows(split, cfg)).to(device)
     start = time.perf_counter()
-    state, meta = merge_round1(model, windows.split(cfg.batch_size), seed=cfg.seed)
+    batches = batching.fisher_batches(windows, cfg.batch_size, cfg.seed if cfg.shuffles_fisher else None)
+    state, meta = merge_round1(model, batches, seed=cfg.seed)
     meta.update(round1=str(args.run), seconds=round(time.perf_counter() - start, 3), seed=cfg.seed,
-                **meta_state)
+                batch_order="shuffled" if cfg.shuffles_fisher else "users", **meta_state)
     save_consensus(args.out, state, meta)
     print(f"{args.out}: merged expert of {meta['llms']} ({meta['method']}) in {meta['seconds']} s")
     print(json.dumps(meta, sort_keys=True))

@@ -5,6 +5,8 @@ items 1..n_items except the target itself (and, with history masking, except the
 history items). An item that ties with the target therefore counts as ranked above it
 (pessimistic ties: a model that scores everything equal gets rank n_items, never rank 1).
 An item whose score is NaN also counts as above the target; a NaN target score gives rank n_items.
+A target 0 is an item the model does not number (a train-only vocabulary, mltfr.data.split): it is
+never a candidate, so it ranks below every item, n_items + 1 (sampled: 1 + n_neg).
 
 Scores are computed in (user block x item block) tiles so that no more than one
 (users_block x item_block) score matrix exists at a time: the tiles stay in cache on a CPU,
@@ -77,9 +79,16 @@ def ranks_from_representations(users: torch.Tensor, items: torch.Tensor, targets
 def _check_evalset(evalset, n_items: int) -> None:
     """Bad ids would silently index the padding row or crash deep in torch: refuse them here."""
     t = np.asarray(evalset.targets)
-    if t.size and (t.min() < 1 or t.max() > n_items):
-        raise MltfrError(f"evaluation targets must be item ids in 1..{n_items}; got {t.min()}..{t.max()} "
-                         "(the split and the model disagree on the item count: re-prepare the data)")
+    if t.size and (t.min() < 0 or t.max() > n_items):
+        raise MltfrError(f"evaluation targets must be item ids in 1..{n_items} (0: not numbered); got "
+                         f"{t.min()}..{t.max()} (the split and the model disagree on the item count: "
+                         "re-prepare the data)")
+
+
+def unranked_targets(ranks: torch.Tensor, targets: np.ndarray, worst: int) -> torch.Tensor:
+    """`ranks` with every target 0 (an item outside the vocabulary) set to `worst`."""
+    missing = torch.from_numpy(np.asarray(targets) == 0).to(ranks.device)
+    return ranks.masked_fill(missing, worst)
 
 
 def user_representations(model, inputs: np.ndarray, block: int, device: torch.device) -> torch.Tensor:
@@ -127,7 +136,7 @@ def rank(model, evalset, mask_history: bool, *, user_block: int = 1024, item_blo
             pairs = _block_pairs(rows, cols, a, b, starts, device)
             out[a:b] = ranks_from_representations(users[a:b], items, targets, pairs, item_block, items_t)
     model.train(was_training)
-    return out.cpu().numpy()
+    return unranked_targets(out, evalset.targets, n_items + 1).cpu().numpy()
 
 
 def sample_negatives(evalset, n_items: int, n_neg: int, seed: int) -> np.ndarray:
@@ -169,4 +178,4 @@ def rank_sampled(model, evalset, n_neg: int = 100, seed: int = 0, *, user_block:
             scores = torch.bmm(items[c], users[a:a + user_block, :, None])[:, :, 0]  # (b, 1 + n_neg)
             out[a:a + user_block] = 1 + n_neg - (scores[:, 1:] < scores[:, :1]).sum(1)  # ties, NaN: above
     model.train(was_training)
-    return out.cpu().numpy()
+    return unranked_targets(out, evalset.targets, 1 + n_neg).cpu().numpy()

@@ -11,6 +11,8 @@ from typing import Any, Mapping
 
 from mltfr.errors import ConfigError
 
+IMPLS = ("authors", "ours")  # BackboneConfig.impl: the authors' network and training quirks, or ours
+
 
 @dataclass
 class BackboneConfig:
@@ -28,6 +30,11 @@ class BackboneConfig:
     dropout: float = 0.2  # (float) dropout on embeddings and block outputs
     attn_dropout: float = 0.2  # (float) dropout on attention weights (SASRec/BERT4Rec)
     mask_prob: float = 0.5  # (float) BERT4Rec cloze masking probability per position (authors: 0.5)
+    impl: str | None = None  # (str) "authors": each backbone's network, initialisation, positions,
+    #                          training windows, negatives, masks and prediction as the authors' code
+    #                          computes them (docs/method.md, "Each backbone as the authors ran it");
+    #                          "ours": the study's own; None = by protocol (RunConfig: faithful
+    #                          authors, corrected ours); a backbone built with None runs ours
 
     def __post_init__(self) -> None:
         for name in ("d", "max_len", "n_blocks"):
@@ -40,6 +47,14 @@ class BackboneConfig:
                 raise ConfigError(f"backbone config: {name}={getattr(self, name)} must be in [0, 1)")
         if not 0.0 < self.mask_prob < 1.0:
             raise ConfigError(f"backbone config: mask_prob={self.mask_prob} must be in (0, 1)")
+        if self.impl not in (None, *IMPLS):
+            raise ConfigError(f"backbone config: impl={self.impl!r} is not valid; use one of "
+                              f"{', '.join(IMPLS)}, or null for the protocol's")
+
+    @property
+    def authors(self) -> bool:
+        """Whether the backbone runs the authors' implementation (impl authors; None = ours)."""
+        return self.impl == "authors"
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], where: str = "backbone") -> "BackboneConfig":
@@ -64,6 +79,10 @@ class BackboneConfig:
 def _check_type(where: str, key: str, value: Any, annotation: str) -> None:
     """Reject values of the wrong type (bool is not an int here; an int is a valid float)."""
     if value is None and "None" in annotation:
+        return
+    if annotation.startswith("str"):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: key '{key}' must be a string, got {value!r}")
         return
     want_int = annotation.startswith("int")
     ok = (isinstance(value, int) and not isinstance(value, bool)) if want_int else (

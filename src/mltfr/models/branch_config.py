@@ -36,6 +36,15 @@ class BranchConfig:
     #                              round 1 adds a frozen random copy of the first group expert with it too
     consensus_group: list[int] | None = None  # indices of the LLMs merged (same D); None = largest same-D set
     trainable_tables: bool = True  # (bool) fine-tune the token tables (published) or keep them frozen
+    reinitialise: bool = False   # (bool) after construction redraw every branch weight N(0, 0.02) (biases 0)
+    #                              and every token table N(0, 0.02): the tables are random, as in the
+    #                              authors' FMLP-Rec, whose init_weights runs after the tables are registered
+    zero_padding: bool = True   # (bool) zero the branch output at padding positions (the study's choice);
+    #                              False: the authors' BERT4Rec, whose second block attends to the padding
+    #                              slots, which hold the branch output
+    shared_train_mode: bool = False  # (bool) the frozen consensus expert follows the model's train mode
+    #                                  (attention dropout on in training), as in the authors' BERT4Rec and
+    #                                  FMLP-Rec, which never call .eval() on it; False: always eval (SASRec)
     n_heads: int = 4             # (int) attention heads per expert, head size d / n_heads
     attn_dropout: float = 0.1    # (float) dropout on the expert's attention weights
     out_dropout: float = 0.1     # (float) dropout on the expert's output

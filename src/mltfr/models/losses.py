@@ -36,6 +36,14 @@ def full_ce_loss(h: Tensor, targets: Tensor, items: Tensor, chunk: int | None = 
     return FusedLinearCrossEntropy.apply(h, items[1:], targets - 1, chunk)
 
 
+def ce_over_rows(h: Tensor, targets: Tensor, table: Tensor, chunk: int | None = None) -> Tensor:
+    """Softmax cross-entropy over every row of `table` (the authors' BERT4Rec: n+2 rows, the padding
+    and [MASK] rows included), mean over rows; h (n, d), targets (n,) row ids, table (rows, d)."""
+    if chunk is None:
+        chunk = 64 if h.device.type == "cpu" else 1024
+    return FusedLinearCrossEntropy.apply(h, table, targets, chunk)
+
+
 class FusedLinearCrossEntropy(torch.autograd.Function):
     """mean_i CE(h_i @ W.T, t_i), gradients computed in the forward pass, chunk by chunk.
 

@@ -16,7 +16,7 @@ faithful/corrected protocols; every study variant is a `BranchConfig` of this on
 Filter weights, the random/causal controls and the filter's cost: mltfr.models.filter.
 
 Deviation from the authors' code, deliberate: the branch output is zeroed at padding positions
-(so padding never leaks into later blocks).
+(so padding never leaks into later blocks), except under the authors' BERT4Rec (zero_padding).
 Consequence of the method, not a choice: with user pooling and K = 1 each position attends to a
 single key, so the attention weight is 1 and the expert's query/key weights get no gradient
 (their Fisher is zero and the Fisher merge sets them to 0, which changes nothing there).
@@ -43,6 +43,7 @@ from mltfr.models.filter import (TokenFilter, add_gumbel_noise_, cosine_scores, 
                                  random_token_ids, sample_softmax_ids, straight_through_topk)
 
 SCORE_ELEMENTS = 1 << 24   # causal user vector: positions scored at once x |V| (64 MiB of fp32)
+INIT_STD = 0.02   # reinitialise: the authors' FMLP-Rec init_weights draws N(0, 0.02)
 
 
 def masked_mean(h0: Tensor, seqs: Tensor) -> Tensor:
@@ -59,7 +60,8 @@ def prefix_means(h0: Tensor, seqs: Tensor) -> Tensor:
 
 
 class MltfrBranch(nn.Module):
-    """The LLM branch: (h0 (B, L, d), seqs (B, L)) -> (B, L, d), zero at padding positions."""
+    """The LLM branch: (h0 (B, L, d), seqs (B, L)) -> (B, L, d), zero at padding positions
+    (unless cfg.zero_padding is False, as in the authors' BERT4Rec)."""
 
     def __init__(self, cfg: BranchConfig, tables: list[Tensor]):
         super().__init__()
@@ -77,11 +79,15 @@ class MltfrBranch(nn.Module):
         self.group: list[int] = []
         self.record_interp = False    # on only inside recording(): a count per batch costs a device sync
         self.diagnostics = None   # training diagnostics (mltfr.models.diagnostics), set by the trainer
+        self.table_seed: int | None = None   # reinitialise: the seed the random tables were drawn from
         self.reset_interp()
 
-    def _expert(self, dim: int) -> CrossAttentionExpert:
+    def _expert(self, dim: int, shared: bool = False) -> CrossAttentionExpert:
+        """An expert; the consensus expert in train mode (shared_train_mode) has no output dropout:
+        the authors' MoE applies its dropouts to the experts' outputs, not to the shared one's."""
         c = self.cfg
-        return CrossAttentionExpert(c.d, dim, c.n_heads, c.attn_dropout, c.out_dropout)
+        out_dropout = 0.0 if shared and c.shared_train_mode else c.out_dropout
+        return CrossAttentionExpert(c.d, dim, c.n_heads, c.attn_dropout, out_dropout)
 
     def _register_table(self, m: int, table: Tensor) -> int:
         """Trainable: a Parameter (a copy, so the caller's tensor is never trained in place).
@@ -98,6 +104,24 @@ class MltfrBranch(nn.Module):
 
     def table(self, m: int) -> Tensor:
         return getattr(self, f"table{m}")
+
+    def reinitialise_(self) -> None:
+        """The authors' FMLP-Rec init_weights over the branch: every Linear weight N(0, 0.02), its bias
+        0, and every token table N(0, 0.02), drawn from a seed taken from torch's RNG (kept in
+        `table_seed`, so `initial_table` can redraw the start for the drift diagnostic)."""
+        init_linears_(self)
+        self.table_seed = int(torch.randint(0, 2**62, (1,)))
+        with torch.no_grad():
+            for m in range(len(self.dims)):
+                self.table(m).copy_(self.initial_table(m))
+        for selector in self.selectors:
+            if isinstance(selector, TokenFilter):
+                selector.cache.clear()
+
+    def initial_table(self, m: int) -> Tensor:
+        """Table m (|V|, D), on the CPU, as reinitialise_ drew it (call it after reinitialise_)."""
+        gen = torch.Generator().manual_seed(self.table_seed + m)
+        return torch.empty(self.table(m).shape).normal_(0.0, INIT_STD, generator=gen)
 
     def token_sets(self, h0: Tensor, seqs: Tensor) -> tuple[list[Tensor], list[Tensor | None]]:
         """Per LLM the tokens each query attends to and the chosen ids: window (B or 1, T, D_m);
@@ -169,21 +193,22 @@ class MltfrBranch(nn.Module):
             self._record(gates, ids, seqs)
         if self.training and self.diagnostics is not None:
             self.diagnostics.record_router(gates, seqs)
-        return o * (seqs > 0).unsqueeze(-1).to(o.dtype)
+        return o * (seqs > 0).unsqueeze(-1).to(o.dtype) if self.cfg.zero_padding else o
 
     def train(self, mode: bool = True) -> "MltfrBranch":
-        """nn.Module.train, except that the frozen consensus expert stays in eval mode (no dropout):
-        the authors call .eval() on it in every forward."""
+        """nn.Module.train, except that the frozen consensus expert stays in eval mode (no dropout),
+        as the authors' SASRec calls .eval() on it in every forward; with shared_train_mode it
+        follows `mode`, as in their BERT4Rec and FMLP-Rec."""
         super().train(mode)
         if self.shared is not None:
-            self.shared.eval()
+            self.shared.train(mode and self.cfg.shared_train_mode)
         return self
 
     def set_shared(self, state: dict[str, Tensor], group: list[int]) -> None:
         """Add the consensus expert of `group` with weights `state`, frozen (requires_grad False,
         eval mode): round 1 a random copy of the first group expert, round 2 the merged expert."""
         group = check_consensus_group(group, self.names, self.dims)
-        shared = self._expert(self.dims[group[0]])
+        shared = self._expert(self.dims[group[0]], shared=True)
         try:
             shared.load_state_dict(state)
         except RuntimeError as err:
@@ -191,6 +216,7 @@ class MltfrBranch(nn.Module):
                               f"{[self.names[m] for m in group]} (D={self.dims[group[0]]}): {err}; "
                               "rerun the Fisher step with the same LLMs and d") from None
         self.shared = shared.to(self.table(0).device).requires_grad_(False).eval()
+        self.shared.train(self.training and self.cfg.shared_train_mode)
         self.group = group
 
     @contextlib.contextmanager
@@ -238,20 +264,36 @@ def build_branch(cfg: BranchConfig, tables: list[Tensor],
     A consensus variant (consensus != "none") always carries a frozen consensus expert, added with
     lambda_s. Round 1 (shared_state None): as in the authors' code, a copy of the first group
     expert taken at its random init. Round 2: the merged expert (see mltfr.models.fisher).
+    cfg.reinitialise (the authors' FMLP-Rec): every weight and table redrawn after construction,
+    round 1's consensus copy too (independently: their init_weights runs after the copy).
     """
     if cfg.names and len(cfg.names) != len(tables):
         raise ConfigError(f"{len(tables)} token tables given for {len(cfg.names)} LLMs {cfg.names}")
     branch = MltfrBranch(cfg, tables)
+    if cfg.reinitialise:
+        branch.reinitialise_()
     if cfg.consensus == "none":
         if shared_state is not None:
             raise ConfigError("a merged consensus expert was given but consensus is 'none' for this "
                               "variant; drop the merged-expert file or use a variant with consensus")
         return branch
     group = resolve_consensus_group(cfg, branch.dims)
-    if shared_state is None:   # round 1: the random init of the first group expert, copied
+    round1 = shared_state is None
+    if round1:   # the random init of the first group expert, copied
         shared_state = branch.experts[group[0]].state_dict()
     branch.set_shared(shared_state, group)
+    if round1 and cfg.reinitialise:
+        init_linears_(branch.shared)
     return branch
+
+
+def init_linears_(module: nn.Module, std: float = INIT_STD) -> None:
+    """Every nn.Linear of `module`: weight N(0, std), bias 0 (the authors' FMLP-Rec init_weights)."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.normal_(layer.weight, 0.0, std)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
 
 
 def attach(model: nn.Module, branch: MltfrBranch | None) -> nn.Module:

@@ -1,4 +1,7 @@
-"""Negative sampling for the BCE losses (SASRec, FMLP-Rec): one negative per position."""
+"""Negative sampling for the BCE losses (SASRec, FMLP-Rec): one negative per position.
+
+`sample_negatives` is the study's; `distinct_negatives` draws them as the MLTFR authors' sampler
+does (impl authors)."""
 from __future__ import annotations
 
 import torch
@@ -35,3 +38,18 @@ def _sorted_distinct_items(window: Tensor, n_items: int) -> Tensor:
     repeat[:, 1:] = s[:, 1:] == s[:, :-1]
     s = s.masked_fill(repeat | (s == PAD), sentinel)
     return s.sort(dim=1).values
+
+
+def distinct_negatives(inputs: Tensor, n_items: int, gen: torch.Generator) -> Tensor:
+    """(B, L) negatives as the MLTFR authors' sampler draws them: per row, distinct items drawn
+    uniformly without replacement from the items that are not among the row's inputs (B, L); the
+    targets are not excluded, so the row's last target (not an input) may be drawn.
+
+    Their rejection loop (redraw the row until it misses every input) gives the same law: a
+    uniform sample without replacement from the free items, here the L smallest of one uniform
+    key per item. If a row has fewer than L free items, excluded items fill the rest."""
+    batch, length = inputs.shape
+    keys = torch.rand(batch, n_items + 1, device=inputs.device, generator=gen)  # (B, n+1)
+    keys.scatter_(1, inputs, 2.0)   # the row's inputs and padding (id 0) never come first
+    keys[:, PAD] = 2.0
+    return keys.topk(length, dim=1, largest=False).indices  # (B, L), ascending keys: a random order

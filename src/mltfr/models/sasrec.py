@@ -10,9 +10,10 @@ import torch
 from torch import Tensor, nn
 
 from mltfr.models.base import PAD, BackboneConfig, SequentialRecommender
-from mltfr.models.layers import SequenceEmbedding, TransformerBlock, init_weights, transformer_forward
+from mltfr.models.layers import (SequenceEmbedding, TransformerBlock, init_authors_attention, init_weights,
+                                 transformer_forward)
 from mltfr.models.losses import bce_loss, full_ce_loss
-from mltfr.models.sampling import sample_negatives
+from mltfr.models.sampling import distinct_negatives, sample_negatives
 
 
 class SASRec(SequentialRecommender):
@@ -24,6 +25,12 @@ class SASRec(SequentialRecommender):
     and positions are counted from the right, so outputs at real positions do not depend on
     the amount of left padding; negatives avoid the L+1 items of the training window rather
     than the user's whole history.
+
+    impl "authors" (the MLTFR authors' SASRec_module, docs/method.md): positions numbered from
+    the oldest item (their right-padded rows count 1..n; causal attention never reaches their
+    padding, so masking our left padding computes the same), feed-forward Linear-ReLU-Linear-
+    Dropout, Xavier-uniform item and position tables and PyTorch's defaults elsewhere, and per
+    row distinct negatives that avoid the input items only (their sampler).
     """
     ignores_left_padding = True  # outputs at real positions ignore left padding (evaluator trims it)
     shape_defaults = {"n_blocks": 2, "n_heads": 8}  # the MLTFR authors' SASRec.conf
@@ -34,11 +41,15 @@ class SASRec(SequentialRecommender):
         if loss_type not in ("bce", "ce"):
             raise ValueError(f"loss_type must be 'bce' or 'ce', got {loss_type!r}")
         self.loss_type = loss_type
-        self.embed = SequenceEmbedding(n_items + 1, cfg.d, cfg.max_len, cfg.dropout)
+        self.embed = SequenceEmbedding(n_items + 1, cfg.d, cfg.max_len, cfg.dropout, left_positions=cfg.authors)
         self.blocks = nn.ModuleList(
-            TransformerBlock(cfg.d, cfg.n_heads, cfg.dropout, cfg.attn_dropout) for _ in range(cfg.n_blocks))
+            TransformerBlock(cfg.d, cfg.n_heads, cfg.dropout, cfg.attn_dropout, ffn_inner_dropout=not cfg.authors)
+            for _ in range(cfg.n_blocks))
         self.final_norm = nn.LayerNorm(cfg.d, eps=1e-8)
-        init_weights(self)
+        if cfg.authors:
+            init_authors_attention(self, (n_items + 1, cfg.max_len + 1))
+        else:
+            init_weights(self)
 
     def forward(self, seqs: Tensor) -> Tensor:  # (B, L) -> (B, L, d)
         return transformer_forward(self, seqs, causal=True)
@@ -49,6 +60,8 @@ class SASRec(SequentialRecommender):
         h = self.forward(inputs)  # (B, L, d)
         items = self.item_representation()
         if self.loss_type == "bce":
-            return bce_loss(h, targets, sample_negatives(seqs, self.n_items, gen), items)
+            negatives = (distinct_negatives(inputs, self.n_items, gen) if self.cfg.authors
+                         else sample_negatives(seqs, self.n_items, gen))
+            return bce_loss(h, targets, negatives, items)
         real = targets != PAD
         return full_ce_loss(h[real], targets[real], items)

@@ -28,11 +28,21 @@ BACKBONE_DEFAULTS = {
 }
 
 
-def backbone_defaults(backbone: str) -> dict:
-    """The branch settings (lambda_s, K, router_softmax_twice) the authors use with `backbone`."""
+# What the authors' BERT4Rec and FMLP-Rec modules do to the branch that their SASRec does not;
+# applied with the backbone's impl "authors" only (the corrected protocol keeps neither).
+AUTHORS_IMPL_DEFAULTS = {
+    "bert4rec": {"shared_train_mode": True, "zero_padding": False},
+    "fmlprec": {"shared_train_mode": True, "reinitialise": True},
+}
+
+
+def backbone_defaults(backbone: str, impl: str = "ours") -> dict:
+    """The branch settings (lambda_s, K, router_softmax_twice) the authors use with `backbone`,
+    plus, under impl "authors", their module's quirks (AUTHORS_IMPL_DEFAULTS)."""
     if backbone not in BACKBONE_DEFAULTS:
         raise ConfigError(f"backbone {backbone!r} is unknown; use one of {', '.join(BACKBONE_DEFAULTS)}")
-    return dict(BACKBONE_DEFAULTS[backbone])
+    quirks = AUTHORS_IMPL_DEFAULTS.get(backbone, {}) if impl == "authors" else {}
+    return {**BACKBONE_DEFAULTS[backbone], **quirks}
 
 
 def variant_names(llm_names: list[str]) -> list[str]:
@@ -76,14 +86,16 @@ def needs_round2(variant: str) -> bool:
     return parsed is not None and parsed.variant.block != "sensitivity" and parsed.variant.rounds == 2
 
 
-def base_config(protocol: str, backbone: str, d: int, overrides: Mapping | None = None) -> BranchConfig:
-    """Protocol settings + the backbone's lambda_s, K and router + config overrides (e.g. K, tau, lambda_s)."""
+def base_config(protocol: str, backbone: str, d: int, overrides: Mapping | None = None,
+                impl: str = "ours") -> BranchConfig:
+    """Protocol settings + the backbone's lambda_s, K and router (and its impl's quirks) + config
+    overrides (e.g. K, tau, lambda_s)."""
     overrides = {("K" if key == "k" else key): v for key, v in (overrides or {}).items()}  # `branch.k=10`
     valid = {f.name for f in fields(BranchConfig)} - {"d", "names"}
     unknown = sorted(set(overrides) - valid)
     if unknown:
         raise ConfigError(f"unknown branch setting(s) {unknown}; valid: {', '.join(sorted(valid))}")
-    return BranchConfig.for_protocol(protocol, d=d, **{**backbone_defaults(backbone), **overrides})
+    return BranchConfig.for_protocol(protocol, d=d, **{**backbone_defaults(backbone, impl), **overrides})
 
 
 def make_branch(variant: str, llm_names: list[str], tables: Mapping[str, Tensor], base: BranchConfig,

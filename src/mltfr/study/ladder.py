@@ -18,7 +18,8 @@ clean protocol. A variant without an LLM branch (base) is untouched by the branc
 (BRANCH_FACTORS): its corrected runs stand in for those settings.
 
 With the default order the rung before user_vector (rung-holdout_valid) has exactly the corrected
-protocol's settings; user_vector (the causal user vector) is a flaw both protocols share.
+protocol's settings; user_vector (the causal user vector) is a flaw both protocols share. Every
+setting whose default differs between the protocols is a factor (tests/test_ladder.py checks it).
 The workflow (a rung is the `protocol` wildcard's value), `mltfr train --protocol <rung>` and the
 analysis (`rung` in result.json) all read this module. Torch-free.
 """
@@ -35,6 +36,10 @@ FACTORS = {
     "eval_noise": ("branch.eval_noise", False),   # Gumbel noise at evaluation on -> off
     "pooling": ("branch.pooling", "user"),        # tokens pooled over the batch -> per user
     "mask_history": ("mask_history", True),       # history items ranked -> masked
+    "vocabulary": ("train_vocab", False),         # only the training split's items -> every item
+    "impl": ("model.impl", "ours"),               # the authors' backbone implementation -> ours
+    "first_round": ("round1_budget", "full"),     # round 1 the authors' length -> the run's budget
+    "fisher_order": ("fisher_shuffle", False),    # Fisher batches shuffled -> in user order
     "holdout_valid": ("holdout_valid", True),     # validation item kept in training -> held out
     "user_vector": ("branch.user_vector", "causal"),  # whole-window mean -> prefix mean (both flawed)
 }
@@ -49,9 +54,10 @@ JOIN = "+"
 # factor -> its value under the faithful protocol (the authors' code); the user vector has none:
 # both protocols use the whole-window mean (its value in FACTORS is a repair neither makes)
 FAITHFUL_VALUES = {"selection": "test", "eval_noise": True, "pooling": "batch", "mask_history": False,
+                   "vocabulary": True, "impl": "authors", "first_round": "authors", "fisher_order": True,
                    "holdout_valid": False}
 # Factors that act only inside the LLM branch: a variant without one trains and ranks the same
-BRANCH_FACTORS = ("eval_noise", "pooling", "user_vector")
+BRANCH_FACTORS = ("eval_noise", "pooling", "user_vector", "first_round", "fisher_order")  # the last two: rounds
 
 
 @dataclass(frozen=True)

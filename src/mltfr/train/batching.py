@@ -12,13 +12,16 @@ import numpy as np
 import torch
 
 
-def train_windows(offsets: np.ndarray, items: np.ndarray, max_len: int) -> np.ndarray:
+def train_windows(offsets: np.ndarray, items: np.ndarray, max_len: int,
+                  keep: int | None = None) -> np.ndarray:
     """(n_users_with_>=2_items, max_len+1) int64 windows from CSR sequences; 0 = padding.
 
-    Vectorised: no Python loop over users."""
+    keep: the most recent items a window holds (default max_len+1; the authors' sampler keeps
+    max_len, RunConfig.window_items). Vectorised: no Python loop over users."""
+    keep = max_len + 1 if keep is None else keep
     lengths = np.diff(offsets)
     users = np.flatnonzero(lengths >= 2)
-    take = np.minimum(lengths[users], max_len + 1)                   # items kept per user
+    take = np.minimum(lengths[users], keep)                          # items kept per user
     row = np.repeat(np.arange(len(users)), take)                     # (T,) window row of each kept item
     within = np.arange(take.sum()) - np.repeat(np.cumsum(take) - take, take)  # 0..take-1 per row
     src = np.repeat(offsets[users + 1] - take, take) + within        # index into `items`
@@ -45,3 +48,17 @@ def batches(windows: torch.Tensor, order: torch.Tensor, batch_size: int,
 
 def n_steps(n: int, batch_size: int) -> int:
     return -(-n // batch_size)
+
+
+def run_windows(split, cfg) -> np.ndarray:
+    """The training windows of a run (`cfg`: a RunConfig) on `split`: its window length."""
+    return train_windows(split.train_offsets, split.train_items, cfg.model.max_len, cfg.window_items)
+
+
+def fisher_batches(windows: torch.Tensor, batch_size: int, shuffle_seed: int | None) -> tuple:
+    """The Fisher pass's (B, L+1) batches: in user order, or (`shuffle_seed` given) in a
+    permutation drawn from a CPU generator seeded with it, as the authors' sampler shuffles."""
+    if shuffle_seed is not None:
+        order = epoch_order(len(windows), torch.Generator().manual_seed(shuffle_seed))
+        windows = windows[order.to(windows.device)]
+    return windows.split(batch_size)

@@ -23,7 +23,7 @@ def attach_branch(model, cfg, llm_tables: dict[str, Path]) -> None:
         if cfg.consensus_file:
             raise ConfigError("variant 'base' has no consensus expert; drop --consensus")
         return
-    base = base_config(cfg.protocol, cfg.backbone, model.d, cfg.branch)
+    base = base_config(cfg.protocol, cfg.backbone, model.d, cfg.branch, impl=cfg.backbone_impl)
     _, names = variant_config(cfg.variant, list(llm_tables), base)
     shared = load_shared(cfg, names) if cfg.consensus_file else None
     if shared is not None and not needs_round2(cfg.variant):

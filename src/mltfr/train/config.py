@@ -20,10 +20,15 @@ from mltfr.errors import ConfigError
 from mltfr.evaluate.metrics import MAJORITY_KEYS, metric_names
 from mltfr.models import UNTRAINED_BACKBONES
 from mltfr.models.backbone_config import BackboneConfig
+from mltfr.study.variants import parse as parse_variant
 
 PROTOCOLS = ("faithful", "corrected")  # method.md: the authors' protocol and the clean one
 FAITHFUL_EPOCHS = 100   # the authors' confs: num.max.epoch=100, no early stopping
 CORRECTED_EPOCHS = 200  # an upper bound; early stopping on validation ends runs long before
+# Round 1's length in the authors' code: the file each round 2 loads was saved by round 1 under
+# its epoch count (method.md, "Round 1"); backbones not in their code take SASRec's.
+AUTHORS_ROUND1_EPOCHS = {"sasrec": 20, "fmlprec": 20, "bert4rec": 100}
+ROUND1_BUDGETS = ("authors", "full")    # round1_budget: the authors' round-1 length, or the run's budget
 DEVICES = ("auto", "cpu", "cuda")       # auto = CUDA when available
 SELECTION_SETS = ("test", "valid")      # select_on: the authors' best-on-test, or early stopping on valid
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # 5e-4: a float YAML 1.1 misses
@@ -52,6 +57,18 @@ class RunConfig:
     #                               with patience; None = by protocol: faithful test, corrected valid
     holdout_valid: bool | None = None  # (bool) hold the validation (second-to-last) item out of
     #                                    training; None = by protocol: faithful False, corrected True
+    train_vocab: bool | None = None  # (bool) number only the items of the training split, as the
+    #                                  authors' loader (Pantry: 4,794 of 4,884; a target outside it is
+    #                                  never hit, an item outside it never ranked); None = by protocol:
+    #                                  faithful True, corrected False (every item of the dataset)
+    round1_budget: str | None = None  # (str) round 1 of a consensus variant trains "authors": their
+    #                                   round-1 length (AUTHORS_ROUND1_EPOCHS, at most the run's budget)
+    #                                   or "full": the run's budget; None = by protocol: faithful
+    #                                   authors, corrected full
+    fisher_shuffle: bool | None = None  # (bool) the Fisher pass visits the training batches in a
+    #                                     shuffled order drawn from the run's seed (the authors' sampler
+    #                                     shuffles) rather than in user order; None = by protocol:
+    #                                     faithful True, corrected False
     trace_test: bool = False  # (bool) also evaluate test at every evaluation (test_* in epochs.csv),
     #                           never used for selection: measures the optimism of best-on-test
     eval_batch_size: int = 1024  # (int) users per evaluation block
@@ -75,6 +92,9 @@ class RunConfig:
         _require(self.select_on in (None, *SELECTION_SETS), "select_on", self.select_on,
                  f"one of {', '.join(SELECTION_SETS)}, or null for the protocol's (faithful test, "
                  "corrected valid)")
+        _require(self.round1_budget in (None, *ROUND1_BUDGETS), "round1_budget", self.round1_budget,
+                 f"one of {', '.join(ROUND1_BUDGETS)}, or null for the protocol's (faithful authors, "
+                 "corrected full)")
         _require(self.metric_for_selection in metric_names(), "metric_for_selection",
                  self.metric_for_selection, f"one of {', '.join(metric_names())}")
         for key in ("batch_size", "epochs", "patience", "eval_every", "eval_batch_size",
@@ -118,13 +138,60 @@ class RunConfig:
         return self.protocol == "corrected" if self.holdout_valid is None else self.holdout_valid
 
     @property
+    def backbone_impl(self) -> str:
+        """The backbone implementation (`model.impl`, the protocol's when unset): authors | ours."""
+        if self.model.impl is not None:
+            return self.model.impl
+        return "authors" if self.protocol == "faithful" else "ours"
+
+    @property
+    def resolved_model(self) -> BackboneConfig:
+        """The backbone settings the model is built with: `model`, its impl resolved by protocol."""
+        return dataclasses.replace(self.model, impl=self.backbone_impl)
+
+    @property
+    def uses_train_vocab(self) -> bool:
+        """Whether only the training split's items are numbered (the protocol's default when unset)."""
+        return self.protocol == "faithful" if self.train_vocab is None else self.train_vocab
+
+    @property
+    def shuffles_fisher(self) -> bool:
+        """Whether the Fisher pass visits the batches shuffled (the protocol's default when unset)."""
+        return self.protocol == "faithful" if self.fisher_shuffle is None else self.fisher_shuffle
+
+    @property
+    def round1_length(self) -> str:
+        """Round 1's budget rule (`round1_budget`, the protocol's when unset): authors | full."""
+        if self.round1_budget is not None:
+            return self.round1_budget
+        return "authors" if self.protocol == "faithful" else "full"
+
+    @property
+    def is_round1(self) -> bool:
+        """True for round 1 of a consensus variant: it needs a second round and has no merged expert."""
+        parsed = parse_variant(self.variant)
+        return self.consensus_file is None and parsed is not None and (
+            parsed.variant.block != "sensitivity" and parsed.variant.rounds == 2)
+
+    @property
+    def window_items(self) -> int:
+        """Items in a training window: L + 1 (L predictions), or the authors' sampler's L (the
+        most recent L training items, L - 1 predictions) under the authors' implementation."""
+        return self.model.max_len if self.backbone_impl == "authors" else self.model.max_len + 1
+
+    @property
     def max_epochs(self) -> int:
         """The epoch budget: `epochs`, or the selection rule's default when unset: the authors'
         fixed 100 when selecting on test, at most 200 with early stopping on validation (so the
-        ladder's selection factor switches the rule and its budget together)."""
+        ladder's selection factor switches the rule and its budget together). Round 1 of a
+        consensus variant under round1_budget authors: their round-1 length, at most that."""
         if self.epochs is not None:
-            return self.epochs
-        return FAITHFUL_EPOCHS if self.selects_on == "test" else CORRECTED_EPOCHS
+            budget = self.epochs
+        else:
+            budget = FAITHFUL_EPOCHS if self.selects_on == "test" else CORRECTED_EPOCHS
+        if self.is_round1 and self.round1_length == "authors":
+            return min(budget, AUTHORS_ROUND1_EPOCHS.get(self.backbone, AUTHORS_ROUND1_EPOCHS["sasrec"]))
+        return budget
 
     @property
     def selection(self) -> str:

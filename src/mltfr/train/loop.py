@@ -58,7 +58,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         keep_freed_memory()  # no page faults for per-step gradient buffers (CPU)
         self.optimizer = make_optimizer(model, cfg) if cfg.trains else None  # pop: nothing to optimise
-        windows = batching.train_windows(split.train_offsets, split.train_items, cfg.model.max_len)
+        windows = batching.run_windows(split, cfg)
         if len(windows) == 0:
             raise MltfrError("no user has 2 or more training items: nothing to train on "
                              "(check the dataset's k-core filtering)")

@@ -38,6 +38,8 @@ def build_result(trainer, ranks: dict[str, np.ndarray], test_seconds: float, dat
         "best_selection_score": {f"{cfg.selects_on}_{key}": value for key, value in s.best_scores.items()},
         "epochs_run": s.epoch,
         "epoch_budget": cfg.max_epochs,   # train.epochs, or the protocol's default when unset
+        "n_items": trainer.split.n_items,
+        "round1_budget": cfg.round1_length, "fisher_shuffle": cfg.shuffles_fisher,   # resolved by protocol
         "early_stopped": cfg.trains and cfg.selects_on == "valid" and s.epoch < cfg.max_epochs,
         "backbone": cfg.backbone, "variant": cfg.variant, "protocol": cfg.protocol, "seed": cfg.seed,
         "config": cfg.to_dict(),
@@ -73,7 +75,7 @@ def evaluation_fields(cfg: RunConfig, ranks: dict[str, np.ndarray]) -> dict:
             "eval_protocol": label,
             "mask_history": cfg.masks_history if not cfg.sampled_negatives else None,
             "select_on": cfg.selects_on, "holdout_valid": cfg.holds_out_valid,   # resolved by protocol
-            "selection": cfg.selection}
+            "train_vocab": cfg.uses_train_vocab, "selection": cfg.selection}
 
 
 def validated(doc: dict, definition: str | None = None) -> dict:
@@ -114,12 +116,15 @@ def interpretability(trainer, llm_tables: dict) -> dict:
 
 def branch_diagnostics(trainer, llm_tables: dict) -> dict:
     """The filter diagnostics of the last training epoch (mltfr.models.diagnostics), with each
-    table's drift: the reported (best) state's table against the cached table it started from."""
+    table's drift: the reported (best) state's table against the table it started from (the
+    cached LLM table, or the random one a reinitialised branch drew)."""
     from mltfr.llm import load_table
     from mltfr.models.diagnostics import table_drift
 
     branch = trainer.model.branch
-    drift = {name: table_drift(branch.table(m), load_table(llm_tables[name])[0])
+    start = (branch.initial_table if branch.table_seed is not None
+             else lambda m: load_table(llm_tables[branch.names[m]])[0])
+    drift = {name: table_drift(branch.table(m), start(m))
              for m, name in enumerate(branch.names) if name in llm_tables}
     return trainer.diagnostics.summary(drift)
 

@@ -36,9 +36,11 @@ def resolve_device(name: str) -> torch.device:
 
 def split_for_run(prepared, cfg: RunConfig):
     """The leave-one-out split `cfg` trains and evaluates on: the validation item held out of
-    training by `holds_out_valid`; a validation set whenever it is held out or selected on."""
+    training by `holds_out_valid`; a validation set whenever it is held out or selected on; only
+    the training split's items numbered by `uses_train_vocab`."""
     return make_split(prepared, cfg.protocol, cfg.model.max_len, holdout_valid=cfg.holds_out_valid,
-                      with_valid=cfg.holds_out_valid or cfg.selects_on == "valid")
+                      with_valid=cfg.holds_out_valid or cfg.selects_on == "valid",
+                      train_vocab=cfg.uses_train_vocab)
 
 
 def build_trainer(split, cfg: RunConfig, run_dir: Path, llm_tables: dict | None = None) -> Trainer:
@@ -53,7 +55,7 @@ def build_trainer(split, cfg: RunConfig, run_dir: Path, llm_tables: dict | None 
 
 def build_model(cfg: RunConfig, n_items: int, device: torch.device, llm_tables: dict | None = None):
     """The backbone of `cfg` with its variant's branch, on `device` (seed the RNG first)."""
-    model = build_backbone(cfg.backbone, n_items, cfg.model)
+    model = build_backbone(cfg.backbone, n_items, cfg.resolved_model)   # model.impl resolved
     attach_branch(model, cfg, llm_tables or {})
     return model.to(device)
 
