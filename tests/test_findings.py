@@ -403,3 +403,14 @@ def test_a_ladder_of_base_alone_says_it_cannot_name_the_gains_factor(tmp_path):
     assert "moves base's test NDCG@10 on alpha/sasrec by +0.0000 from faithful" not in ladder
     assert "moves base's test NDCG@10 on alpha/sasrec by +0.0000 from rung-selection" in ladder
     assert "The ladder shows no single factor" not in text
+
+
+def test_faithful_runs_from_before_the_authors_backbones_are_flagged():
+    from mltfr.analysis.findings import stale_faithful_note
+
+    runs = pd.DataFrame({"protocol": ["faithful", "faithful", "corrected", "faithful"],
+                         "backbone": ["sasrec", "sasrec-ce", "sasrec", "bert4rec"],
+                         "impl": [None, None, None, "authors"]})
+    note = stale_faithful_note(runs)
+    assert note.startswith("2 faithful runs (sasrec, sasrec-ce) predate the authors' backbones")
+    assert stale_faithful_note(runs.iloc[2:]) is None and stale_faithful_note(runs.drop(columns="impl")) is None

@@ -182,6 +182,7 @@ def run_row(path: Path, result: dict) -> dict:
     row.update(_ladder_fields(result))
     row.update({key: _setting(result, key) for key in TUNABLE})   # the settings a search may choose
     row["llms"] = "+".join((result.get("inputs") or {}).get("llm") or {}) or None   # the tables it read
+    row["impl"] = (result.get("model") or {}).get("impl")   # authors | ours; None: run before it was recorded
     row["run_dir"] = path.parent.as_posix()
     return row
 
