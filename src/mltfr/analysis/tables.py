@@ -19,7 +19,7 @@ import pandas as pd
 from mltfr.analysis.collect import diagnostics_frame, protocol_runs, sensitivity_runs
 from mltfr.analysis.demonstration import demonstration_label
 from mltfr.analysis.outputs import DIAGNOSTIC_KEYS
-from mltfr.analysis.variants import ABLATIONS, BASE, FULL
+from mltfr.analysis.variants import ABLATIONS, BASE, FULL, positive_control_note
 from mltfr.io import atomic_path, atomic_write_text
 
 CELL = ["dataset", "backbone", "protocol"]    # runs that share test users and can be compared
@@ -117,10 +117,11 @@ def random_tables_note(runs: pd.DataFrame) -> str:
 
 def with_run_settings(caption: str, runs: pd.DataFrame) -> str:
     """`caption` followed by the epoch budget and selection rule of `runs` (and which cells ran on
-    random tables), after the demonstration label when `runs` are a demonstration
-    (mltfr.analysis.demonstration)."""
-    note = " ".join(n for n in (budget_and_selection(runs), random_tables_note(runs)) if n)
-    text = f"{caption} {note}" if note else caption
+    random tables) and the positive-control label when it shows one, after the demonstration label
+    when `runs` are a demonstration (mltfr.analysis.demonstration)."""
+    positive = positive_control_note(runs["variant"]) if "variant" in runs else None
+    notes = [budget_and_selection(runs), random_tables_note(runs), positive]
+    text = " ".join([caption, *filter(None, notes)])
     label = demonstration_label(runs)
     return f"{label} {text}" if label else text
 
