@@ -216,9 +216,11 @@ def test_positive_controls_are_labelled_where_they_are_shown(runs):
     from mltfr.analysis.variants import display_name
 
     planted = runs.replace({"variant": {"filter-x": "mltfr-planted-sharp"}})
+    caption = diagnostics_table(planted).caption
     assert ("mltfr-planted-sharp: positive control (leaky by construction): the planted table holds every "
-            "user's held-out items" in diagnostics_table(planted).caption)
-    assert "leaky" not in diagnostics_table(runs).caption
+            "user's held-out items" in caption)
+    assert "mltfr-planted-sharp: scores = 50 x cosine." in caption    # the law its diagnostics measure
+    assert "leaky" not in diagnostics_table(runs).caption and "x cosine" not in diagnostics_table(runs).caption
     assert display_name("mltfr-planted") == "mltfr-planted [positive control (leaky by construction)]"
     assert display_name("mltfr-learnfilter") == "mltfr-learnfilter"
 

@@ -19,7 +19,7 @@ import pandas as pd
 from mltfr.analysis.collect import diagnostics_frame, protocol_runs, sensitivity_runs
 from mltfr.analysis.demonstration import demonstration_label
 from mltfr.analysis.outputs import DIAGNOSTIC_KEYS
-from mltfr.analysis.variants import ABLATIONS, BASE, FULL, positive_control_note
+from mltfr.analysis.variants import ABLATIONS, BASE, FULL, positive_control_note, scaled_filters
 from mltfr.io import atomic_path, atomic_write_text
 
 CELL = ["dataset", "backbone", "protocol"]    # runs that share test users and can be compared
@@ -342,6 +342,9 @@ def diagnostics_table(runs: pd.DataFrame) -> Table:
                "(share = of |V|); argmax agreement = share of training picks in the noiseless top-K; "
                "distinct tokens picked; projection gradient norm; table drift = rms change / std; "
                "router entropy (nats). Blank: no filtering (prototypes).")
+    scaled = scaled_filters(long["variant"])
+    if scaled:   # the sharp filter draws from softmax(c cos): its diagnostics measure that law
+        caption += " " + "; ".join(f"{v}: scores = {c:g} x cosine" for v, c in scaled.items()) + "."
     caption = with_run_settings(caption, runs[runs["variant"].isin(long["variant"])])
     return Table("diagnostics", tidy, display, None, caption)
 

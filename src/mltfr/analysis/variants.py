@@ -15,7 +15,7 @@ from mltfr.study.variants import ABLATIONS as _ABLATIONS
 ABLATIONS = (*_ABLATIONS, *CONTROLS)   # the ablation table compares the full method with both
 
 __all__ = ["ABLATIONS", "BASE", "FULL", "SINGLE_MODES", "VariantInfo", "display_name", "parse_variant",
-           "positive_control_note"]
+           "positive_control_note", "scaled_filters"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,13 @@ def positive_control_note(variants) -> str | None:
         return None
     return (f"{', '.join(shown)}: {POSITIVE_LABEL}: the planted table holds every user's held-out items; "
             "they check that the branch and the tests can show a gain, and are never a finding.")
+
+
+def scaled_filters(variants) -> dict[str, float]:
+    """Variant -> the logit scale c of its filter's scores, for the variants among `variants` whose
+    c is not 1 (the sharp filter's)."""
+    scales = {v: parse(v).variant.settings.get("score_scale", 1.0) for v in sorted(set(variants)) if parse(v)}
+    return {v: c for v, c in scales.items() if c != 1.0}
 
 
 def display_name(variant: str) -> str:
