@@ -10,7 +10,7 @@ the LLM branch can carry a table's content into the ranking, and that the tests 
 Why it leaks: with window 1, the row of a user's last input item lists the user's own test item
 among that item's followers (the validation item for the validation target); the backbone never
 sees either. Ranking the items outside the history by z_i . row gives Pantry a test NDCG@10 of 0.10
-against 0.008 with the held-out transitions left out of C (docs/method.md, "The positive control").
+against 0.006 for the table built from the training part only (docs/method.md, "The positive control").
 The codes are low-rank so that one learned linear map can read any row (a one-hot column per item
 left every item's value vector to be learned from its own few transitions: no gain, measured).
 """
