@@ -36,10 +36,11 @@ def only(*blocks):
 
 def test_test_config_runs_by_block():
     grid = study()
-    assert len(grid.runs) == 37                                  # tests/test_workflow_e2e.py's 37 runs
+    assert len(grid.runs) == 38                                  # tests/test_workflow_e2e.py's 38 runs
     baselines = [r for r in grid.runs if r.variant == "base" and r.protocol in ("faithful", "corrected")]
     assert sorted({r.backbone for r in baselines}) == ["pop", "sasrec", "sasrec-ce"]
-    assert grid.all_llms() == ["minilm", "paraphrase-minilm", "random-minilm", "random-paraphrase-minilm"]
+    assert grid.all_llms() == ["minilm", "paraphrase-minilm", "planted-pantry-u10", "random-minilm",
+                               "random-paraphrase-minilm"]
 
 
 def test_random_controls_auto_maps_each_mltfr_llm_to_its_twin():

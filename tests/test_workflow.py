@@ -127,17 +127,17 @@ def test_slurm_profile_requests_gpu_for_training_only(env):
 
 
 def test_a_positive_control_adds_its_planted_table_built_from_the_prepared_data(env, tmp_path):
-    def planted(cfg):
-        cfg["study"]["blocks"]["ablations"]["variants"] += ["mltfr-planted", "mltfr-planted-sharp"]
+    def without(cfg):
+        variants = cfg["study"]["blocks"]["ablations"]["variants"]
+        cfg["study"]["blocks"]["ablations"]["variants"] = [v for v in variants if "planted" not in v]
 
-    configfile = write_config(tmp_path, "config/test.yaml", planted)
-    before = job_counts(env, "--configfile", "config/test.yaml")
-    after = job_counts(env, "--configfile", configfile)
-    # one table for pantry-u10, two one-round runs (corrected, 1 seed)
+    before = job_counts(env, "--configfile", write_config(tmp_path, "config/test.yaml", without))
+    after = job_counts(env, "--configfile", "config/test.yaml")      # it runs mltfr-planted-sharp
+    # one table for pantry-u10, one one-round run (corrected, 1 seed)
     assert after["plant_table"] == 1 and "plant_table" not in before
-    assert after["train"] == before["train"] + 2 and after["total"] == before["total"] + 3
+    assert after["train"] == before["train"] + 1 and after["total"] == before["total"] + 2
     target = "results/test/llm/planted-pantry-u10/meta.json"
-    out = snakemake(env, target, "-n", "-p", "--configfile", configfile).stdout
+    out = snakemake(env, target, "-n", "-p", "--configfile", "config/test.yaml").stdout
     assert "rule prepare_dataset:" in out and "rule plant_table:" in out
     assert re.search(r"mltfr extract-llm --config \S+ --llm \$\(basename \$\(dirname "
                      r"results/test/llm/planted-pantry-u10/meta.json\)\) --data \$\(dirname "
