@@ -211,6 +211,20 @@ def test_diagnostics_table_means_equal_the_runs(runs, tree):
                      "200", "0.0002", "0.2", "0.520"]]
 
 
+def test_positive_controls_are_labelled_where_they_are_shown(runs):
+    """A caption covering a positive control names it as leaky by construction; a figure's label too."""
+    from mltfr.analysis.variants import display_name
+
+    planted = runs.replace({"variant": {"filter-x": "mltfr-planted-sharp"}})
+    caption = diagnostics_table(planted).caption
+    assert ("mltfr-planted-sharp: positive control (leaky by construction): the planted table holds every "
+            "user's held-out items" in caption)
+    assert "mltfr-planted-sharp: scores = 50 x cosine." in caption    # the law its diagnostics measure
+    assert "leaky" not in diagnostics_table(runs).caption and "x cosine" not in diagnostics_table(runs).caption
+    assert display_name("mltfr-planted") == "mltfr-planted [positive control (leaky by construction)]"
+    assert display_name("mltfr-learnfilter") == "mltfr-learnfilter"
+
+
 def test_token_labels_are_glyphs_or_code_points(tmp_path):
     """A Bengali token is drawn with a font that has it, or written U+09AE, never as \\u09ae;
     drawing the top-tokens figure then warns of no missing glyph."""

@@ -12,6 +12,7 @@ from mltfr.models.mltfr import (BranchConfig, PrototypeMap, TokenFilter, add_gum
                                 straight_through_topk)
 from mltfr.models.variants import (backbone_defaults, default_consensus_group, needs_round2,
                                    variant_config, variant_names)
+from mltfr.study.variants import POSITIVE_CONTROLS
 
 D_MODEL, MAX_LEN, N_ITEMS = 16, 8, 40
 LLMS = ["a", "b", "c"]
@@ -45,8 +46,8 @@ def base_cfg(**kw):
     return BranchConfig(d=D_MODEL, **kw)
 
 
-@pytest.mark.parametrize("variant", variant_names(LLMS))
-def test_every_variant_gives_b_l_d_and_trains(variant):
+@pytest.mark.parametrize("variant", [v for v in variant_names(LLMS) if v not in POSITIVE_CONTROLS])
+def test_every_variant_gives_b_l_d_and_trains(variant):   # (the planted table: tests/test_llm_planted.py)
     cfg, names = variant_config(variant, LLMS, base_cfg(), dims=DIMS)
     model = tiny_model(cfg, tables_for(names)) if cfg else tiny_model()
     seqs = random_seqs(6)
@@ -419,9 +420,12 @@ def test_variants_map_to_their_settings():
     assert {v: needs_round2(v) for v in variant_names(LLMS) if needs_round2(v)} == {
         v: True for v in ["mltfr", "mltfr-nofilter", "mltfr-norouter", "mltfr-meanconsensus",
                           "mltfr-frozen", "mltfr-random", "mltfr-randomselect", "mltfr-learnfilter",
-                          "mltfr-causal"]}
+                          "mltfr-sharpfilter", "mltfr-causal"]}
     assert variant_config("mltfr-randomselect", LLMS, base)[0].selection == "random"
     assert variant_config("mltfr-learnfilter", LLMS, base)[0].filter_grad == "learn"
+    sharp = variant_config("mltfr-sharpfilter", LLMS, base)[0]
+    assert (sharp.filter_grad, sharp.score_scale, sharp.eval_noise) == ("learn", 50.0, False)
+    assert sharp.consensus == "fisher" and sharp.selection == "guided"
     assert base.filter_grad == "authors" and base.selection == "guided" and base.user_vector == "window"
     causal = variant_config("mltfr-causal", LLMS, base_cfg(pooling="batch"))[0]
     assert (causal.user_vector, causal.pooling) == ("causal", "user")

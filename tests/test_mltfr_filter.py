@@ -1,13 +1,16 @@
-"""Filter settings of the branch: random selection (control), causal user vector, their errors."""
+"""Filter settings of the branch: random selection (control), causal user vector, the sharp
+filter's logit scale, the positive control's lookup selection, their errors."""
 import dataclasses
 
 import pytest
 import torch
-from test_mltfr import D_MODEL, MAX_LEN, random_seqs, tables_for, tiny_model
+import torch.nn.functional as F
+from test_mltfr import D_MODEL, MAX_LEN, filter_outputs_and_grads, random_seqs, tables_for, tiny_model
 
 from mltfr.errors import ConfigError
 from mltfr.models import mltfr as mltfr_module
-from mltfr.models.mltfr import BranchConfig, build_branch, random_token_ids
+from mltfr.models.diagnostics import FilterDiagnostics
+from mltfr.models.mltfr import BranchConfig, TokenFilter, build_branch, random_token_ids, recent_items
 from mltfr.models.variants import base_config
 
 
@@ -120,3 +123,98 @@ def test_filter_settings_are_checked_and_recorded():
     settings = dataclasses.asdict(cfg)
     assert (settings["filter_grad"], settings["selection"], settings["user_vector"]) == ("learn", "guided", "causal")
     assert BranchConfig.for_protocol("faithful").filter_grad == "authors"
+
+
+def sharp_reference(self, u, table, K, tau, noise, filter_grad="learn"):
+    """The sharp filter as docs/method.md writes it, in plain autograd ops: scores c cos(u, P),
+    Gumbel noise (one rand_like, as the module), y = softmax(scores / tau), learning weights."""
+    scores = self.scale * F.normalize(u, dim=-1) @ F.normalize(self.proj(table), dim=-1).T   # (B, |V|)
+    if noise:
+        scores = scores + -torch.log(-torch.log(torch.rand_like(scores)))
+    y = torch.softmax(scores / tau, dim=-1)
+    idx = y.topk(K, dim=-1).indices                                                       # (B, K)
+    y_k = y.gather(-1, idx)
+    return ((y_k - y_k.detach() + 1.0) / K).unsqueeze(-1) * table[idx], idx              # (B, K, D)
+
+
+@pytest.mark.parametrize("K", [1, 3])
+@pytest.mark.parametrize("noise", [False, True])
+def test_sharp_filter_gradients_are_those_of_the_scaled_scores(K, noise):
+    """c = 50: the fused kernel's picks, output and gradients (u, projection, table) equal autograd
+    on c * cosine; the scale multiplies the projection's gradient (c = 1 gives another one)."""
+    gen = torch.Generator().manual_seed(0)
+    filt = TokenFilter(dim=12, d=6, score_scale=50.0).double()
+    table = torch.randn(300, 12, generator=gen, dtype=torch.float64).requires_grad_(True)
+    u = torch.randn(9, 6, generator=gen, dtype=torch.float64)
+    fused = filter_outputs_and_grads(TokenFilter.forward, filt, u, table, K, noise, "learn")
+    plain = filter_outputs_and_grads(sharp_reference, filt, u, table, K, noise, "learn")
+    assert type(fused[0].grad_fn).__name__ == "FusedTokenFilterBackward" and torch.equal(fused[1], plain[1])
+    for mine, ref in zip(fused[:1] + fused[2:], plain[:1] + plain[2:]):
+        torch.testing.assert_close(mine, ref, rtol=1e-9, atol=1e-12)
+    assert fused[3].abs().sum() > 0                                      # the projection learns
+    filt.scale = 1.0
+    flat = filter_outputs_and_grads(TokenFilter.forward, filt, u, table, K, noise, "learn")
+    assert not torch.allclose(flat[3], fused[3])
+
+
+@pytest.mark.parametrize("filter_grad", ["authors", "learn"])
+def test_the_training_pick_is_drawn_from_softmax_of_the_scaled_scores(filter_grad):
+    """c = 3 on 12 tokens: pick frequencies equal softmax(c s) within Monte-Carlo error, on the
+    no-gradient path (authors, K = 1: Gumbel noise, not the c = 1 sampler) and the fused one."""
+    torch.manual_seed(0)
+    n, filt = 60_000, TokenFilter(dim=3, d=3, score_scale=3.0)
+    with torch.no_grad():
+        filt.proj.weight.copy_(torch.eye(3))
+        filt.proj.bias.zero_()
+    table = torch.randn(12, 3).requires_grad_(filter_grad == "learn")
+    u = torch.tensor([[1.0, 0.5, -0.2]]).expand(n, 3)
+    _, idx = filt(u, table, K=1, tau=0.5, noise=True, filter_grad=filter_grad)
+    law = torch.softmax(3.0 * F.normalize(u[0], dim=-1) @ F.normalize(table.detach(), dim=-1).T, 0)
+    assert law.max() > 3 / 12                                            # c = 3: far from uniform
+    assert (torch.bincount(idx[:, 0], minlength=12) / n - law).abs().max() < 0.008   # ~ 4 standard errors
+    with torch.no_grad():                                                # evaluation: the noiseless argmax
+        assert torch.equal(filt(u[:2], table, 1, 0.5, noise=False)[1][:, 0], law.argmax().repeat(2))
+
+
+def test_diagnostics_measure_the_law_of_the_scaled_pick():
+    """effective_tokens is exp(entropy) of softmax(c s): with c = 50 it is far below c = 1's."""
+    torch.manual_seed(0)
+    table, u = torch.randn(30, 12), torch.randn(5, D_MODEL)
+    effective = {}
+    for scale in (1.0, 50.0):
+        branch = build_branch(BranchConfig(d=D_MODEL, score_scale=scale), [table])
+        selector, diag = branch.selectors[0], FilterDiagnostics(branch, every=1)
+        diag.arm(0)
+        scores = scale * F.normalize(u, dim=-1) @ F.normalize(selector.proj(table), dim=-1).T   # (5, 30)
+        diag.record_filter(0, u, selector, table, scores.argmax(-1, keepdim=True))
+        effective[scale] = diag.summary({})["diagnostics"]["llm0"]["effective_tokens"]
+        expected = torch.exp(-(scores.softmax(-1) * scores.log_softmax(-1)).sum(-1)).mean()
+        assert effective[scale] == pytest.approx(expected.item(), rel=1e-5)
+    assert effective[50.0] < effective[1.0] / 3
+
+
+def test_recent_items_skip_padding_and_non_items():
+    seqs = torch.tensor([[0, 0, 3, 4, 5], [0, 0, 0, 0, 7], [1, 2, 3, 9, 9], [0, 0, 0, 0, 0]])   # 9: [MASK]
+    assert recent_items(seqs, 1, vocab=9).tolist() == [[5], [7], [3], [0]]
+    assert recent_items(seqs, 2, vocab=9).tolist() == [[4, 5], [0, 7], [2, 3], [0, 0]]
+    assert recent_items(seqs[:2], 2, vocab=9, causal=True).tolist() == [[0, 3], [3, 4], [4, 5], [0, 7]]
+
+
+@pytest.mark.parametrize("user_vector", ["window", "causal"])
+def test_lookup_selection_reads_the_rows_of_the_most_recent_items(user_vector):
+    """selection='lookup' (the positive control's pick handed over): window, the row of the last
+    item for every position; causal, each position its own item's row; no projection is used."""
+    seqs = random_seqs(6)
+    table = torch.randn(50, 12)                                        # rows 0..49 >= items 1..40
+    branch = build_branch(BranchConfig(d=D_MODEL, names=["a"], selection="lookup", user_vector=user_vector,
+                                       trainable_tables=False), [table]).eval()
+    tokens, ids = branch.token_sets(torch.randn(6, MAX_LEN, D_MODEL), seqs)
+    expected = seqs[:, -1:] if user_vector == "window" else seqs[seqs > 0].unsqueeze(-1)
+    assert torch.equal(ids[0], expected) and torch.equal(tokens[0], table[expected])
+    assert branch.selectors[0].cache.full_recomputes == 0
+
+
+def test_sharp_and_lookup_settings_are_checked():
+    with pytest.raises(ConfigError, match="score_scale=0.0 must be > 0"):
+        BranchConfig(score_scale=0.0)
+    assert BranchConfig.for_protocol("faithful").score_scale == 1.0        # the authors' cosine

@@ -36,10 +36,11 @@ def only(*blocks):
 
 def test_test_config_runs_by_block():
     grid = study()
-    assert len(grid.runs) == 37                                  # tests/test_workflow_e2e.py's 37 runs
+    assert len(grid.runs) == 38                                  # tests/test_workflow_e2e.py's 38 runs
     baselines = [r for r in grid.runs if r.variant == "base" and r.protocol in ("faithful", "corrected")]
     assert sorted({r.backbone for r in baselines}) == ["pop", "sasrec", "sasrec-ce"]
-    assert grid.all_llms() == ["minilm", "paraphrase-minilm", "random-minilm", "random-paraphrase-minilm"]
+    assert grid.all_llms() == ["minilm", "paraphrase-minilm", "planted-pantry-u10", "random-minilm",
+                               "random-paraphrase-minilm"]
 
 
 def test_random_controls_auto_maps_each_mltfr_llm_to_its_twin():
@@ -219,3 +220,29 @@ def test_a_search_without_a_grid_or_on_pop_names_the_key(tuning, key):
             cfg["study"]["blocks"][name]["backbones"] = ["sasrec"]
     with pytest.raises(ConfigError, match=f"config key `{key}`"):
         study(edit)
+
+
+def test_positive_controls_read_their_datasets_planted_table():
+    """planted-<dataset> is derived for every dataset (no random twin), built only for a study that
+    names a positive control, and passed to its runs; the default ablations never run one."""
+    def planted(cfg):
+        only("ablations")(cfg)
+        cfg["study"]["blocks"]["ablations"]["variants"] = ["mltfr-planted", "mltfr-planted-lookup"]
+    grid = study(planted)
+    entry = grid.llms["planted-pantry-u10"]
+    assert (entry["source"], entry["dataset"]) == ("planted", "pantry-u10")
+    assert entry["description"].startswith("positive control (leaky by construction)")
+    assert "planted-pantry" in grid.llms and "random-planted-pantry-u10" not in grid.llms
+    assert grid.variant_llms("mltfr-planted", "sasrec", "pantry-u10") == ("planted-pantry-u10",)
+    assert grid.all_llms() == ["planted-pantry-u10"]
+    run = {"dataset": "pantry-u10", "backbone": "sasrec", "variant": "mltfr-planted-lookup",
+           "protocol": "corrected", "seed": "1"}
+    assert grid.run_args(run, "out") == (
+        "--data results/test/data/pantry-u10 --out out --variant mltfr-planted-lookup "
+        "--llm planted-pantry-u10=results/test/llm/planted-pantry-u10")
+
+    def default_ablations(cfg):
+        only("ablations")(cfg)
+        cfg["study"]["blocks"]["ablations"]["variants"] = None
+    variants = {r.variant for r in study(default_ablations).runs}
+    assert "mltfr-sharpfilter" in variants and not any(v.startswith("mltfr-planted") for v in variants)

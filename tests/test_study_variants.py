@@ -22,6 +22,8 @@ def test_registry_is_torch_free():
     ("mltfr-meanconsensus", "ablation", None, 2),
     ("mltfr-random", "control", None, 2),
     ("mltfr-randomselect", "control", None, 2),
+    ("mltfr-sharpfilter", "control", None, 2),
+    ("mltfr-planted-sharp", "positive", None, 1),
 ])
 def test_parse(name, block, llm, rounds):
     parsed = registry.parse(name)

@@ -92,10 +92,10 @@ def test_default_config_grid(env):
 def test_paper_dry_run_with_slurm_profile(env):
     # main results: 7 datasets x 4 backbones x 2 protocols x 5 seeds = 280 cells x (base, mltfr)
     # + sasrec-ce base 7 x 2 x 5 = 70, + pop base 7 x 2 x seed 1 = 14; single-LLM 7 datasets x 7 LLMs x 2 modes x 3 seeds = 294;
-    # ablations 3 datasets x 9 (every ablation and control) x 3 seeds = 81; sensitivity 2 datasets x
+    # ablations 3 datasets x 10 (every ablation and control) x 3 seeds = 90; sensitivity 2 datasets x
     # 17 values x 3 seeds = 102; protocol ladder (sasrec) 7 datasets x 3 seeds x 3 variants x 10 rungs
     # = 630, + rung 0 of mltfr-randomselect (faithful) 7 x 3 = 21.
-    # Round 1 + merge: mltfr 280, ablations 3 x 8 x 3 = 72, sensitivity 2 x 17 x 3 = 102
+    # Round 1 + merge: mltfr 280, ablations 3 x 9 x 3 = 81, sensitivity 2 x 17 x 3 = 102
     # (lambda_s too: it weights round 1's random consensus expert), ladder 7 x 3 x 2 x 10 + 21 = 441.
     # Timed by the CPU seconds of the snakemake process (user + sys): the machine is shared, so
     # wall time measures the other users as much as the DAG; both are printed.
@@ -106,10 +106,10 @@ def test_paper_dry_run_with_slurm_profile(env):
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     print(f"paper dry run with --profile slurm: {counts['total']} jobs, {cpu:.1f} s CPU, {wall:.1f} s wall")
-    assert counts["train"] == 280 * 2 + 70 + 14 + 294 + 81 + 102 + 630 + 21
-    assert counts["train_round1"] == counts["fisher"] == 280 + 72 + 102 + 441
-    assert counts["extract_llm"] == 12 and counts["prepare_dataset"] == 7
-    assert counts["total"] == 1772 + 2 * 895 + 12 + 7 + 6 + 1   # + the tuning table (no search here)
+    assert counts["train"] == 280 * 2 + 70 + 14 + 294 + 90 + 102 + 630 + 21
+    assert counts["train_round1"] == counts["fisher"] == 280 + 81 + 102 + 441
+    assert counts["extract_llm"] == 12 and counts["prepare_dataset"] == 7 and "plant_table" not in counts
+    assert counts["total"] == 1781 + 2 * 904 + 12 + 7 + 6 + 1   # + the tuning table (no search here)
     # its speed is a goal measured by benchmarks/bench_dag.py, not a limit a loaded machine can miss
 
 
@@ -123,6 +123,24 @@ def test_slurm_profile_requests_gpu_for_training_only(env):
         assert "gpu=" not in jobs[rule], jobs[rule]
     assert "slurm_partition=gpuq" in jobs["train"] and "slurm_account=proj7" in jobs["train"]
     assert "mem_mb=32000" in jobs["train"]  # attempt 1 of `32000 * attempt`
+
+
+def test_a_positive_control_adds_its_planted_table_built_from_the_prepared_data(env, tmp_path):
+    def without(cfg):
+        variants = cfg["study"]["blocks"]["ablations"]["variants"]
+        cfg["study"]["blocks"]["ablations"]["variants"] = [v for v in variants if "planted" not in v]
+
+    before = job_counts(env, "--configfile", write_config(tmp_path, "config/test.yaml", without))
+    after = job_counts(env, "--configfile", "config/test.yaml")      # it runs mltfr-planted-sharp
+    # one table for pantry-u10, one one-round run (corrected, 1 seed)
+    assert after["plant_table"] == 1 and "plant_table" not in before
+    assert after["train"] == before["train"] + 1 and after["total"] == before["total"] + 2
+    target = "results/test/llm/planted-pantry-u10/meta.json"
+    out = snakemake(env, target, "-n", "-p", "--configfile", "config/test.yaml").stdout
+    assert "rule prepare_dataset:" in out and "rule plant_table:" in out
+    assert re.search(r"mltfr extract-llm --config \S+ --llm \$\(basename \$\(dirname "
+                     r"results/test/llm/planted-pantry-u10/meta.json\)\) --data \$\(dirname "
+                     r"results/test/data/pantry-u10/meta.json\)", out)
 
 
 def test_adding_an_llm_adds_exactly_its_jobs(env, tmp_path):

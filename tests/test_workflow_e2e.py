@@ -30,14 +30,15 @@ BIN = Path(sys.executable).parent
 DATASET = "pantry-u10"
 LADDER = ("selection", "eval_noise", "pooling", "mask_history", "vocabulary", "impl", "first_round",
           "fisher_order", "holdout_valid", "user_vector")
-# The 37 final runs of config/test.yaml: (backbone, variant, protocol or ladder rung).
+# The 38 final runs of config/test.yaml: (backbone, variant, protocol or ladder rung).
 EXPECTED_RUNS = sorted(
     [("sasrec", "base", p) for p in ("faithful", "corrected")]
     + [("sasrec-ce", "base", p) for p in ("faithful", "corrected")]
     + [("pop", "base", p) for p in ("faithful", "corrected")]
     + [("sasrec", f"{m}-{llm}", "corrected") for m in ("direct", "filter") for llm in ("minilm", "paraphrase-minilm")]
     + [("sasrec", "mltfr", p) for p in ("faithful", "corrected")]
-    + [("sasrec", v, "corrected") for v in ("mltfr-noconsensus", "mltfr-meanconsensus", "mltfr-random", "mltfr-randomselect")]
+    + [("sasrec", v, "corrected") for v in ("mltfr-noconsensus", "mltfr-meanconsensus", "mltfr-random",
+                                            "mltfr-randomselect", "mltfr-planted-sharp")]
     + [("sasrec", "mltfr@branch.tau=1.0", "corrected")]
     + [("sasrec", v, f"rung-{factor}") for v in ("base", "mltfr") for factor in LADDER]
 )

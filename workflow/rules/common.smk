@@ -22,6 +22,7 @@ from mltfr.errors import ConfigError
 from mltfr.study import config as study_config
 from mltfr.study.grid import alternatives, uses_consensus
 from mltfr.study.layout import RUN_WILDCARDS
+from mltfr.study.variants import PLANTED_PREFIX
 
 
 def config_path():
@@ -63,6 +64,8 @@ REBUILD_ONLY = STUDY.config["rebuild_only"]
 LAYOUT = STUDY.layout
 CLI_CONFIG = str(config_path())
 MLTFR = mltfr_command()
+# a dataset's planted table (the positive control), built from its prepared data (rule plant_table)
+PLANTED_DIR = LAYOUT.llm_dir.format(llm=f"{PLANTED_PREFIX}{{dataset}}")
 
 
 # ---------------------------------------------------------------- targets
@@ -170,7 +173,8 @@ def train_inputs(wildcards):
     `snakemake` trains only the runs still missing. A changed dataset or LLM entry therefore
     needs `--forcerun train_round1 train` (each result.json records the prepared data's sha256).
     """
-    llms = STUDY.variant_llms(wildcards.variant, wildcards.backbone)  # cached
+    run = (wildcards.variant, wildcards.backbone, wildcards.dataset)
+    llms = STUDY.variant_llms(*run)  # cached
     data = LAYOUT.data_marker.format(dataset=wildcards.dataset)
     markers = [data, *(LAYOUT.llm_marker.format(llm=llm) for llm in llms)]
     choice = STUDY.tuned_choice(
@@ -235,6 +239,10 @@ def dataset_entry(wildcards):
 
 def llm_entry(wildcards):
     return STUDY.llms[wildcards.llm]
+
+
+def planted_entry(wildcards):
+    return STUDY.llms[PLANTED_PREFIX + wildcards.dataset]
 
 
 def tuning_args(wildcards):

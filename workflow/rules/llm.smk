@@ -2,8 +2,12 @@
 
 Downstream jobs depend on meta.json only (written last, it holds the table's checksum). A
 random control with `like: OTHER` copies OTHER's shape, mean and std, so OTHER is extracted
-first, by its own job (llm_inputs).
+first, by its own job (llm_inputs). A dataset's planted table (planted-<dataset>, the positive
+control, leaky by construction) is built from its prepared data by its own rule.
 """
+
+
+ruleorder: plant_table > extract_llm
 
 
 rule extract_llm:
@@ -26,3 +30,25 @@ rule extract_llm:
     shell:
         "{params.mltfr} extract-llm --config {params.config} --llm {wildcards.llm}"
         " --out $(dirname {output.meta}) > {log} 2>&1"
+
+
+rule plant_table:
+    input:
+        data=LAYOUT.data_marker,
+    output:
+        table=f"{PLANTED_DIR}/table.safetensors",
+        meta=f"{PLANTED_DIR}/meta.json",
+    log:
+        f"{LAYOUT.logs}/llm/{PLANTED_PREFIX}{{dataset}}.log",
+    benchmark:
+        f"{LAYOUT.benchmarks}/llm/{PLANTED_PREFIX}{{dataset}}.tsv"
+    conda:
+        "../../envs/mltfr.yaml"
+    threads: 1
+    params:
+        mltfr=MLTFR,
+        config=CLI_CONFIG,
+        entry=planted_entry,
+    shell:
+        "{params.mltfr} extract-llm --config {params.config} --llm $(basename $(dirname {output.meta}))"
+        " --data $(dirname {input.data}) --out $(dirname {output.meta}) > {log} 2>&1"

@@ -26,7 +26,7 @@ from mltfr.analysis.collect import diagnostics_frame, sensitivity_runs  # noqa: 
 from mltfr.analysis.demonstration import demonstration_label  # noqa: E402
 from mltfr.analysis.null_gains import THRESHOLDS, faithful_runs  # noqa: E402
 from mltfr.analysis.tables import NO_RUNS, paired_gain, protocol_table  # noqa: E402
-from mltfr.analysis.variants import ABLATIONS, BASE, FULL, parse_variant  # noqa: E402
+from mltfr.analysis.variants import ABLATIONS, BASE, FULL, display_name, parse_variant  # noqa: E402
 from mltfr.io import atomic_path  # noqa: E402
 
 CI95 = ("ci", 95)
@@ -379,6 +379,7 @@ def diagnostics_figure(runs: pd.DataFrame) -> plt.Figure:
     if long.empty:
         return empty_figure("Filter diagnostics")
     long["measure"] = long["measure"].map(DIAG_MEASURES)
+    long["variant"] = long["variant"].map(display_name)             # a positive control says so
     grid = sns.catplot(long, x="variant", y="value", hue="llm", col="dataset", row="measure",
                        kind="bar", errorbar="sd", order=sorted(long["variant"].unique()),
                        hue_order=sorted(long["llm"].unique()), col_order=sorted(long["dataset"].unique()),

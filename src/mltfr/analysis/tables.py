@@ -19,7 +19,7 @@ import pandas as pd
 from mltfr.analysis.collect import diagnostics_frame, protocol_runs, sensitivity_runs
 from mltfr.analysis.demonstration import demonstration_label
 from mltfr.analysis.outputs import DIAGNOSTIC_KEYS
-from mltfr.analysis.variants import ABLATIONS, BASE, FULL
+from mltfr.analysis.variants import ABLATIONS, BASE, FULL, positive_control_note, scaled_filters
 from mltfr.io import atomic_path, atomic_write_text
 
 CELL = ["dataset", "backbone", "protocol"]    # runs that share test users and can be compared
@@ -117,10 +117,11 @@ def random_tables_note(runs: pd.DataFrame) -> str:
 
 def with_run_settings(caption: str, runs: pd.DataFrame) -> str:
     """`caption` followed by the epoch budget and selection rule of `runs` (and which cells ran on
-    random tables), after the demonstration label when `runs` are a demonstration
-    (mltfr.analysis.demonstration)."""
-    note = " ".join(n for n in (budget_and_selection(runs), random_tables_note(runs)) if n)
-    text = f"{caption} {note}" if note else caption
+    random tables) and the positive-control label when it shows one, after the demonstration label
+    when `runs` are a demonstration (mltfr.analysis.demonstration)."""
+    positive = positive_control_note(runs["variant"]) if "variant" in runs else None
+    notes = [budget_and_selection(runs), random_tables_note(runs), positive]
+    text = " ".join([caption, *filter(None, notes)])
     label = demonstration_label(runs)
     return f"{label} {text}" if label else text
 
@@ -341,6 +342,9 @@ def diagnostics_table(runs: pd.DataFrame) -> Table:
                "(share = of |V|); argmax agreement = share of training picks in the noiseless top-K; "
                "distinct tokens picked; projection gradient norm; table drift = rms change / std; "
                "router entropy (nats). Blank: no filtering (prototypes).")
+    scaled = scaled_filters(long["variant"])
+    if scaled:   # the sharp filter draws from softmax(c cos): its diagnostics measure that law
+        caption += " " + "; ".join(f"{v}: scores = {c:g} x cosine" for v, c in scaled.items()) + "."
     caption = with_run_settings(caption, runs[runs["variant"].isin(long["variant"])])
     return Table("diagnostics", tidy, display, None, caption)
 

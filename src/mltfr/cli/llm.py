@@ -14,6 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32",
                         help="storage dtype of table.safetensors (load_table always returns float32)")
     parser.add_argument("--force", action="store_true", help="re-extract even if the cache is valid")
+    parser.add_argument("--data", help="prepared dataset folder (mltfr prepare --out) a `planted` entry, the "
+                        "positive control, is built from, e.g. results/<study>/data/<dataset>")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -21,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
 
     _log_to_stderr()
     entry = load_llm_entry(args.config, args.llm)
-    meta = extract(entry, args.out, dtype=args.dtype, force=args.force)
+    meta = extract(entry, args.out, dtype=args.dtype, force=args.force, data=args.data)
     print(f"{args.llm}: {meta['vocab_size']} x {meta['dim']} {meta['dtype']} "
           f"sha256 {meta['sha256'][:12]} -> {args.out}")
     return 0

@@ -58,12 +58,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mltfr.data import load_prepared
+    from mltfr.llm.cache import read_meta
+    from mltfr.llm.planted import check_planted_tables
     from mltfr.train.run import split_for_run, train_and_evaluate
 
     cfg = build_config(args)
     set_threads(args.threads)
     llm_tables = parse_llm(args.llm)
     prepared = load_prepared(args.data)
+    check_planted_tables({name: read_meta(folder) for name, folder in llm_tables.items()}, prepared.meta)
     split = split_for_run(prepared, cfg)
     inputs = {"data": str(args.data), "llm": {k: str(v) for k, v in llm_tables.items()}}
     if args.tuned:

@@ -10,7 +10,7 @@ POOLINGS = ("user", "batch")
 ROUTERS = ("softmax", "mean")
 CONSENSUS = ("none", "fisher", "mean")
 FILTER_GRADS = ("authors", "learn")
-SELECTIONS = ("guided", "random")
+SELECTIONS = ("guided", "random", "lookup")
 USER_VECTORS = ("window", "causal")
 
 
@@ -24,7 +24,11 @@ class BranchConfig:
     pooling: str = "user"        # "user" (corrected: each user attends to its own K) | "batch" (faithful: all B*K pooled)
     eval_noise: bool = False     # (bool) Gumbel noise also at evaluation (faithful True, corrected False)
     filter_grad: str = "authors"  # "authors" (renormalised straight-through weights) | "learn" (gradient 1/K into y)
-    selection: str = "guided"    # "guided" (user-guided top-K) | "random" (control: K tokens uniform per user)
+    score_scale: float = 1.0     # (float) fixed logit scale c on the cosine scores: the training pick is drawn
+    #                              from softmax(c s); 1 = the authors' (near uniform), 50 = the sharp filter
+    selection: str = "guided"    # "guided" (user-guided top-K) | "random" (control: K tokens uniform per user) |
+    #                              "lookup" (the rows of the user's K most recent items: item-keyed tables only,
+    #                              the positive control's pick handed to the branch, docs/method.md)
     user_vector: str = "window"  # "window" (mean over the whole window, authors) | "causal" (prefix mean per position)
     filtering: bool = True       # (bool) user-guided filtering; False = P learned prototype tokens (direct injection)
     n_prototypes: int = 50       # (int) P, prototype tokens per LLM when filtering is off (Time-LLM style)
@@ -64,8 +68,8 @@ class BranchConfig:
                               "protocol) or user_vector=window")
         if self.K < 1 or self.n_prototypes < 1:
             raise ConfigError(f"branch settings K={self.K} and n_prototypes={self.n_prototypes} must be >= 1")
-        if self.tau <= 0:
-            raise ConfigError(f"branch setting tau={self.tau} must be > 0")
+        if self.tau <= 0 or self.score_scale <= 0:
+            raise ConfigError(f"branch settings tau={self.tau} and score_scale={self.score_scale} must be > 0")
         if self.d % self.n_heads:
             raise ConfigError(f"hidden size d={self.d} is not divisible by n_heads={self.n_heads}; "
                               "change one so that d / n_heads is an integer")

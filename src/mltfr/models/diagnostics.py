@@ -7,9 +7,9 @@ measure it, per LLM, over the training steps of one epoch (the trainer resets th
 of every fresh epoch, so result.json holds the last one; a resumed epoch holds only the steps
 after the resume):
 
-    effective_tokens      exp(entropy of softmax(s)), s = noiseless cosine scores at temperature 1
-                          (the distribution the pick is drawn from); mean over users. 1 = a sure
-                          pick, |V| = uniform.
+    effective_tokens      exp(entropy of softmax(c s)), s = noiseless cosine scores, c the filter's
+                          logit scale (1 but for the sharp filter): the distribution the pick is
+                          drawn from; mean over users. 1 = a sure pick, |V| = uniform.
     argmax_agreement      share of picked ids that are in the noiseless top-K(s) (K = 1: the share
                           of picks equal to the noiseless argmax).
     distinct_selected     distinct token ids picked in the epoch (counted on every step).
@@ -119,7 +119,7 @@ class FilterDiagnostics:
             proj_n = selector.normalised_projection(table).float()                  # (|V|, d)
             u_n = torch.nn.functional.normalize(u.reshape(-1, u.shape[-1]).float(), dim=-1)  # (N, d)
             for rows, picks in zip(u_n.split(ROW_CHUNK), ids.reshape(-1, ids.shape[-1]).split(ROW_CHUNK)):
-                scores = cosine_scores(rows, proj_n)                                 # (n, |V|)
+                scores = cosine_scores(rows, proj_n).mul_(selector.scale)            # (n, |V|): c s
                 self.effective_sum[m] += effective_tokens(scores).sum()
                 self.agree_sum[m] += agreement_count(scores, picks)
                 self.users[m] += rows.shape[0]

@@ -9,6 +9,9 @@ Filter weights (`BranchConfig.filter_grad`):
   (g_j - sum_k g_k / c) / c, c = K + 1e-8, g_k = <dL/dX_k, E[idx_k]>: it sums to ~0 over the picks.
 - "learn" (a variant, not the authors' method): w = (y_k - sg(y_k) + 1) / K, forward 1/K,
   gradient 1/K into y at the picks, no renormalisation, so the projection learns.
+Logit scale (`BranchConfig.score_scale`, c): the scores are c * cos(u, P), so the training pick
+is drawn from softmax(c s); c = 1 is the authors' (a near-uniform pick over tens of thousands of
+tokens), the sharp filter sets c = 50 (docs/method.md, "The sharp filter").
 Controls: `selection="random"` draws K tokens uniformly per user (no user signal);
 `user_vector="causal"` uses at position t the mean of h0 over the real positions <= t, so each
 position picks its own K tokens and attends only to them (needs user pooling).
@@ -114,7 +117,8 @@ class FusedTokenFilter(torch.autograd.Function):
     Here the table gradient is one matmul plus an index_add_, and the softmax enters the backward
     only through the two matmuls with the unnormalised probabilities p = exp((s - max) / tau)
     (row scalings are folded into the small (B, d) factors), so the backward makes no (B, |V|)
-    elementwise pass. Inputs: u_n = normalize(u) (B, d), table (|V|, D), weight (d, D), bias (d,).
+    elementwise pass. Inputs: u_n = c * normalize(u) (B, d) (c the logit scale), table (|V|, D),
+    weight (d, D), bias (d,).
     """
 
     @staticmethod
@@ -262,12 +266,17 @@ class ProjectionCache:
 
 
 class TokenFilter(nn.Module):
-    """User-guided filtering for one LLM: picks K tokens per user from its table."""
+    """User-guided filtering for one LLM: picks K tokens per user from its table.
 
-    def __init__(self, dim: int, d: int):
+    The scores are c * cos(u, P) with a fixed logit scale c (`BranchConfig.score_scale`; 1 = the
+    authors' plain cosine): the training pick is a draw from softmax(c s), so a larger c makes it
+    choose (the sharp filter, docs/method.md)."""
+
+    def __init__(self, dim: int, d: int, score_scale: float = 1.0):
         super().__init__()
         self.proj = nn.Linear(dim, d)                              # D_m -> d
         self.cache = ProjectionCache()
+        self.scale = float(score_scale)
 
     def _projection_learns(self, table: Tensor) -> bool:
         """The projection or the table is trainable (a gradient could reach normalize(Linear(E)))."""
@@ -290,13 +299,14 @@ class TokenFilter(nn.Module):
         u_n = F.normalize(u, dim=-1)                                         # (B, d)
         if not self.scores_get_gradient(u, table, K, filter_grad):
             return self._pick_without_gradient(u_n, table, K, noise, filter_grad)
+        u_c = u_n * self.scale            # (B, d): u_c . P_n = c cos(u, P), the scores of every path
         learns = self._projection_learns(table)
         if learns and not torch.is_autocast_enabled(table.device.type):
             self.cache.clear()
-            return FusedTokenFilter.apply(u_n, table, self.proj.weight, self.proj.bias, K, tau, noise, filter_grad)
+            return FusedTokenFilter.apply(u_c, table, self.proj.weight, self.proj.bias, K, tau, noise, filter_grad)
         # autograd path: autocast, or only u learns (projection and table frozen: cached)
         proj_n = F.normalize(self.proj(table), dim=-1) if learns else self.cache.get(table, self.proj)
-        scores = cosine_scores(u_n, proj_n)                                  # (B, |V|)
+        scores = cosine_scores(u_c, proj_n)                                  # (B, |V|)
         if noise:
             add_gumbel_noise_(scores)
         idx, w = straight_through_topk(scores, K, tau, filter_grad)
@@ -304,12 +314,14 @@ class TokenFilter(nn.Module):
 
     def _pick_without_gradient(self, u_n: Tensor, table: Tensor, K: int, noise: bool,
                                filter_grad: str) -> tuple[Tensor, Tensor]:
-        """Ids drawn from softmax(s) (noise) or top-K of s from the cached projection (no noise);
-        X = w E[idx] with w constant (the table still gets the gradient of its gathered rows)."""
+        """Ids drawn from softmax(c s) (noise) or top-K of s from the cached projection (no noise);
+        X = w E[idx] with w constant (the table still gets the gradient of its gathered rows).
+        The rejection sampler needs s <= 1 (c = 1); a sharper law is drawn with Gumbel noise."""
         with torch.no_grad(), torch.autocast(table.device.type, enabled=False):
             u_n = u_n.detach().to(table.dtype)
-            if noise:
+            if noise and self.scale == 1.0:
                 idx = sample_softmax_ids(u_n, table, self.proj, K)                     # (B, K)
             else:
-                idx = cosine_scores(u_n, self.normalised_projection(table)).topk(K, dim=-1).indices
+                scores = cosine_scores(u_n * self.scale, self.normalised_projection(table))  # (B, |V|)
+                idx = (add_gumbel_noise_(scores) if noise else scores).topk(K, dim=-1).indices
         return table[idx] * selected_weight(K, filter_grad), idx

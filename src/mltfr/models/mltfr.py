@@ -6,14 +6,15 @@ several LLMs (no text, no LLM forward pass). See docs/method.md for the method a
 faithful/corrected protocols; every study variant is a `BranchConfig` of this one module.
 
     u      = masked mean of h0                                     (B, d)
-    s      = cosine(u, Linear_m(E_m))                              (B, |V_m|)
+    s      = c * cosine(u, Linear_m(E_m)),  c = 1 (50: sharp)      (B, |V_m|)
     y      = softmax((s + Gumbel) / tau);  idx = top-K(y);  y_st = sg(onehot(idx) - y) + y
     w      = y_st[idx] / (sum_k y_st[idx_k] + 1e-8)                (B, K)
     X_m    = w * E_m[idx]                                          (B, K, D_m)
     y_m    = CrossAttention_m(h0 -> X_m)                           (B, L, d)
     o      = sum_m router_m(h0) * y_m  (+ lambda_s * shared(h0 -> mean_G X_m))
 
-Filter weights, the random/causal controls and the filter's cost: mltfr.models.filter.
+Filter weights, the logit scale c, the random/causal controls and the filter's cost:
+mltfr.models.filter; the positive control's lookup pick (`recent_items`): docs/method.md.
 
 Deviation from the authors' code, deliberate: the branch output is zeroed at padding positions
 (so padding never leaks into later blocks), except under the authors' BERT4Rec (zero_padding).
@@ -31,6 +32,7 @@ import contextlib
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -59,6 +61,20 @@ def prefix_means(h0: Tensor, seqs: Tensor) -> Tensor:
     return (h0 * mask).cumsum(1) / mask.cumsum(1).clamp(min=1.0)
 
 
+def recent_items(seqs: Tensor, K: int, vocab: int, causal: bool = False) -> Tensor:
+    """The K most recent item ids (ids outside 1..vocab-1, padding and BERT4Rec's [MASK], are not
+    items), oldest first, 0 (the padding row) where there are fewer than K: of each window
+    (B, L) -> (B, K); with `causal`, up to and including each real position, row-major as the
+    causal user vectors -> (N, K), a non-item at a position reading as 0."""
+    real = (seqs > 0) & (seqs < vocab)                                  # (B, L)
+    items = torch.where(real, seqs, 0)
+    if causal:                                                          # item k steps back, per position
+        back = [F.pad(items, (k, 0))[:, :items.shape[1]] for k in reversed(range(K))]
+        return torch.stack(back, -1)[seqs > 0]                          # (N, K)
+    rank = real.flip(-1).cumsum(-1).flip(-1)                            # (B, L): 1 = the most recent item
+    return torch.stack([(items * (rank == k)).sum(-1) for k in range(K, 0, -1)], -1)   # (B, K)
+
+
 class MltfrBranch(nn.Module):
     """The LLM branch: (h0 (B, L, d), seqs (B, L)) -> (B, L, d), zero at padding positions
     (unless cfg.zero_padding is False, as in the authors' BERT4Rec)."""
@@ -71,8 +87,8 @@ class MltfrBranch(nn.Module):
         self.names = list(cfg.names) or [f"llm{m}" for m in range(len(tables))]
         self.dims = [self._register_table(m, t) for m, t in enumerate(tables)]
         self.selectors = nn.ModuleList(
-            TokenFilter(t.shape[1], cfg.d) if cfg.filtering else PrototypeMap(t.shape[0], cfg.n_prototypes)
-            for t in tables)
+            TokenFilter(t.shape[1], cfg.d, cfg.score_scale) if cfg.filtering
+            else PrototypeMap(t.shape[0], cfg.n_prototypes) for t in tables)
         self.experts = nn.ModuleList(self._expert(dim) for dim in self.dims)
         self.router = nn.Linear(cfg.d, len(tables)) if cfg.router == "softmax" else None
         self.shared: CrossAttentionExpert | None = None   # consensus expert (build_branch), frozen
@@ -134,18 +150,19 @@ class MltfrBranch(nn.Module):
                 tokens.append(selector(self.table(m)))              # (1, P, D)
                 ids.append(None)
                 continue
-            x, idx = self.select(m, u)                              # (B or N, K, D)
+            x, idx = self.select(m, u, seqs)                        # (B or N, K, D)
             if self.training and self.diagnostics is not None:
                 self.diagnostics.record_filter(m, u, self.selectors[m], self.table(m), idx)
             tokens.append(x.reshape(1, -1, x.shape[-1]) if c.pooling == "batch" else x)
             ids.append(idx)
         return tokens, ids
 
-    def select(self, m: int, u: Tensor) -> tuple[Tensor, Tensor]:
+    def select(self, m: int, u: Tensor, seqs: Tensor) -> tuple[Tensor, Tensor]:
         """K tokens (R, K, D_m) and their ids (R, K) of LLM m for each user vector u (R, d)."""
         c, table = self.cfg, self.table(m)
-        if c.selection == "random":
-            idx = random_token_ids(u.shape[0], table.shape[0], c.K, table.device)
+        if c.selection != "guided":   # the random control, or the positive control's lookup: no filter
+            idx = (random_token_ids(u.shape[0], table.shape[0], c.K, table.device) if c.selection == "random"
+                   else recent_items(seqs, c.K, table.shape[0], causal=c.user_vector == "causal"))
             return table[idx] * (1.0 / c.K), idx
         selector, noise = self.selectors[m], self.training or c.eval_noise
         pick = partial(selector, table=table, K=c.K, tau=c.tau, noise=noise, filter_grad=c.filter_grad)

@@ -15,7 +15,7 @@ from torch import Tensor
 from mltfr.errors import ConfigError
 from mltfr.models.mltfr import (BranchConfig, MltfrBranch, build_branch, default_consensus_group,
                                 resolve_consensus_group)
-from mltfr.study.variants import FULL_METHOD, RANDOM_PREFIX, names, parse, random_twins
+from mltfr.study.variants import FULL_METHOD, PLANTED_PREFIX, RANDOM_PREFIX, names, parse, random_twins
 
 # Authors' per-backbone settings; GRU4Rec is not in their code and takes SASRec's. Their
 # BERT4Rec/FMLP-Rec GatingNetwork returns a softmax that their MoE softmaxes again.
@@ -73,11 +73,20 @@ def variant_config(variant: str, llm_names: list[str], base: BranchConfig,
         return replace(base, **entry.settings, names=[parsed.llm]), [parsed.llm]
     if not llm_names:
         raise ConfigError(f"variant {variant} needs at least one LLM; pass --llm NAME=FOLDER")
-    chosen = random_twins(llm_names) if entry.llms == "random" else list(llm_names)
+    chosen = {"random": random_twins, "planted": planted_table_name}.get(entry.llms, list)(llm_names)
     cfg = replace(base, **{**FULL_METHOD, **entry.settings}, names=chosen)
     if dims is not None and cfg.consensus != "none":
         cfg = replace(cfg, consensus_group=resolve_consensus_group(cfg, list(dims)))
     return cfg, chosen
+
+
+def planted_table_name(llm_names: list[str]) -> list[str]:
+    """The one planted table (planted-<dataset>) among the given LLMs, as a list."""
+    planted = [n for n in llm_names if n.startswith(PLANTED_PREFIX)]
+    if len(planted) != 1:
+        raise ConfigError(f"a positive-control variant takes exactly one planted table, the run's dataset's "
+                          f"(--llm {PLANTED_PREFIX}<dataset>=DIR); given: {llm_names}")
+    return planted
 
 
 def needs_round2(variant: str) -> bool:

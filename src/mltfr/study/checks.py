@@ -108,11 +108,11 @@ def check_variants(study: Study) -> None:
 def check_variant_names(study: Study) -> None:
     """Ablation names and the variants of the ladder and the protocol-factor block are names of
     mltfr.study.variants."""
-    known = registry.ABLATIONS + registry.CONTROLS
+    known = registry.ABLATIONS + registry.CONTROLS + registry.POSITIVE_CONTROLS
     for name in study.block("ablations")["variants"] or []:
         if name not in known:
             raise key_error("study.blocks.ablations.variants",
-                            f"names '{name}', which is not an ablation or control variant",
+                            f"names '{name}', which is not an ablation, control or positive-control variant",
                             f"use names from {', '.join(known)} (mltfr.study.variants)")
     for block in ("protocol_ladder", "protocol_factors"):
         for name in study.block(block)["variants"]:

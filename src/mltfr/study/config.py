@@ -4,7 +4,8 @@ A study config (config/config.yaml, config/paper.yaml, config/test.yaml) names r
 (`registries: [config/registry.yaml]`, paths relative to the working directory) whose `datasets:`
 and `llms:` entries its own sections add to or replace, entry by entry. Every LLM that is not
 itself `source: random` gets a random twin `random-<name>` unless an entry of that name is written
-(`derive_random_twins`), so `random_controls: auto` needs no hand-written control entries.
+(`derive_random_twins`), so `random_controls: auto` needs no hand-written control entries; and every
+dataset gets its planted table `planted-<dataset>`, the positive control (`derive_planted_tables`).
 
     load_registries(path)          the CLI: the merged `datasets`/`llms` (twins derived) and `train`
     load_study(config, source)     the workflow: the same merge, then the schema
@@ -26,7 +27,7 @@ from mltfr.errors import ConfigError, key_error
 from mltfr.registry import SCHEMA_DIR, load_config
 from mltfr.study.checks import check_study
 from mltfr.study.grid import Study
-from mltfr.study.variants import RANDOM_PREFIX
+from mltfr.study.variants import PLANTED_PREFIX, POSITIVE_LABEL, RANDOM_PREFIX
 
 SCHEMA = SCHEMA_DIR / "study.schema.yaml"
 REGISTRY_SECTIONS = ("datasets", "llms")
@@ -43,6 +44,7 @@ def load_registries(path: str | Path) -> dict:
     """
     config, _ = merge_registries(load_config(path), str(path))
     derive_random_twins(config["llms"])
+    derive_planted_tables(config)
     return config
 
 
@@ -52,6 +54,7 @@ def load_study(raw: dict, source: str | Path) -> Study:
     validate_schema(config, str(source), origins)
     config["rebuild_only"] = str(config["rebuild_only"]).lower() == "true"   # --config gives a string
     derive_random_twins(config["llms"])
+    derive_planted_tables(config)
     check_train(config["train"], str(source))
     study = Study(config)
     check_study(study)
@@ -100,13 +103,24 @@ def derive_random_twins(llms: dict) -> None:
     random itself and has no entry of that name. Its seed is derived from the twin's name."""
     for name, entry in list(llms.items()):
         twin = RANDOM_PREFIX + name
-        if not isinstance(entry, dict) or entry.get("source") == "random" or twin in llms:
+        if not isinstance(entry, dict) or entry.get("source") in ("random", "planted") or twin in llms:
             continue
         # seed 0 for every twin: the builder mixes the entry's name into it (draw_seed)
         llms[twin] = {"source": "random", "like": name, "seed": 0,
                       "description": f"random twin of {name}: its shape, mean and std (derived)"}
         if "dim" in entry:
             llms[twin]["dim"] = entry["dim"]
+
+
+def derive_planted_tables(config: dict) -> None:
+    """Add `planted-<d>` (the positive control, leaky by construction: mltfr.llm.planted) for every
+    dataset d that has no entry of that name; it is built only when a study runs a planted variant."""
+    for dataset in config["datasets"]:
+        name = PLANTED_PREFIX + dataset
+        config["llms"].setdefault(name, {
+            "source": "planted", "dataset": dataset,
+            "description": f"{POSITIVE_LABEL}: items of {dataset} and what followed them in the full "
+                           "sequences, held-out items included (derived; never a finding)"})
 
 
 # ---------------------------------------------------------------- schema and train:

@@ -251,14 +251,19 @@ class Study:
         return tuple(llms[: int(parsed.value)] if parsed.key == "n_llms" else llms)
 
     @functools.cache
-    def variant_llms(self, variant: str, backbone: str) -> tuple:
-        """LLM names a variant's model uses on `backbone` (its `--llm` arguments), in order."""
+    def variant_llms(self, variant: str, backbone: str, dataset: str | None = None) -> tuple:
+        """LLM names a variant's model uses on `backbone` and `dataset` (its `--llm` arguments), in
+        order; only the positive control's table depends on the dataset (planted-<dataset>)."""
         parsed = parsed_variant(variant)
         kind = parsed.variant.llms
         if kind == "none":
             return ()
         if kind == "one":
             return (parsed.llm,)
+        if kind == "planted":
+            if dataset is None:
+                raise ValueError(f"variant {variant} reads its dataset's planted table: pass the dataset")
+            return (registry.PLANTED_PREFIX + dataset,)
         if kind == "random":
             controls = self.random_controls()
             return tuple(controls[llm] for llm in self.mltfr_set(variant, backbone))
@@ -270,6 +275,11 @@ class Study:
         lambda_s acts in round 1, through the random frozen consensus expert)."""
         return sorted({(run.variant, run.backbone) for run in self.runs})
 
+    @functools.cached_property
+    def variant_cells(self) -> list:
+        """Every (variant, backbone, dataset) of the runs: what decides a run's LLM tables."""
+        return sorted({(run.variant, run.backbone, run.dataset) for run in self.runs})
+
     def like_llm(self, llm: str) -> str | None:
         """The LLM whose table a `random` entry copies the shape of (`like:`), or None."""
         entry = self.llms[llm]
@@ -277,7 +287,7 @@ class Study:
 
     def all_llms(self) -> list:
         """Every table the study extracts: the variants' LLMs and the tables random ones copy."""
-        used = {llm for v, b in self.variant_backbones for llm in self.variant_llms(v, b)}
+        used = {llm for cell in self.variant_cells for llm in self.variant_llms(*cell)}
         return sorted(used | {self.like_llm(llm) for llm in used} - {None})
 
     def all_datasets(self) -> list:
@@ -288,11 +298,12 @@ class Study:
 
     # ------------------------------------------------------------ CLI arguments of a run
     @functools.cache
-    def variant_args(self, variant: str, backbone: str) -> str:
-        """`--variant V [--llm NAME=DIR ...] [--set key=value ...]` of a variant on `backbone`."""
+    def variant_args(self, variant: str, backbone: str, dataset: str | None = None) -> str:
+        """`--variant V [--llm NAME=DIR ...] [--set key=value ...]` of a variant on `backbone`, `dataset`."""
         parsed = parsed_variant(variant)
         args = [f"--variant {'mltfr' if parsed.key else variant}"]   # sensitivity: mltfr + --set
-        args += [f"--llm {llm}={self.layout.llm_dir.format(llm=llm)}" for llm in self.variant_llms(variant, backbone)]
+        args += [f"--llm {llm}={self.layout.llm_dir.format(llm=llm)}"
+                 for llm in self.variant_llms(variant, backbone, dataset)]
         if parsed.key not in (None, "n_llms"):  # n_llms acts through the LLM list instead
             args.append(f"--set {parsed.key}={parsed.value}")
         group = self.consensus_group(backbone) if uses_consensus(variant) else None
@@ -319,7 +330,7 @@ class Study:
         """`--data D --out FOLDER --variant V ...` of a training job (FOLDER: a run template)."""
         run = dict(wildcards)
         data, out = self.layout.data_dir.format(**run), folder.format(**run)
-        variant = self.variant_args(run["variant"], run["backbone"])
+        variant = self.variant_args(run["variant"], run["backbone"], run["dataset"])
         choice = self.tuned_choice(run["dataset"], run["backbone"], run["protocol"])
         tuned = f" --tuned {choice}" if choice else ""
         return f"--data {data} --out {out} {variant}{self.rung_args(run['protocol'])}{tuned}"

@@ -14,6 +14,8 @@ Names:
     mltfr-<name>           the full method with one thing changed (ablations and controls below)
     mltfr@<key>=<value>    sensitivity: mltfr with one RunConfig key set (e.g. branch.K=3)
     mltfr@n_llms=<n>       sensitivity: mltfr on the first n LLMs of its set
+    mltfr-planted[-...]    the positive control (leaky by construction, never a finding): the run's
+                           dataset's planted table (planted-<dataset>, mltfr.llm.planted) in the branch
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ FULL = "mltfr"
 SINGLE_MODES = ("direct", "filter")
 SENSITIVITY = re.compile(r"^mltfr@(?P<key>[A-Za-z_][A-Za-z0-9_.]*)=(?P<value>[^/@=]+)$")
 RANDOM_PREFIX = "random-"   # registry name of an LLM's random control table (mltfr-random)
+PLANTED_PREFIX = "planted-"  # registry name of a dataset's planted table (the positive control)
+POSITIVE_LABEL = "positive control (leaky by construction)"   # on every output that shows one
 
 
 @dataclass(frozen=True)
@@ -32,10 +36,11 @@ class Variant:
     """One study variant: the branch settings it changes and the LLM tables it reads."""
 
     name: str
-    block: str              # base | direct | filter | mltfr | ablation | control | sensitivity
+    block: str              # base | direct | filter | mltfr | ablation | control | positive | sensitivity
     summary: str            # one line, for tables and --help
     settings: dict = field(default_factory=dict)   # BranchConfig overrides on top of the full method
-    llms: str = "mltfr"     # none | one (the LLM in its name) | mltfr (the set) | random (its random twins)
+    llms: str = "mltfr"     # none | one (the LLM in its name) | mltfr (the set) | random (its random twins) |
+    #                         planted (the planted table of the run's dataset: planted-<dataset>)
 
     @property
     def rounds(self) -> int:
@@ -48,6 +53,13 @@ class Variant:
 FULL_METHOD = {"filtering": True, "router": "softmax", "trainable_tables": True, "consensus": "fisher"}
 # Single-LLM variants: one expert, so no router and no consensus.
 SINGLE_LLM = {"router": "mean", "consensus": "none", "trainable_tables": True, "consensus_group": None}
+# The sharp filter (a filter that chooses): the learning gradient, a fixed logit scale on the cosine
+# scores and a noiseless pick at evaluation under both protocols (docs/method.md, "The sharp filter").
+SHARP = {"filter_grad": "learn", "score_scale": 50.0, "eval_noise": False}
+# The positive control: the planted table alone through one expert, frozen (fine-tuning moves its rows
+# away from what was planted), one pick per real position (causal user vector, per-user pooling: a
+# next-item row is right for one position only). docs/method.md, "The positive control".
+PLANTED = {**SINGLE_LLM, "filtering": True, "trainable_tables": False, "user_vector": "causal", "pooling": "user"}
 
 _ENTRIES = (
     Variant(BASE, "base", "ID-only backbone", llms="none"),
@@ -62,10 +74,18 @@ _ENTRIES = (
             {"selection": "random"}),
     Variant("mltfr-learnfilter", "control", "a filter that learns: gradient into y, no renormalisation",
             {"filter_grad": "learn"}),
+    Variant("mltfr-sharpfilter", "control", "a filter that chooses: learning gradient, logit scale 50, "
+            "noiseless pick at evaluation", SHARP),
     # per-user pooling under both protocols: pooled over the batch, a position would also attend
     # to the tokens of later positions, which is what the causal vector removes
     Variant("mltfr-causal", "control", "causal user vector: prefix mean up to each position (per-user pooling)",
             {"user_vector": "causal", "pooling": "user"}),
+    Variant("mltfr-planted", "positive", f"{POSITIVE_LABEL}: the planted table through the authors' filter",
+            PLANTED, llms="planted"),
+    Variant("mltfr-planted-sharp", "positive", f"{POSITIVE_LABEL}: the planted table through the sharp filter",
+            {**PLANTED, **SHARP}, llms="planted"),
+    Variant("mltfr-planted-lookup", "positive", f"{POSITIVE_LABEL}: the planted row of each position's "
+            "own item handed to the branch (no filter)", {**PLANTED, "selection": "lookup"}, llms="planted"),
 )
 VARIANTS = {v.name: v for v in _ENTRIES}
 SINGLE = {mode: Variant(mode, mode, summary, {"filtering": mode == "filter", **SINGLE_LLM}, llms="one")
@@ -73,6 +93,8 @@ SINGLE = {mode: Variant(mode, mode, summary, {"filtering": mode == "filter", **S
                                 ("filter", "one LLM, user-guided filtering"))}
 ABLATIONS = tuple(v.name for v in _ENTRIES if v.block == "ablation")
 CONTROLS = tuple(v.name for v in _ENTRIES if v.block == "control")
+# Leaky by construction: never a finding, and never run unless a study names them.
+POSITIVE_CONTROLS = tuple(v.name for v in _ENTRIES if v.block == "positive")
 
 
 @dataclass(frozen=True)
