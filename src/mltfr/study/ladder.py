@@ -78,13 +78,19 @@ class Rung:
         return record if self.start == FAITHFUL else {**record, "start": self.start}
 
 
+def distinct_known(names, known, what: str, fix: str) -> tuple:
+    """`names` as a tuple of distinct names of `known`, at least one, or a ConfigError naming `what`."""
+    names = tuple(names)
+    unknown = [n for n in names if n not in known]
+    if unknown or not names or len(set(names)) != len(names):
+        raise ConfigError(f"{what} {list(names)} must name distinct factors from "
+                          f"{', '.join(known)} (unknown: {unknown or 'none'}); {fix}")
+    return names
+
+
 def check_order(order) -> tuple:
     """The order as a tuple of known, distinct factors, each after the factors it needs."""
-    order = tuple(order)
-    unknown = [f for f in order if f not in FACTORS]
-    if unknown or not order or len(set(order)) != len(order):
-        raise ConfigError(f"ladder order {list(order)} must name distinct factors from "
-                          f"{', '.join(FACTORS)} (unknown: {unknown or 'none'}); fix the order")
+    order = distinct_known(order, FACTORS, "ladder order", "fix the order")
     for factor in order:
         late = [n for n in REQUIRES.get(factor, ()) if n not in order[:order.index(factor)]]
         if late:
@@ -146,12 +152,7 @@ def is_factor_setting(name: str) -> bool:
 
 def check_factors(factors) -> tuple:
     """The factors as a tuple of distinct factors that have a faithful value."""
-    factors = tuple(factors)
-    unknown = [f for f in factors if f not in FAITHFUL_VALUES]
-    if unknown or not factors or len(set(factors)) != len(factors):
-        raise ConfigError(f"protocol factors {list(factors)} must name distinct factors from "
-                          f"{', '.join(FAITHFUL_VALUES)} (unknown: {unknown or 'none'}); fix the list")
-    return factors
+    return distinct_known(factors, FAITHFUL_VALUES, "protocol factors", "fix the list")
 
 
 def factor_setting(factors, index: int) -> Rung:
