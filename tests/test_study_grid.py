@@ -46,7 +46,7 @@ def test_test_config_runs_by_block():
 def test_random_controls_auto_maps_each_mltfr_llm_to_its_twin():
     grid = study(only("ablations"))
     assert grid.random_controls() == {"minilm": "random-minilm", "paraphrase-minilm": "random-paraphrase-minilm"}
-    assert grid.variant_llms("mltfr-random", "sasrec") == ("random-minilm", "random-paraphrase-minilm")
+    assert grid.variant_llms("mltfr-random", "sasrec", "pantry-u10") == ("random-minilm", "random-paraphrase-minilm")
     assert grid.like_llm("random-minilm") == "minilm"
 
 
@@ -110,13 +110,46 @@ def test_a_tuned_backbone_trains_its_factor_settings_with_its_choice():
     assert grid.tuned_choice("pantry-u10", "sasrec", "rung-selection") is None
 
 
+def test_per_dataset_llms_come_before_per_backbone_ones():
+    """A third table on one dataset only (issue: SmolLM2 on ML-1M): the dataset's entry is looked up
+    first, its random twin joins the controls, the MiniLM pair stays the consensus group."""
+    def edit(cfg):
+        cfg["study"]["blocks"]["mltfr"]["llms"] = {
+            "pantry-u10": {"sasrec": ["minilm", "paraphrase-minilm", "smollm2"]}, "sasrec": ["minilm"]}
+
+    grid = study(edit)
+    assert grid.variant_llms("mltfr", "sasrec", "pantry-u10") == ("minilm", "paraphrase-minilm", "smollm2")
+    assert grid.variant_llms("mltfr-random", "sasrec", "pantry-u10") == (
+        "random-minilm", "random-paraphrase-minilm", "random-smollm2")
+    assert grid.mltfr_llms("sasrec", "other-dataset") == ["minilm"]
+    assert grid.mltfr_llms_key("sasrec", "pantry-u10") == "study.blocks.mltfr.llms.pantry-u10.sasrec"
+    assert "smollm2" in grid.all_llms() and "random-smollm2" in grid.all_llms()
+
+
+@pytest.mark.parametrize("llms, words", [
+    ({"ml-100": ["minilm", "paraphrase-minilm"]}, ["study.blocks.mltfr.llms", "'ml-100'", "not a dataset or a backbone"]),
+    ({"pantry-u10": {"pantry-u10": ["minilm", "paraphrase-minilm"]}},
+     ["study.blocks.mltfr.llms.pantry-u10", "'pantry-u10' is not one of"]),
+    ({"sasrec": ["minilm", "paraphrase-minilm"]},
+     ["study.blocks.mltfr.llms", "no entry for dataset 'pantry-u10' or backbone 'gru4rec'"]),
+])
+def test_per_cell_llm_mappings_name_their_cells(llms, words):
+    def edit(cfg):
+        cfg["study"]["backbones"] = ["sasrec", "gru4rec"]
+        cfg["study"]["blocks"]["mltfr"]["llms"] = llms
+
+    with pytest.raises(ConfigError) as err:
+        study(edit)
+    assert all(word in str(err.value) for word in words), str(err.value)
+
+
 def test_per_backbone_llms_and_group_positions():
     def edit(cfg):
         cfg["study"]["blocks"]["mltfr"]["llms"] = {"sasrec": ["paraphrase-minilm", "minilm"]}
         cfg["study"]["blocks"]["mltfr"]["consensus_group"] = ["minilm", "paraphrase-minilm"]
 
     grid = study(edit)
-    assert grid.variant_args("mltfr-random", "sasrec").endswith(
+    assert grid.variant_args("mltfr-random", "sasrec", "pantry-u10").endswith(
         "--llm random-paraphrase-minilm=results/test/llm/random-paraphrase-minilm "
         "--llm random-minilm=results/test/llm/random-minilm --set 'branch.consensus_group=[1,0]'")
 
@@ -137,7 +170,7 @@ def written_random(cfg, seed_a=1, seed_b=2, like_b="paraphrase-minilm"):
     (lambda cfg: cfg["study"].update(backbones=["sasrec", "pop"]),
      "config key `study.backbones`: lists ['pop'], a popularity ranking"),
     (lambda cfg: cfg["study"]["blocks"]["sensitivity"].update(n_llms=[3]),
-     "config key `study.blocks.sensitivity.n_llms`: asks for 3 LLMs but the mltfr set of sasrec has 2"),
+     "config key `study.blocks.sensitivity.n_llms`: asks for 3 LLMs but the mltfr set of sasrec on pantry-u10 has 2"),
     (lambda cfg: cfg["study"]["blocks"]["protocol_ladder"].update(order=["user_vector", "pooling"]),
      "config key `study.blocks.protocol_ladder.order`"),
     (lambda cfg: protocol_factors(cfg, factors=["user_vector"]), "config key `study.blocks.protocol_factors.factors"),

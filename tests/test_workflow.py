@@ -367,7 +367,7 @@ def test_per_backbone_llms_and_group_in_a_small_config(env, tmp_path):
     "edit, named",
     [
         (lambda block: block.update(llms={"bert4rec": ["minilm", "paraphrase-minilm"]}),
-         ["study.blocks.mltfr.llms", "no entry for backbone 'sasrec'"]),
+         ["study.blocks.mltfr.llms", "no entry for dataset 'pantry-u10' or backbone 'sasrec'"]),
         (lambda block: block.update(consensus_group=["minilm", "random-minilm"]),
          ["study.blocks.mltfr.consensus_group", "random-minilm", "not in the mltfr LLMs"]),
     ],

@@ -4,8 +4,10 @@ Each failure is a ConfigError naming the dotted key, the problem and the fix (`k
 """
 from __future__ import annotations
 
+import itertools
+
 from mltfr.errors import key_error
-from mltfr.models import UNTRAINED_BACKBONES
+from mltfr.models import BACKBONES, UNTRAINED_BACKBONES
 from mltfr.study import variants as registry
 from mltfr.study.grid import Study, parsed_variant, uses_consensus
 
@@ -34,11 +36,25 @@ def check_names(key: str, names, known, registry_name: str) -> None:
 
 
 def check_mltfr_llm_names(study: Study) -> None:
-    """Every LLM named by the mltfr block (one list, or one per backbone) is in `llms`."""
-    llms = study.block("mltfr")["llms"]
-    for backbone, names in llms.items() if isinstance(llms, dict) else [(None, llms)]:
-        if names is not None:
-            check_names(study.mltfr_llms_key(backbone), names, study.llms, "llms")
+    """Every LLM named by the mltfr block (one list, or one per dataset and/or backbone) is in
+    `llms`, and every key of its mappings names a dataset or a backbone."""
+    for key in ("llms", "consensus_group"):
+        check_cell_keys(study, f"study.blocks.mltfr.{key}", study.block("mltfr")[key])
+    for key, names in study.mltfr_llm_lists():
+        check_names(key, names, study.llms, "llms")
+
+
+def check_cell_keys(study: Study, key: str, value, depth: int = 0) -> None:
+    """A per-cell mapping: dataset names (then backbones under them) or backbone names."""
+    if not isinstance(value, dict):
+        return
+    known = set(BACKBONES) | (set(study.config["datasets"]) if depth == 0 else set())
+    for name, inner in value.items():
+        if name not in known:
+            what = "a dataset or a backbone" if depth == 0 else "a backbone"
+            raise key_error(key, f"has an entry '{name}', which is not {what}",
+                            f"key it by names of `datasets` or backbones ({', '.join(BACKBONES)})")
+        check_cell_keys(study, f"{key}.{name}", inner, depth + 1)
 
 
 def check_like_entries(study: Study) -> None:
@@ -92,17 +108,17 @@ def check_variants(study: Study) -> None:
     check_variant_names(study)
     study.ladder_rungs  # noqa: B018  (raises on a bad ladder order)
     study.factor_settings  # noqa: B018  (raises on a bad factor list)
-    pairs = {(run.variant, run.backbone) for run in study.runs}
     check_n_llms(study)
-    random_backbones = {b for v, b in pairs if parsed_variant(v).variant.llms == "random"}
-    if random_backbones:
-        check_random_controls(study, random_backbones)
-    for variant, backbone in sorted(p for p in pairs if uses_consensus(p[0])):
-        group = study.consensus_group(backbone)
+    random_cells = {(b, d) for v, b, d in study.variant_cells if parsed_variant(v).variant.llms == "random"}
+    if random_cells:
+        check_random_controls(study, random_cells)
+    for variant, backbone, dataset in (cell for cell in study.variant_cells if uses_consensus(cell[0])):
+        group = study.consensus_group(backbone, dataset)
         if group is None:
-            check_consensus(study, study.variant_llms(variant, backbone), consensus_key(study, variant, backbone))
+            check_consensus(study, study.variant_llms(variant, backbone, dataset),
+                            consensus_key(study, variant, backbone, dataset))
         else:
-            check_consensus_group(study, group, study.mltfr_set(variant, backbone), backbone)
+            check_consensus_group(study, group, study.mltfr_set(variant, backbone, dataset), backbone, dataset)
 
 
 def check_variant_names(study: Study) -> None:
@@ -124,19 +140,22 @@ def check_variant_names(study: Study) -> None:
 
 def check_n_llms(study: Study) -> None:
     block = study.block("sensitivity")
-    for backbone in study.block_values("sensitivity", "backbones") if block["enabled"] else []:
-        n_max = len(study.mltfr_llms(backbone))
+    cells = itertools.product(study.block_values("sensitivity", "backbones"),
+                              study.block_values("sensitivity", "datasets")) if block["enabled"] else []
+    for backbone, dataset in cells:
+        n_max = len(study.mltfr_llms(backbone, dataset))
         for n in block["n_llms"]:
             if n > n_max:
                 raise key_error("study.blocks.sensitivity.n_llms",
-                                f"asks for {n} LLMs but the mltfr set of {backbone} has {n_max}",
+                                f"asks for {n} LLMs but the mltfr set of {backbone} on {dataset} has {n_max}",
                                 f"use values from 2 to {n_max}")
 
 
-def check_random_controls(study: Study, backbones) -> None:
-    """mltfr-random: each mltfr LLM has a `random-<...>` entry copying its shape."""
+def check_random_controls(study: Study, cells) -> None:
+    """mltfr-random: each mltfr LLM of its (backbone, dataset) cells has a `random-<...>` entry
+    copying its shape."""
     controls = study.random_controls()
-    for llm in {llm for backbone in backbones for llm in study.mltfr_llms(backbone)}:
+    for llm in sorted({llm for backbone, dataset in cells for llm in study.mltfr_llms(backbone, dataset)}):
         if llm not in controls:
             raise key_error(RANDOM_CONTROLS, f"mltfr-random needs a random table for '{llm}'",
                             f"add `{llm}: <name of a random-table entry in llms>` or drop mltfr-random")
@@ -158,13 +177,13 @@ def check_random_control(llms: dict, key: str, llm: str, control: str) -> None:
                         f"name the random entry with `like: {llm}`")
 
 
-def consensus_key(study: Study, variant: str, backbone: str) -> str:
+def consensus_key(study: Study, variant: str, backbone: str, dataset: str) -> str:
     """The config key that decides a consensus variant's LLM set (named in its error)."""
     if parsed_variant(variant).variant.llms == "random":
         return RANDOM_CONTROLS
     if variant.startswith("mltfr@n_llms="):
         return "study.blocks.sensitivity.n_llms"
-    return study.mltfr_llms_key(backbone)
+    return study.mltfr_llms_key(backbone, dataset)
 
 
 def check_consensus(study: Study, llms, key: str) -> None:
@@ -177,11 +196,10 @@ def check_consensus(study: Study, llms, key: str) -> None:
                     "add an LLM of the same `dim` as another one, or run only mltfr-noconsensus")
 
 
-def check_consensus_group(study: Study, group, llms, backbone: str) -> None:
+def check_consensus_group(study: Study, group, llms, backbone: str, dataset: str) -> None:
     """A configured group: >= 2 of the variant's mltfr LLMs, of one declared token dimension."""
-    per_backbone = isinstance(study.block("mltfr")["consensus_group"], dict)
-    key = "study.blocks.mltfr.consensus_group" + (f".{backbone}" if per_backbone else "")
-    mltfr_llms = study.mltfr_llms(backbone)
+    _, key = study.per_cell("consensus_group", backbone, dataset)
+    mltfr_llms = study.mltfr_llms(backbone, dataset)
     unknown = [llm for llm in group if llm not in mltfr_llms]
     if unknown:
         raise key_error(key, f"names {unknown}, not in the mltfr LLMs {mltfr_llms}", "name mltfr LLMs only")

@@ -4,8 +4,8 @@ The grid is computed from `config["study"]` only, so adding a dataset or an LLM 
 and to `study` adds its jobs and nothing else. Variant names, their LLMs and rounds come from
 `mltfr.study.variants`. Variants with a consensus expert take three jobs: round 1 (`mltfr
 train`), the merge (`mltfr fisher`), round 2 (`mltfr train --consensus FILE`). The mltfr LLM set
-and its consensus group may differ per backbone (`study.blocks.mltfr.llms` and
-`.consensus_group`: one list, or a mapping backbone -> list). The protocol ladder's rungs and
+and its consensus group may differ per backbone and per dataset (`study.blocks.mltfr.llms` and
+`.consensus_group`: one list, or a mapping by dataset and/or backbone). The protocol ladder's rungs and
 the protocol-factor settings (`mltfr.study.ladder`) are values of the `protocol` wildcard.
 
 DAG speed (the paper grid has thousands of jobs): everything derived from a variant name is cached.
@@ -71,40 +71,47 @@ class Study:
         value = self.block(name)[key]
         return self.study[key] if value is None else value
 
-    def per_backbone(self, key: str, backbone: str):
-        """A mltfr block setting: one value for every backbone, or a mapping backbone -> value."""
-        value = self.block("mltfr")[key]
-        if not isinstance(value, dict):
-            return value
-        if backbone not in value:
-            raise key_error(f"study.blocks.mltfr.{key}",
-                            f"has no entry for backbone '{backbone}', which runs mltfr variants",
-                            f"add `{backbone}: [...]` under it, or give one list for every backbone")
-        return value[backbone]
+    def per_cell(self, key: str, backbone: str, dataset: str):
+        """A mltfr block setting of one (backbone, dataset) and its dotted key: one value for every
+        cell, or a mapping by dataset and/or backbone (a dataset's entry is looked up first)."""
+        value, path = self.block("mltfr")[key], f"study.blocks.mltfr.{key}"
+        for name in (dataset, backbone):
+            if isinstance(value, dict) and name in value:
+                value, path = value[name], f"{path}.{name}"
+        if isinstance(value, dict):
+            raise key_error(path, f"has no entry for dataset '{dataset}' or backbone '{backbone}', which "
+                            f"run mltfr variants", f"add `{dataset}: [...]` or `{backbone}: [...]` under it, "
+                            f"or give one list for every cell")
+        return value, path
 
-    def mltfr_llms(self, backbone: str) -> list:
-        """The LLMs mltfr and its ablations combine on `backbone`, in order."""
-        llms = self.per_backbone("llms", backbone)
+    def mltfr_llms(self, backbone: str, dataset: str) -> list:
+        """The LLMs mltfr and its ablations combine on `backbone` and `dataset`, in order."""
+        llms, _ = self.per_cell("llms", backbone, dataset)
         return self.study["llms"] if llms is None else llms
 
-    def mltfr_llms_key(self, backbone: str | None) -> str:
-        llms = self.block("mltfr")["llms"]
-        if llms is None:
-            return "study.llms"
-        return "study.blocks.mltfr.llms" + (f".{backbone}" if isinstance(llms, dict) else "")
+    def mltfr_llms_key(self, backbone: str, dataset: str) -> str:
+        llms, path = self.per_cell("llms", backbone, dataset)
+        return "study.llms" if llms is None else path
 
-    def consensus_group(self, backbone: str):
-        """The configured consensus group (LLM names of the mltfr set) on `backbone`, or None
-        (the CLI's default: the largest set of LLMs sharing a token dimension)."""
-        return self.per_backbone("consensus_group", backbone)
+    def mltfr_llm_lists(self) -> list:
+        """(dotted key, list) of every LLM list the mltfr block names (null: none)."""
+        def walk(value, path):
+            if isinstance(value, dict):
+                return [pair for name, v in value.items() for pair in walk(v, f"{path}.{name}")]
+            return [] if value is None else [(path, value)]
+        return walk(self.block("mltfr")["llms"], "study.blocks.mltfr.llms")
+
+    def consensus_group(self, backbone: str, dataset: str):
+        """The configured consensus group (LLM names of the mltfr set) on `backbone` and `dataset`,
+        or None (the CLI's default: the largest set of LLMs sharing a token dimension)."""
+        return self.per_cell("consensus_group", backbone, dataset)[0]
 
     def random_controls(self) -> dict:
         """mltfr LLM -> its random table: `auto` maps each x to its twin random-x."""
         controls = self.block("ablations")["random_controls"]
         if controls != "auto":
             return controls
-        llms = self.block("mltfr")["llms"]
-        lists = llms.values() if isinstance(llms, dict) else [llms or self.study["llms"]]
+        lists = [names for _, names in self.mltfr_llm_lists()] or [self.study["llms"]]
         return {x: registry.RANDOM_PREFIX + x for names in lists for x in names}
 
     # ------------------------------------------------------------ the grid
@@ -244,16 +251,16 @@ class Study:
 
     # ------------------------------------------------------------ variants and their LLMs
     @functools.cache
-    def mltfr_set(self, variant: str, backbone: str) -> tuple:
+    def mltfr_set(self, variant: str, backbone: str, dataset: str) -> tuple:
         """The mltfr LLMs a mltfr-family variant stands on (n_llms: the first n), in order."""
         parsed = parsed_variant(variant)
-        llms = self.mltfr_llms(backbone)
+        llms = self.mltfr_llms(backbone, dataset)
         return tuple(llms[: int(parsed.value)] if parsed.key == "n_llms" else llms)
 
     @functools.cache
-    def variant_llms(self, variant: str, backbone: str, dataset: str | None = None) -> tuple:
+    def variant_llms(self, variant: str, backbone: str, dataset: str) -> tuple:
         """LLM names a variant's model uses on `backbone` and `dataset` (its `--llm` arguments), in
-        order; only the positive control's table depends on the dataset (planted-<dataset>)."""
+        order: the mltfr set may differ per dataset, the positive control's table is the dataset's."""
         parsed = parsed_variant(variant)
         kind = parsed.variant.llms
         if kind == "none":
@@ -261,13 +268,11 @@ class Study:
         if kind == "one":
             return (parsed.llm,)
         if kind == "planted":
-            if dataset is None:
-                raise ValueError(f"variant {variant} reads its dataset's planted table: pass the dataset")
             return (registry.PLANTED_PREFIX + dataset,)
         if kind == "random":
             controls = self.random_controls()
-            return tuple(controls[llm] for llm in self.mltfr_set(variant, backbone))
-        return self.mltfr_set(variant, backbone)
+            return tuple(controls[llm] for llm in self.mltfr_set(variant, backbone, dataset))
+        return self.mltfr_set(variant, backbone, dataset)
 
     @functools.cached_property
     def variant_backbones(self) -> list:
@@ -298,7 +303,7 @@ class Study:
 
     # ------------------------------------------------------------ CLI arguments of a run
     @functools.cache
-    def variant_args(self, variant: str, backbone: str, dataset: str | None = None) -> str:
+    def variant_args(self, variant: str, backbone: str, dataset: str) -> str:
         """`--variant V [--llm NAME=DIR ...] [--set key=value ...]` of a variant on `backbone`, `dataset`."""
         parsed = parsed_variant(variant)
         args = [f"--variant {'mltfr' if parsed.key else variant}"]   # sensitivity: mltfr + --set
@@ -306,10 +311,10 @@ class Study:
                  for llm in self.variant_llms(variant, backbone, dataset)]
         if parsed.key not in (None, "n_llms"):  # n_llms acts through the LLM list instead
             args.append(f"--set {parsed.key}={parsed.value}")
-        group = self.consensus_group(backbone) if uses_consensus(variant) else None
+        group = self.consensus_group(backbone, dataset) if uses_consensus(variant) else None
         # the CLI takes positions in its --llm list (the random controls keep the same order)
         if group is not None:
-            llms = self.mltfr_set(variant, backbone)
+            llms = self.mltfr_set(variant, backbone, dataset)
             positions = ",".join(str(llms.index(llm)) for llm in group if llm in llms)
             args.append(f"--set 'branch.consensus_group=[{positions}]'")
         return " ".join(args)
