@@ -2,6 +2,7 @@
 report, on synthetic run trees with known verdicts, written as the trainer writes runs."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -414,3 +415,29 @@ def test_faithful_runs_from_before_the_authors_backbones_are_flagged():
     note = stale_faithful_note(runs)
     assert note.startswith("2 faithful runs (sasrec, sasrec-ce) predate the authors' backbones")
     assert stale_faithful_note(runs.iloc[2:]) is None and stale_faithful_note(runs.drop(columns="impl")) is None
+
+
+def test_the_reference_check_sets_base_beside_published_numbers(converged, tmp_path, capsys):
+    """`--references` (study.references as JSON): our corrected base mean beside each published
+    number, the ratio in words, and a clear error for a malformed argument."""
+    runs = pd.read_csv(converged["tables"] / "runs.csv")
+    base = runs[(runs["variant"] == "base") & (runs["protocol"] == "corrected") & (runs["backbone"] == "sasrec")]
+    dataset, mean = base["dataset"].iloc[0], base["test_ndcg@10"].mean()
+    published = round(mean * 2, 4)
+    refs = [{"dataset": dataset, "backbone": "sasrec", "name": "SASRec (paper)", "ndcg@10": published,
+             "hr@10": 0.5, "source": "A & B, RecSys 2023", "setting": "max_len 200 (ours 50)"},
+            {"dataset": "elsewhere", "backbone": "sasrec-ce", "ndcg@10": 0.2, "source": "C", "setting": "D"}]
+    out = tmp_path / "findings.md"
+    args = ["findings", "--tables", str(converged["tables"]), "--stats", str(converged["stats"]), "--figures",
+            str(converged["figures"]), "--out", str(out), "--study", "converged", "--references", json.dumps(refs)]
+    assert cli_main(args) == 0
+    text = section(out.read_text(encoding="utf-8"), "## Reference check", "## 1. ")
+    assert f"| {dataset} | sasrec | {mean:.4f} | {base['test_hr@10'].mean():.4f} | 3 | SASRec (paper) | " \
+           f"{published:.4f} | 0.5000 | A & B, RecSys 2023 | max_len 200 (ours 50) |" in text
+    assert f"- {dataset} sasrec: ours reaches {mean / published:.0%} of SASRec (paper)'s published NDCG@10." in text
+    assert "| elsewhere | sasrec-ce | - | - | 0 |" in text          # not run: no ratio sentence
+    assert "elsewhere sasrec-ce: ours" not in text
+    assert "## Reference check" not in report(converged)           # no references: no section
+    args[-1] = json.dumps([{"dataset": dataset, "backbone": "sasrec", "source": "A"}])
+    assert cli_main(args) == 2
+    assert "--references entry 0 lacks ['setting']" in capsys.readouterr().err

@@ -8,6 +8,7 @@ as possible (one marker file per dataset and per LLM: its meta.json, written las
 has at most one params function (each costs every job a signature inspection).
 """
 
+import json
 import shlex
 import sys
 from pathlib import Path

@@ -109,7 +109,9 @@ rule findings:
     threads: 1
     params:
         mltfr=MLTFR,
+        references=json.dumps(STUDY.study["references"]),
     shell:
         f"{{params.mltfr}} findings --study {LAYOUT.name} --planned-runs {len(STUDY.runs)}"
+        " --references {params.references:q}"
         f" --tables {LAYOUT.tables}"
         f" --stats {LAYOUT.stats} --figures {LAYOUT.figures} --out {{output}} > {{log}} 2>&1"

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from mltfr.analysis.demonstration import MIN_SEEDS, demonstration_label
+from mltfr.analysis.references import reference_check
 from mltfr.analysis.null_gains import THRESHOLDS
 from mltfr.analysis.stats import ALPHA, format_p
 from mltfr.analysis.tables import DIAG_GROUP, PROTOCOL_FACTORS
@@ -677,9 +678,10 @@ def header(tables: Path, stats: Path, figures: Path, out: Path, study: str, demo
 
 
 def write_findings(tables: Path, stats: Path, figures: Path, out: Path, study: str,
-                   planned: int | None = None) -> Path:
+                   planned: int | None = None, references: list[dict] | None = None) -> Path:
     """Write the findings report of one study to `out` (atomically) and return its path.
-    `planned`: the number of runs the study plans (the report says when it reads fewer)."""
+    `planned`: the number of runs the study plans (the report says when it reads fewer);
+    `references`: published numbers for the reference check (study.references)."""
     tables, stats, figures, out = map(Path, (tables, stats, figures, out))
     runs = read_table(tables, "runs")
     demo = demonstration_label(runs)
@@ -688,6 +690,7 @@ def write_findings(tables: Path, stats: Path, figures: Path, out: Path, study: s
     text = (header(tables, stats, figures, out, study, demo, coverage_note(runs, planned), planned,
                    stale_faithful_note(runs))
             + headline(rows, demo, runs) + "\n"
+            + (reference_check(runs, references) + "\n" if references else "")
             + question1(rows, read_table(tables, "main"), demo) + "\n"
             + question2(tables, figures, out, demo) + "\n"
             + evidence_sections(tables, figures, out, comparisons))

@@ -1,7 +1,7 @@
 """`mltfr findings`: the study's findings report from the tables and statistics of `mltfr aggregate`.
 
     mltfr findings --tables results/STUDY/tables --stats results/STUDY/stats --figures figures/STUDY \\
-                   --out results/STUDY/findings.md --study STUDY [--planned-runs N]
+                   --out results/STUDY/findings.md --study STUDY [--planned-runs N] [--references JSON]
 
 Reads only the written CSV/Markdown tables (never the runs); links the figures relative to the
 report's folder (mltfr.analysis.findings).
@@ -20,11 +20,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--planned-runs", type=int, default=None,
                         help="runs the study plans (the workflow passes it): fewer in runs.csv makes the "
                              "report say it is partial")
+    parser.add_argument("--references", default=None, metavar="JSON",
+                        help="published full-ranking numbers for the reference check: study.references as a "
+                             "JSON list (the workflow passes it)")
 
 
 def run(args: argparse.Namespace) -> int:
     from mltfr.analysis.findings import write_findings
+    from mltfr.analysis.references import parse_references
 
-    path = write_findings(args.tables, args.stats, args.figures, args.out, args.study, args.planned_runs)
+    path = write_findings(args.tables, args.stats, args.figures, args.out, args.study, args.planned_runs,
+                          parse_references(args.references))
     print(f"mltfr findings: wrote {path}")
     return 0
