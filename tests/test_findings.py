@@ -12,8 +12,8 @@ import pytest
 
 from fixtures.results import branch_settings, metrics_of, result_document, write_run_folder
 from mltfr.analysis.demonstration import demonstration_label
-from mltfr.analysis.findings import (NOT_TESTABLE, excluded_gain, headline, learning_filter_text, question1_rows,
-                                     verdict, write_findings)
+from mltfr.analysis.findings import excluded_gain, headline, learning_filter_text, question1_rows, write_findings
+from mltfr.analysis.verdicts import NOT_TESTABLE, verdict
 from mltfr.analysis.pipeline import aggregate
 from mltfr.analysis.stats import StatsConfig
 from mltfr.cli import main as cli_main
@@ -441,3 +441,43 @@ def test_the_reference_check_sets_base_beside_published_numbers(converged, tmp_p
     args[-1] = json.dumps([{"dataset": dataset, "backbone": "sasrec", "source": "A"}])
     assert cli_main(args) == 2
     assert "--references entry 0 lacks ['setting']" in capsys.readouterr().err
+
+
+def comparison_row(variant: str, mean_diff: float, p: float, reference: str = "base", **cell) -> dict:
+    """One comparisons.csv row of 3 seeds whose t-test Holm p is `p` (TOST never passes)."""
+    return {"dataset": "d", "backbone": "sasrec", "protocol": "corrected", "variant": variant,
+            "reference": reference, "n_seeds": 3, "mean_diff": mean_diff, "ci_low": mean_diff - 0.001,
+            "ci_high": mean_diff + 0.001, "rank_biserial": 0.1, "p_ttest_users_holm": p, "p_tost_holm": 0.5,
+            "p_wilcoxon_holm": p, "p_ttest_holm": p, "margin": 0.0006, "margin_relative": 0.05, "mde": 0.0009,
+            "mde_holm": 0.001, "seed_mean_reference": 0.012, **cell}
+
+
+def test_the_positive_control_says_which_route_carries_the_planted_table():
+    from mltfr.analysis.positive import positive_control
+
+    rows = pd.DataFrame([comparison_row("mltfr-planted-lookup", 0.004, 0.001),
+                         comparison_row("mltfr-planted", 0.0001, 0.6),
+                         comparison_row("mltfr-planted-sharp", 0.002, 0.01),
+                         comparison_row("mltfr", 0.0, 0.9)])
+    text = positive_control(rows)
+    assert "- d/sasrec, corrected: The branch can carry a table's content and the tests see it" in text
+    assert "(**better**; Δ NDCG@10 +0.0040 [+0.0030, +0.0050]" in text
+    assert ("Through the authors' filter it shows no gain (**inconclusive**; Δ NDCG@10 +0.0001"
+            in text and "the authors' filter cannot transmit a table's content, whatever the table holds" in text)
+    assert "Through the sharp filter the planted table beats base too (**better**" in text
+    rows.loc[0, "p_ttest_users_holm"] = 0.3                       # the lookup shows nothing either
+    text = positive_control(rows)
+    assert "Even the planted rows handed to the branch row by row (no filter) show no gain" in text
+    assert "cannot transmit" not in text and "Through the authors' filter: **inconclusive**" in text
+    assert positive_control(rows.iloc[3:]).endswith("Positive control: not run in this study.\n")
+
+
+def test_positive_controls_form_their_own_holm_family():
+    from mltfr.analysis.stats import add_holm
+
+    study = pd.DataFrame([comparison_row(v, 0.001, np.nan, n_seeds=3) for v in ("mltfr", "filter-x")])
+    study["p"] = [0.02, 0.03]
+    both = pd.concat([study, study.iloc[:1].assign(variant="mltfr-planted-lookup", p=1e-6)], ignore_index=True)
+    alone, mixed = add_holm(study, columns=("p",), mark_on="p"), add_holm(both, columns=("p",), mark_on="p")
+    assert mixed["p_holm"].tolist()[:2] == alone["p_holm"].tolist() == [0.04, 0.04]   # Holm over 2, not 3
+    assert mixed["p_holm"].iloc[2] == pytest.approx(1e-6)

@@ -10,6 +10,8 @@ two questions, each with a computed verdict paragraph followed by its evidence:
 1. Do LLM token tables help an ID-based sequential recommender, beyond the controls?
    (comparisons.csv: mltfr vs base, filter-<llm> vs base, mltfr vs the random controls; the
    corrected protocol is the headline, the faithful one shown beside it; pop as a floor, main.csv)
+   Then the positive control (mltfr.analysis.positive): can the branch carry a planted table's
+   content through each route, and would the tests see it?
 2. Does the authors' protocol overstate the gain, and through which quirk?
    (protocol_factors.csv: the gain per protocol on matched seeds and MLTFR's own factors switched
    on top of the corrected protocol; ladder.csv's change of the gain per rung; optimism.csv;
@@ -26,17 +28,19 @@ import numpy as np
 import pandas as pd
 
 from mltfr.analysis.demonstration import MIN_SEEDS, demonstration_label
-from mltfr.analysis.references import reference_check
 from mltfr.analysis.null_gains import THRESHOLDS
+from mltfr.analysis.positive import positive_control
+from mltfr.analysis.references import reference_check
 from mltfr.analysis.stats import ALPHA, format_p
 from mltfr.analysis.tables import DIAG_GROUP, PROTOCOL_FACTORS
 from mltfr.analysis.variants import BASE, FULL, parse_variant
+from mltfr.analysis.verdicts import (NOT_TESTABLE, VERDICTS, ci_cell, diff_text, number, oriented, with_ci,
+                                     with_verdicts)
 from mltfr.errors import DataError
 from mltfr.io import atomic_write_text
 from mltfr.study.ladder import FACTORS, FAITHFUL, WITH, default_order
 from mltfr.study.tuning import TUNABLE
 
-NOT_TESTABLE = f"not testable (n<{MIN_SEEDS} seeds)"
 NOT_RUN = "not run in this study"
 # The controls MLTFR must beat for its gain to come from the LLM tables: random tables of the same
 # shapes (no LLM knowledge) and uniformly drawn tokens (no user signal); mltfr.study.variants.
@@ -78,38 +82,6 @@ def figure_link(figures: Path, name: str, out: Path) -> str:
 
 
 # ---------------------------------------------------------------- the verdict rule
-def verdict(p_holm: float, p_tost_holm: float, mean_diff: float, n_seeds: float) -> str:
-    """The verdict of one comparison with >= MIN_SEEDS common seeds (NOT_TESTABLE with fewer):
-    'better' / 'worse' (the sign of the mean per-user difference) when the Holm-adjusted p of
-    the paired t-test over users is < ALPHA; else 'equivalent' when the Holm-adjusted TOST p at
-    the declared margin is < ALPHA; else 'inconclusive' (neither a difference nor equivalence)."""
-    if not n_seeds >= MIN_SEEDS:
-        return NOT_TESTABLE
-    if np.isfinite(p_holm) and p_holm < ALPHA and mean_diff != 0:
-        return "better" if mean_diff > 0 else "worse"
-    if np.isfinite(p_tost_holm) and p_tost_holm < ALPHA:
-        return "equivalent"
-    return "inconclusive"
-
-
-VERDICTS = ("better", "worse", "equivalent", "inconclusive", NOT_TESTABLE)
-# comparisons.csv columns an oriented row keeps unchanged (the p-values are symmetric; the margin,
-# MDE and seed_mean_reference stay those of comparisons.csv's reference)
-KEPT = ["dataset", "backbone", "protocol", "n_seeds", "p_ttest_users_holm", "p_tost_holm", "p_wilcoxon_holm",
-        "p_ttest_holm", "margin", "margin_relative", "mde", "mde_holm", "seed_mean_reference"]
-
-
-def _oriented(rows: pd.DataFrame, label: str, sign: int) -> pd.DataFrame:
-    """Comparison rows as '<label>' with differences signed so that > 0 favours its left side."""
-    out = rows[KEPT].copy()
-    out["comparison"] = label
-    for col in ("mean_diff", "rank_biserial"):
-        out[col] = sign * rows[col] + 0.0          # + 0.0: a flipped 0 prints as +0.0000, not -0.0000
-    low, high = sign * rows["ci_low"] + 0.0, sign * rows["ci_high"] + 0.0
-    out["ci_low"], out["ci_high"] = np.minimum(low, high), np.maximum(low, high)
-    return out
-
-
 def question1_rows(comparisons: pd.DataFrame) -> pd.DataFrame:
     """mltfr vs base, each filter-<llm> vs base and mltfr vs each control, one row per cell and
     protocol, oriented (> 0: the left side scores higher), with the verdict."""
@@ -117,18 +89,11 @@ def question1_rows(comparisons: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     ref, variant = comparisons["reference"], comparisons["variant"]
     filters = variant.map(lambda v: parse_variant(v).block == "filter")
-    parts = [_oriented(comparisons[(variant == FULL) & (ref == BASE)], f"{FULL} vs {BASE}", 1)]
-    parts += [_oriented(comparisons[(variant == v) & (ref == BASE) & filters], f"{v} vs {BASE}", 1)
+    parts = [oriented(comparisons[(variant == FULL) & (ref == BASE)], f"{FULL} vs {BASE}", 1)]
+    parts += [oriented(comparisons[(variant == v) & (ref == BASE) & filters], f"{v} vs {BASE}", 1)
               for v in sorted(set(variant[filters]))]
-    parts += [_oriented(comparisons[(variant == c) & (ref == FULL)], f"{FULL} vs {c}", -1) for c in CONTROLS]
+    parts += [oriented(comparisons[(variant == c) & (ref == FULL)], f"{FULL} vs {c}", -1) for c in CONTROLS]
     return with_verdicts(pd.concat(parts, ignore_index=True))
-
-
-def with_verdicts(rows: pd.DataFrame) -> pd.DataFrame:
-    """Oriented comparison rows with a `verdict` column (the verdict rule above)."""
-    rows["verdict"] = [verdict(*v) for v in rows[["p_ttest_users_holm", "p_tost_holm", "mean_diff",
-                                                  "n_seeds"]].to_numpy(float)]
-    return rows
 
 
 def margin_words(rows: pd.DataFrame) -> str:
@@ -158,9 +123,9 @@ def excluded_gain(row) -> str:
              "at it with under 80% power." if row.verdict == "inconclusive" and row.margin < row.mde else "")
     p_t = format_p(row.p_ttest_users_holm) or "none"
     return (f"- {where}: {bound}. Verdict: **{row.verdict}** (t-test Holm p {p_t}; equivalence margin "
-            f"±{_number(row.margin)}, {share(row.margin)}, TOST Holm p {format_p(row.p_tost_holm) or 'none'}). "
-            f"MDE: the t-test detects a difference of {_number(row.mde)} ({share(row.mde)}) with 80% power, "
-            f"{_number(row.mde_holm)} ({share(row.mde_holm)}) at Holm's strictest level.{reach}")
+            f"±{number(row.margin)}, {share(row.margin)}, TOST Holm p {format_p(row.p_tost_holm) or 'none'}). "
+            f"MDE: the t-test detects a difference of {number(row.mde)} ({share(row.mde)}) with 80% power, "
+            f"{number(row.mde_holm)} ({share(row.mde_holm)}) at Holm's strictest level.{reach}")
 
 
 def headline_rows(gains: pd.DataFrame) -> pd.DataFrame:
@@ -221,24 +186,12 @@ def cell_answer(cell: pd.DataFrame) -> str:
     return f"no: MLTFR beats base but not every control ({weak})"
 
 
-def _diff_text(row) -> str:
-    """'Δ NDCG@10 +0.0123 [+0.0050, +0.0200], t-test Holm p 0.003, margin ±0.0006 (TOST Holm p
-    0.500), MDE 0.0009, 3 seed(s)' of one oriented row."""
-    p, p_tost = format_p(row.p_ttest_users_holm) or "none", format_p(row.p_tost_holm) or "none"
-    return (f"Δ NDCG@10 {_ci_cell(row) or 'none'}, t-test Holm p {p}, margin ±{_number(row.margin)} "
-            f"(TOST Holm p {p_tost}), MDE {_number(row.mde)}, {row.n_seeds:.0f} seed(s)")
-
-
-def _number(value: float) -> str:
-    return f"{value:.4f}" if np.isfinite(value) else "none"
-
-
 def question1_paragraph(rows: pd.DataFrame, protocol: str) -> str:
     """One protocol's verdict: per dataset/backbone the answer, then each comparison's verdict."""
     part = rows[rows["protocol"] == protocol]
     lines = []
     for (dataset, backbone), cell in part.groupby(CELL_KEYS, sort=True):
-        items = "; ".join(f"{r.comparison}: **{r.verdict}** ({_diff_text(r)})" for r in cell.itertuples())
+        items = "; ".join(f"{r.comparison}: **{r.verdict}** ({diff_text(r)})" for r in cell.itertuples())
         lines.append(f"- {dataset}/{backbone}: **{cell_answer(cell)}**. {items}.")
     counts = part["verdict"].value_counts()
     answers = [cell_answer(cell) for _, cell in part.groupby(CELL_KEYS, sort=True)]
@@ -251,7 +204,7 @@ def question1_paragraph(rows: pd.DataFrame, protocol: str) -> str:
 
 def evidence_table(rows: pd.DataFrame) -> str:
     """The comparisons of question 1, the corrected protocol beside the faithful one."""
-    cells = rows.assign(diff=[_ci_cell(r) for r in rows.itertuples()],
+    cells = rows.assign(diff=[ci_cell(r) for r in rows.itertuples()],
                         margin=[f"±{m:.4f}" if np.isfinite(m) else "" for m in rows["margin"]],
                         p_t=[format_p(p) for p in rows["p_ttest_users_holm"]],
                         p_tost=[format_p(p) for p in rows["p_tost_holm"]],
@@ -273,21 +226,10 @@ def evidence_table(rows: pd.DataFrame) -> str:
     return wide.to_markdown(index=False, disable_numparse=True) + "\n"
 
 
-def _ci_cell(row) -> str:
-    """'+0.0123 [+0.0050, +0.0200]' (the CI when there is one), '' without a difference."""
-    return _with_ci(row.mean_diff, row.ci_low, row.ci_high)
-
-
 def lead(demo: str | None, text: str) -> str:
     """A verdict paragraph's opening: 'Demonstration, not a finding: <text>' for a demonstration,
     else <text> capitalised."""
     return f"Demonstration, not a finding: {text}" if demo else text[:1].upper() + text[1:]
-
-
-def _with_ci(value: float, low: float, high: float) -> str:
-    if not np.isfinite(value):
-        return ""
-    return f"{value:+.4f} [{low:+.4f}, {high:+.4f}]" if np.isfinite(low) else f"{value:+.4f}"
 
 
 def popularity_floor(main: pd.DataFrame) -> str:
@@ -356,10 +298,10 @@ def protocol_gains(factors: pd.DataFrame) -> str:
                            "the faithful protocol overstates it", "the faithful protocol understates it")
         lines.append(f"- {r.dataset}/{r.backbone}: on the {r.n_seeds:.0f} seed(s) MLTFR and base ran under "
                      f"both protocols, MLTFR's gain over base is "
-                     f"{_with_ci(r.gain, r.gain_ci_low, r.gain_ci_high)} under the faithful protocol and "
-                     f"{_with_ci(r.gain_corrected, r.gain_corrected_ci_low, r.gain_corrected_ci_high)} under "
+                     f"{with_ci(r.gain, r.gain_ci_low, r.gain_ci_high)} under the faithful protocol and "
+                     f"{with_ci(r.gain_corrected, r.gain_corrected_ci_low, r.gain_corrected_ci_high)} under "
                      f"the corrected one; the faithful protocol changes it by "
-                     f"{_with_ci(r.delta_gain, r.delta_gain_ci_low, r.delta_gain_ci_high)}: {word}.")
+                     f"{with_ci(r.delta_gain, r.delta_gain_ci_low, r.delta_gain_ci_high)}: {word}.")
     return "\n".join(lines) + "\n" if lines else f"MLTFR vs base under both protocols on matched seeds: {NOT_RUN}.\n"
 
 
@@ -387,7 +329,7 @@ def factor_gains(factors: pd.DataFrame) -> str:
                            "the authors' setting raises the gain", "the authors' setting lowers the gain")
         lines.append(f"- {faithful_setting_words(r.setting)} on top of the corrected protocol ({r.setting}) "
                      f"changes {gain_name(r.variant)} over base on {r.dataset}/{r.backbone} by "
-                     f"{_with_ci(r.delta_gain, r.delta_gain_ci_low, r.delta_gain_ci_high) or 'nothing measured'} "
+                     f"{with_ci(r.delta_gain, r.delta_gain_ci_low, r.delta_gain_ci_high) or 'nothing measured'} "
                      f"({r.n_seeds:.0f} seed(s); {base}): {word}.")
     return ("Each of MLTFR's own factors, set back to the authors' value on top of the corrected protocol "
             "(protocol_factors.csv: Δ gain = gain(setting) - gain(corrected), 95% bootstrap CI over users):\n\n"
@@ -422,12 +364,12 @@ def ladder_verdict(ladder: pd.DataFrame, demo: str | None) -> str:
     moved = ladder_moves(ladder)
     tested = moved[moved["gain_n_seeds"] >= MIN_SEEDS]
     lines = [f"- **{factor_words(r.rung)}** changes the gain of {r.variant} over {r.gain_reference} on "
-             f"{r.dataset}/{r.backbone} by {_with_ci(r.delta_gain, r.delta_gain_ci_low, r.delta_gain_ci_high)} "
+             f"{r.dataset}/{r.backbone} by {with_ci(r.delta_gain, r.delta_gain_ci_low, r.delta_gain_ci_high)} "
              f"({r.gain_n_seeds:.0f} seeds): switching it to the corrected setting "
              f"{'lowers' if r.delta_gain < 0 else 'raises'} the gain{selection_note(r.rung)}."
              for r in tested.itertuples()]
     lines += [f"- {factor_words(r.rung)} moves the gain of {r.variant} on {r.dataset}/{r.backbone} by "
-              f"{_with_ci(r.delta_gain, r.delta_gain_ci_low, r.delta_gain_ci_high)}, but with "
+              f"{with_ci(r.delta_gain, r.delta_gain_ci_low, r.delta_gain_ci_high)}, but with "
               f"{r.gain_n_seeds:.0f} seed(s): {NOT_TESTABLE}." for r in moved.drop(tested.index).itertuples()]
     if tested.empty:
         lines.insert(0, "- The ladder shows no single factor that changes the gain (no Δ gain CI with "
@@ -580,8 +522,8 @@ def learning_filter_text(comparisons: pd.DataFrame, diag: pd.DataFrame) -> str:
         if len(comparisons) else comparisons
     if rows.empty:
         return f"A filter that learns ({LEARNING_FILTER}): {NOT_RUN}.\n"
-    rows = with_verdicts(_oriented(rows, f"{LEARNING_FILTER} vs {FULL}", 1))
-    lines = [f"- {r.dataset}/{r.backbone}, {r.protocol}: {r.comparison}: **{r.verdict}** ({_diff_text(r)})."
+    rows = with_verdicts(oriented(rows, f"{LEARNING_FILTER} vs {FULL}", 1))
+    lines = [f"- {r.dataset}/{r.backbone}, {r.protocol}: {r.comparison}: **{r.verdict}** ({diff_text(r)})."
              for r in rows.itertuples()]
     own = diag[diag["variant"] == LEARNING_FILTER] if len(diag) else diag
     return (f"A filter that learns ({LEARNING_FILTER}: the chosen tokens' weights pass a gradient to the "
@@ -692,6 +634,7 @@ def write_findings(tables: Path, stats: Path, figures: Path, out: Path, study: s
             + headline(rows, demo, runs) + "\n"
             + (reference_check(runs, references) + "\n" if references else "")
             + question1(rows, read_table(tables, "main"), demo) + "\n"
+            + positive_control(comparisons) + "\n"
             + question2(tables, figures, out, demo) + "\n"
             + evidence_sections(tables, figures, out, comparisons))
     atomic_write_text(out, text)

@@ -23,7 +23,8 @@ For a variant A against a reference B of the same dataset/backbone/protocol (sci
 - 95% CI of the mean difference by a two-level bootstrap (`two_level_ci`): seeds and users
   resampled, so the interval holds the variance between training seeds, not only between users.
 - Holm correction within each family = (dataset, backbone, protocol): all comparisons that
-  share one set of test users, separately for each test (t-test over users, TOST, Wilcoxon,
+  share one set of test users (the positive controls' comparisons form a family of their own),
+  separately for each test (t-test over users, TOST, Wilcoxon,
   t-test over seeds). Significance marks (of the verdict test): * p<0.05, ** p<0.01,
   *** p<0.001 (Holm), only with >= MIN_SEEDS common seeds; with fewer the mark is FEW_SEEDS
   ("n<3"), which says why.
@@ -39,7 +40,7 @@ from scipy import stats
 from mltfr.analysis.collect import load_user_ndcg, protocol_runs
 from mltfr.analysis.demonstration import MIN_SEEDS   # fewer common seeds: no t-test and no significance mark
 from mltfr.analysis.tables import CELL, Table, empty_table, with_run_settings
-from mltfr.analysis.variants import BASE, FULL
+from mltfr.analysis.variants import BASE, FULL, POSITIVE_CONTROLS
 
 FAMILY = ("dataset", "backbone", "protocol")
 FEW_SEEDS = f"n<{MIN_SEEDS}"   # the mark of a comparison with too few seeds: says why there is none
@@ -313,12 +314,22 @@ VERDICT_TEST = "p_ttest_users"   # the test whose Holm p gives a comparison its 
 HOLM_TESTS = (VERDICT_TEST, "p_tost", "p_wilcoxon", "p_ttest")
 
 
+def family_keys(table: pd.DataFrame, family: tuple[str, ...]) -> list:
+    """The group keys of a Holm family: `family`'s columns and, for comparisons of variants, whether
+    the variant is a positive control (leaky by construction: its tests form their own family, so
+    they neither spend nor lend the study's alpha)."""
+    keys = [table[col] for col in family]
+    if "variant" in table:
+        keys.append(table["variant"].isin(POSITIVE_CONTROLS).rename("positive_control"))
+    return keys
+
+
 def add_mde_holm(table: pd.DataFrame, family: tuple[str, ...] = FAMILY) -> pd.DataFrame:
     """mde_holm: the MDE at ALPHA / m, m = the comparisons of the family with a verdict-test p:
     the level of Holm's first (strictest) step, so an effect this large is found with 80% power
     whatever the other p-values are (an upper bound of the MDE under Holm)."""
     table = table.copy()
-    m = table.groupby(list(family))[VERDICT_TEST].transform(lambda p: p.notna().sum()) \
+    m = table.groupby(family_keys(table, family))[VERDICT_TEST].transform(lambda p: p.notna().sum()) \
         if len(table) else pd.Series(dtype=float)
     table["mde_holm"] = [mde(sd, n, ALPHA / k) if k else np.nan
                          for sd, n, k in zip(table["sd_diff"], table["n_users"], m)]
@@ -332,7 +343,7 @@ def add_holm(table: pd.DataFrame, family: tuple[str, ...] = FAMILY,
     table = table.copy()
     for col in columns:
         table[f"{col}_holm"] = np.nan
-        for _, idx in table.groupby(list(family), sort=False).groups.items():
+        for _, idx in table.groupby(family_keys(table, family), sort=False).groups.items():
             table.loc[idx, f"{col}_holm"] = holm(table.loc[idx, col].to_numpy(float))
     table["mark"] = [seed_aware_mark(p, n) for p, n in zip(table[f"{mark_on}_holm"], table["n_seeds"])]
     return table

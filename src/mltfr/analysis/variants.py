@@ -14,7 +14,7 @@ from mltfr.study.variants import ABLATIONS as _ABLATIONS
 
 ABLATIONS = (*_ABLATIONS, *CONTROLS)   # the ablation table compares the full method with both
 
-__all__ = ["ABLATIONS", "BASE", "FULL", "SINGLE_MODES", "VariantInfo", "display_name", "parse_variant",
+__all__ = ["ABLATIONS", "BASE", "FULL", "POSITIVE_CONTROLS", "SINGLE_MODES", "VariantInfo", "display_name", "parse_variant",
            "positive_control_note", "scaled_filters"]
 
 
