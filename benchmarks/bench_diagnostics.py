@@ -16,8 +16,8 @@ import statistics
 import time
 
 import torch
-
 from bench_mltfr_step import CASES, build_model, pantry_batch
+
 from mltfr.models.diagnostics import attach_diagnostics
 from mltfr.train.allocator import keep_freed_memory
 

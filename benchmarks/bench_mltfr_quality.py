@@ -10,8 +10,8 @@ the subset named by --variants (to split the work between processes sharing --ou
 then tabulates every finished run), run through the same `mltfr` commands the workflow uses.
 Datasets and LLMs are the entries of config/config.yaml (the embedded Pantry; LLMs by name),
 except Amazon Beauty, which is not shipped (`--data-file`, see benchmarks/beauty.py). Each
-variant runs through `mltfr.train.rounds.train_variant` (round 1 -> `mltfr fisher` -> round 2 for
-mltfr, in the workflow's layout). Run folders live under --out, so an interrupted benchmark
+variant runs through `mltfr.train.rounds.train_variant` (round 1 -> the merge -> round 2 for
+mltfr, in the workflow's layout, the library calls of the workflow's commands). Run folders live under --out, so an interrupted benchmark
 resumes where it stopped; finished runs are not retrained. Run it from the repository root
 (the config's paths are relative to it).
 """
@@ -21,14 +21,15 @@ import argparse
 import json
 from pathlib import Path
 
+import beauty
 import pandas as pd
 import yaml
 
-import beauty
 from mltfr.cli import main
 from mltfr.data import get_entry
 from mltfr.errors import MltfrError
-from mltfr.llm.registry import load_llm_entry
+from mltfr.llm.llm_entries import load_llm_entry
+from mltfr.spec.run_config import RunConfig
 from mltfr.study.config import load_registries
 from mltfr.train.rounds import train_variant
 
@@ -67,13 +68,14 @@ def call(*args: str) -> None:
 
 def run_variant(root: Path, data: Path, variant: str, seed: int, llms: dict[str, Path], args) -> dict:
     """One (variant, seed) under the corrected protocol on SASRec, resumed when already there."""
+    import torch
+
+    torch.set_num_threads(args.threads)
     names = {n: p for n, p in llms.items() if variant in ("mltfr", f"filter-{n}")}
-    llm_args = ["--llm", *[f"{n}={p}" for n, p in names.items()]] if names else []
-    train_args = ["--data", data, "--backbone", "sasrec", "--protocol", "corrected", "--seed", seed,
-                  "--threads", args.threads, "--set", f"epochs={args.epochs}", f"patience={args.patience}",
-                  *llm_args]
+    cfg = RunConfig(backbone="sasrec", protocol="corrected", seed=seed, variant=variant, epochs=args.epochs,
+                    patience=args.patience)
     try:
-        return train_variant(root / variant / f"seed{seed}", variant, train_args)
+        return train_variant(root / variant / f"seed{seed}", cfg, data, names)
     except MltfrError as exc:
         raise SystemExit(str(exc)) from None
 

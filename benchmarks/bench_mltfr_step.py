@@ -45,7 +45,7 @@ import torch
 from mltfr.data import get_entry, make_split, prepare_dataset
 from mltfr.models import build_backbone
 from mltfr.models.mltfr import BranchConfig, attach, build_branch, resolve_consensus_group
-from mltfr.models.variants import variant_config, variant_names
+from mltfr.models.variant_branch import variant_config, variant_names
 from mltfr.study.config import load_registries
 from mltfr.train.allocator import keep_freed_memory
 from mltfr.train.batching import train_windows

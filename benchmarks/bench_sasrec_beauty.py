@@ -15,11 +15,11 @@ import argparse
 import time
 from pathlib import Path
 
+import beauty
 import torch
 
-import beauty
 from mltfr.data import make_split
-from mltfr.train.config import RunConfig, apply_overrides
+from mltfr.spec.run_config import RunConfig, apply_overrides
 from mltfr.train.run import train_and_evaluate
 
 PUBLISHED = {"sasrec-ce": (0.0327, 0.0533), "sasrec": (0.0126, 0.0246)}  # (NDCG@10, HR@10)

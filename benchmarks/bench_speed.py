@@ -20,16 +20,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import beauty
 import numpy as np
 import torch
 
-import beauty
 from mltfr.data import make_split
 from mltfr.evaluate import rank
+from mltfr.spec.run_config import RunConfig
 from mltfr.train import batching
-from mltfr.train.config import RunConfig
 from mltfr.train.run import build_trainer, resolve_device
-
 
 
 def matmul_gflops(device: torch.device, n: int = 2048, reps: int = 10) -> float:

@@ -10,17 +10,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from fixtures.results import branch_settings, result_document
 from scipy import stats as sps
 
-from fixtures.results import branch_settings, result_document
-from mltfr.analysis import outputs
 from mltfr.analysis.collect import KEYS, collect_runs, load_user_ndcg
 from mltfr.analysis.pipeline import aggregate
-from mltfr.analysis.stats import (StatsConfig, bootstrap_ci, holm, mde, rank_biserial, run_comparisons, tost,
-                                  two_level_ci, user_ttest, wilcoxon_test)
-from mltfr.analysis.tables import diagnostics_table, main_table, render_latex, render_markdown
+from mltfr.analysis.render import render_latex, render_markdown
+from mltfr.analysis.stats import (
+    StatsConfig,
+    bootstrap_ci,
+    holm,
+    mde,
+    rank_biserial,
+    run_comparisons,
+    tost,
+    two_level_ci,
+    user_ttest,
+    wilcoxon_test,
+)
+from mltfr.analysis.tables import diagnostics_table, main_table
 from mltfr.cli import main as cli_main
 from mltfr.errors import DataError
+from mltfr.spec import report_outputs as outputs
 
 DATASETS = {"alpha": 0.0, "beta": 0.05}          # dataset -> NDCG@10 offset
 PROTOCOLS = {"faithful": 0.01, "corrected": 0.0}  # protocol -> NDCG@10 offset
@@ -148,7 +159,7 @@ def test_variant_blocks_and_benchmarks(runs):
                & (runs["seed"] == 1)]
     assert one["bench_s"].item() == 42.5 and one["bench_max_rss_mb"].item() == 512.5
     assert runs["bench_s"].notna().sum() == 1
-    from mltfr.analysis.variants import parse_variant
+    from mltfr.analysis.blocks import parse_variant
     assert parse_variant("mltfr@n_llms=2") == parse_variant("mltfr@n_llms=2.0")
     assert (parse_variant("mltfr@lambda_s=0.2").param, parse_variant("mltfr@tau=1").value) == ("lambda_s", 1.0)
     assert parse_variant("something").block == "other"
@@ -213,7 +224,7 @@ def test_diagnostics_table_means_equal_the_runs(runs, tree):
 
 def test_positive_controls_are_labelled_where_they_are_shown(runs):
     """A caption covering a positive control names it as leaky by construction; a figure's label too."""
-    from mltfr.analysis.variants import display_name
+    from mltfr.analysis.blocks import display_name
 
     planted = runs.replace({"variant": {"filter-x": "mltfr-planted-sharp"}})
     caption = diagnostics_table(planted).caption
@@ -469,7 +480,7 @@ def test_misplaced_or_incomplete_result_is_an_error(tmp_path):
 def test_analysis_does_not_import_torch():
     code = ("import sys, mltfr.analysis, mltfr.analysis.pipeline, mltfr.analysis.stats, "
             "mltfr.analysis.figures, mltfr.analysis.ladder, mltfr.cli.analysis, mltfr.evaluate, "
-            "mltfr.analysis.findings, mltfr.analysis.demonstration, mltfr.cli.findings; "
+            "mltfr.analysis.findings_report, mltfr.analysis.demonstration, mltfr.cli.findings; "
             "from mltfr.evaluate import per_user_metrics, metrics_from_ranks; "
             "assert 'torch' not in sys.modules, 'torch'")
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -563,7 +574,7 @@ def test_sensitivity_curve_gets_the_default_point_only_where_swept():
 
 def test_aggregate_writes_beside_the_study_by_default(tmp_path, monkeypatch):
     # `--runs results/<study>/runs` alone: tables and statistics go to results/<study>/, figures to
-    # figures/<study>/ (mltfr.study.layout), as the workflow writes them
+    # figures/<study>/ (mltfr.spec.layout), as the workflow writes them
     monkeypatch.chdir(tmp_path)
     write_run(tmp_path / "results/s/runs", "alpha", "base", "corrected", 1)
     assert cli_main(["aggregate", "--runs", "results/s/runs", "--only", "tables", "--only", "stats"]) == 0

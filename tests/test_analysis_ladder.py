@@ -9,16 +9,16 @@ import zlib
 import numpy as np
 import pandas as pd
 import pytest
+from fixtures.results import branch_settings, result_document
 from scipy import stats as sps
 
-from fixtures.results import branch_settings, result_document
 from mltfr.analysis.collect import collect_runs, protocol_runs
-from mltfr.evaluate.metrics import per_user_metrics
-from mltfr.analysis.ladder import (authors_pick, best_test_epoch, ladder_table, ladder_tidy, optimism_table,
-                                   trace_noise)
-from mltfr.errors import DataError
+from mltfr.analysis.ladder import ladder_table, ladder_tidy
+from mltfr.analysis.optimism import authors_pick, best_test_epoch, optimism_table, trace_noise
 from mltfr.analysis.stats import StatsConfig, pvalue_table, run_comparisons
 from mltfr.analysis.tables import build_tables, main_table, protocol_table
+from mltfr.errors import DataError
+from mltfr.evaluate.metrics import per_user_metrics
 
 ORDER = ("pooling", "selection", "eval_noise")          # a configured order unlike the default one
 RUNGS = ("faithful", "rung-pooling", "rung-selection", "rung-eval_noise", "alone-selection")

@@ -10,14 +10,14 @@ import zlib
 import numpy as np
 import pandas as pd
 import pytest
-
 from fixtures.results import branch_settings, metrics_of, result_document, write_run_folder
+
 from mltfr.analysis.collect import collect_runs, protocol_runs
 from mltfr.analysis.null_gains import null_gain_table, null_pairs
 from mltfr.analysis.protocol_factors import protocol_factors_table
 from mltfr.analysis.stats import StatsConfig
 from mltfr.evaluate.metrics import per_user_metrics
-from mltfr.study import ladder
+from mltfr.spec import rungs as ladder
 
 N_USERS = 60
 CFG = StatsConfig(n_resamples=300)

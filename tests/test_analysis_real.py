@@ -6,9 +6,9 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from fixtures.results import result_document
 from scipy import stats as sps
 
-from fixtures.results import result_document
 from mltfr.analysis.collect import collect_runs, load_user_ndcg
 from mltfr.analysis.stats import StatsConfig, run_comparisons
 from mltfr.analysis.tables import main_table

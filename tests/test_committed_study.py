@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from fixtures.slurm.workflow import env_with, scontrol_stub
 
 REPO = Path(__file__).resolve().parents[1]

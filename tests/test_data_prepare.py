@@ -7,9 +7,8 @@ import pytest
 import yaml
 
 from mltfr.cli import main
-from mltfr.data import (Prepared, get_entry, load_prepared, prepare_dataset, save_prepared, stats_row,
-                        validate_entry)
-from mltfr.data.registry import package_file
+from mltfr.data import Prepared, get_entry, load_prepared, prepare_dataset, save_prepared, stats_row, validate_entry
+from mltfr.data.dataset_entries import package_file
 from mltfr.errors import ConfigError, DataError
 
 PANTRY_ENTRY = {

@@ -9,15 +9,22 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from mltfr.analysis import outputs
 from mltfr.cli import main
 from mltfr.data import Prepared, load_prepared, make_split
 from mltfr.models import build_backbone
-from mltfr.models.diagnostics import (DIAGNOSTIC_KEYS, FilterDiagnostics, agreement_count,
-                                      attach_diagnostics, effective_tokens, router_entropy, table_drift)
+from mltfr.models.diagnostics import (
+    DIAGNOSTIC_KEYS,
+    FilterDiagnostics,
+    agreement_count,
+    attach_diagnostics,
+    effective_tokens,
+    router_entropy,
+    table_drift,
+)
 from mltfr.models.mltfr import BranchConfig, TokenFilter, attach, build_branch
+from mltfr.spec import report_outputs as outputs
+from mltfr.spec.run_config import RunConfig
 from mltfr.train.batching import train_windows
-from mltfr.train.config import RunConfig
 from mltfr.train.loop import Trainer
 from mltfr.train.seed import seed_everything
 

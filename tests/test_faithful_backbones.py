@@ -5,14 +5,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_mltfr_real import MAX_LEN, minilm_table, pantry_windows  # noqa: F401  (fixtures)
 from torch import nn
 
 from mltfr.models import BackboneConfig, build_backbone
 from mltfr.models.losses import ce_over_rows
 from mltfr.models.sampling import distinct_negatives
-from mltfr.train.config import AUTHORS_ROUND1_EPOCHS, RunConfig
+from mltfr.spec.backbones import AUTHORS_ROUND1_EPOCHS
+from mltfr.spec.run_config import RunConfig
 from mltfr.train.run import build_model
-from test_mltfr_real import MAX_LEN, minilm_table, pantry_windows  # noqa: F401  (fixtures)
 
 torch.set_num_threads(1)
 

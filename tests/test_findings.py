@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from fixtures.results import branch_settings, metrics_of, result_document, write_run_folder
+
 from mltfr.analysis.demonstration import demonstration_label
-from mltfr.analysis.findings import excluded_gain, headline, learning_filter_text, question1_rows, write_findings
-from mltfr.analysis.verdicts import NOT_TESTABLE, verdict
+from mltfr.analysis.findings_report import excluded_gain, headline, learning_filter_text, question1_rows, write_findings
 from mltfr.analysis.pipeline import aggregate
 from mltfr.analysis.stats import StatsConfig
+from mltfr.analysis.verdicts import NOT_TESTABLE, verdict
 from mltfr.cli import main as cli_main
-from mltfr.train.config import CORRECTED_EPOCHS, FAITHFUL_EPOCHS
+from mltfr.spec.run_config import CORRECTED_EPOCHS, FAITHFUL_EPOCHS
 
 N_USERS = 200
 SEEDS = (1, 2, 3)
@@ -260,9 +260,9 @@ def test_question2_names_the_factor_that_moves_the_gain(demo):
             f"{share['share_ge_1pct']:.0%} of pairs and at least 5% in {share['share_ge_5pct']:.0%}") in text
     assert "The paper claims that MLTFR consistently outperforms the baselines" in text
     assert text.startswith("## 2.") and "Demonstration, not a finding:" in text
-    # the demo ladder switches selection and pooling only: the other three act together
-    assert ("- Not on this ladder: evaluation noise, history masking, validation item. They act only "
-            "together") in text
+    # the demo ladder switches selection and pooling only: the other differences act together
+    assert ("- Not on this ladder: evaluation noise, history masking, item vocabulary, backbone implementation, "
+            "round-1 length, Fisher batch order, validation item. They act only together") in text
 
 
 def test_diagnostics_are_stated_in_words(demo):
@@ -407,7 +407,7 @@ def test_a_ladder_of_base_alone_says_it_cannot_name_the_gains_factor(tmp_path):
 
 
 def test_faithful_runs_from_before_the_authors_backbones_are_flagged():
-    from mltfr.analysis.findings import stale_faithful_note
+    from mltfr.analysis.findings_report import stale_faithful_note
 
     runs = pd.DataFrame({"protocol": ["faithful", "faithful", "corrected", "faithful"],
                          "backbone": ["sasrec", "sasrec-ce", "sasrec", "bert4rec"],

@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 from safetensors import safe_open
+from test_train import toy_prepared
 
 from mltfr.cli import main
 from mltfr.data.prepared import save_prepared
 from mltfr.llm.cache import write_meta, write_table
-from test_train import toy_prepared
 
 FAST = ["--set", "epochs=3", "model.d=8", "model.max_len=8", "batch_size=16", "--device", "cpu",
         "--threads", "1"]
@@ -53,9 +53,9 @@ def fisher(run_dir, out):
 def expected_merge(inputs, run_dir, state_dict):
     """The merge `mltfr fisher` must write when it runs on `state_dict` (same batches, same seed)."""
     from mltfr.data import load_prepared
-    from mltfr.models.fisher import merge_round1
+    from mltfr.models.fisher_merge import merge_round1
+    from mltfr.spec.run_config import RunConfig
     from mltfr.train.batching import fisher_batches, train_windows
-    from mltfr.train.config import RunConfig
     from mltfr.train.run import build_model, split_for_run
 
     cfg = RunConfig.from_dict(torch.load(run_dir / "checkpoint.pt", weights_only=True)["config"])

@@ -10,8 +10,7 @@ import torch
 
 from mltfr.cli import main
 from mltfr.errors import ConfigError, DataError
-from mltfr.llm import entry_from_registry, extract, load_llm_entry, load_table
-from mltfr.llm import builder
+from mltfr.llm import builder, entry_from_registry, extract, load_llm_entry, load_table
 from mltfr.llm.random_table import draw_seed, gaussian_table
 
 REGISTRY = {"tiny": {"source": "random", "shape": [50, 8], "seed": 3, "mean": 0.5, "std": 2.0},

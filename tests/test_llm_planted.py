@@ -13,8 +13,8 @@ from mltfr.data.prepared import Prepared
 from mltfr.errors import ConfigError, DataError
 from mltfr.llm import load_table
 from mltfr.llm.planted import check_planted_tables, forward_counts, item_codes, planted_table
-from mltfr.models.variants import base_config, make_branch, variant_config
-from mltfr.study.variants import POSITIVE_CONTROLS, POSITIVE_LABEL, parse
+from mltfr.models.variant_branch import base_config, make_branch, variant_config
+from mltfr.spec.variants import POSITIVE_CONTROLS, POSITIVE_LABEL, parse
 
 D = 64
 

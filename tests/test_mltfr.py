@@ -7,12 +7,22 @@ import torch.nn.functional as F
 
 from mltfr.errors import ConfigError
 from mltfr.models import build_backbone
-from mltfr.models.mltfr import (BranchConfig, PrototypeMap, TokenFilter, add_gumbel_noise_, attach,
-                                build_branch, cosine_scores, masked_mean, sample_softmax_ids,
-                                straight_through_topk)
-from mltfr.models.variants import (backbone_defaults, default_consensus_group, needs_round2,
-                                   variant_config, variant_names)
-from mltfr.study.variants import POSITIVE_CONTROLS
+from mltfr.models.mltfr import (
+    BranchConfig,
+    PrototypeMap,
+    TokenFilter,
+    add_gumbel_noise_,
+    attach,
+    build_branch,
+    cosine_scores,
+    masked_mean,
+    sample_softmax_ids,
+    straight_through_topk,
+)
+from mltfr.models.variant_branch import default_consensus_group, variant_config, variant_names
+from mltfr.spec.backbones import branch_defaults
+from mltfr.spec.round_plan import needs_round2
+from mltfr.spec.variants import POSITIVE_CONTROLS
 
 D_MODEL, MAX_LEN, N_ITEMS = 16, 8, 40
 LLMS = ["a", "b", "c"]
@@ -429,9 +439,9 @@ def test_variants_map_to_their_settings():
     assert base.filter_grad == "authors" and base.selection == "guided" and base.user_vector == "window"
     causal = variant_config("mltfr-causal", LLMS, base_cfg(pooling="batch"))[0]
     assert (causal.user_vector, causal.pooling) == ("causal", "user")
-    assert backbone_defaults("fmlprec") == {"lambda_s": 0.05, "K": 10, "router_softmax_twice": True}
-    assert backbone_defaults("bert4rec")["router_softmax_twice"] is True
-    assert backbone_defaults("sasrec")["router_softmax_twice"] is False
+    assert branch_defaults("fmlprec") == {"lambda_s": 0.05, "K": 10, "router_softmax_twice": True}
+    assert branch_defaults("bert4rec")["router_softmax_twice"] is True
+    assert branch_defaults("sasrec")["router_softmax_twice"] is False
 
 
 def test_unknown_variant_lists_the_valid_names():
@@ -463,7 +473,7 @@ def test_bad_branch_settings_raise_config_error():
 
 
 def test_make_branch_builds_from_named_tables():
-    from mltfr.models.variants import base_config, make_branch
+    from mltfr.models.variant_branch import base_config, make_branch
     base = base_config("faithful", "fmlprec", D_MODEL, {"tau": 1.0})
     assert (base.pooling, base.eval_noise, base.K, base.lambda_s, base.tau) == ("batch", True, 10, 0.05, 1.0)
     assert base_config("corrected", "sasrec", D_MODEL, {"k": 3}).K == 3          # `--set branch.k=3`
@@ -494,7 +504,7 @@ def test_faithful_batch_pooling_disables_length_sorting_and_uses_training_batche
     training-sized batches, so the evaluation batches are those of the authors' code."""
     from mltfr.models import build_backbone
     from mltfr.models.mltfr import BranchConfig, attach, build_branch
-    from mltfr.train.config import RunConfig
+    from mltfr.spec.run_config import RunConfig
     from mltfr.train.loop import eval_user_block
 
     cfg = RunConfig(protocol="faithful", batch_size=64, eval_batch_size=1024)

@@ -11,7 +11,7 @@ from mltfr.errors import ConfigError
 from mltfr.models import mltfr as mltfr_module
 from mltfr.models.diagnostics import FilterDiagnostics
 from mltfr.models.mltfr import BranchConfig, TokenFilter, build_branch, random_token_ids, recent_items
-from mltfr.models.variants import base_config
+from mltfr.models.variant_branch import base_config
 
 
 def branch_for(**settings):

@@ -3,13 +3,20 @@ from dataclasses import replace
 
 import pytest
 import torch
+from test_mltfr import D_MODEL, DIMS, LLMS, random_seqs, tables_for, tiny_model
 
 from mltfr.errors import ConfigError, DataError
-from mltfr.models.fisher import (consensus_state, fisher_diagonal, load_consensus, merge_experts,
-                                 merge_round1, per_expert, save_consensus)
+from mltfr.models.fisher_merge import (
+    consensus_state,
+    fisher_diagonal,
+    load_consensus,
+    merge_experts,
+    merge_round1,
+    per_expert,
+    save_consensus,
+)
 from mltfr.models.mltfr import BranchConfig, attach, build_branch
-from mltfr.models.variants import variant_config
-from test_mltfr import D_MODEL, DIMS, LLMS, random_seqs, tables_for, tiny_model
+from mltfr.models.variant_branch import variant_config
 
 
 def windows(n, seed):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 
 from mltfr.models import build_backbone
-from mltfr.models.fisher import consensus_state, fisher_diagonal
+from mltfr.models.fisher_merge import consensus_state, fisher_diagonal
 from mltfr.models.mltfr import BranchConfig, attach, build_branch
 
 MAX_LEN = 20

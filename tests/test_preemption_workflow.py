@@ -17,9 +17,18 @@ import time
 import numpy as np
 import pytest
 import yaml
-
 from fixtures.slurm.workflow import (
-    CONFIG, REPO, SNAKEMAKE, copy_workflow, env_with, reduced_config, run_dir, scontrol_stub, snakemake)
+    CONFIG,
+    REPO,
+    SNAKEMAKE,
+    copy_workflow,
+    env_with,
+    reduced_config,
+    run_dir,
+    scontrol_stub,
+    snakemake,
+)
+
 from mltfr.train.checkpoint import load_checkpoint
 
 EPOCHS = 3

@@ -6,11 +6,11 @@ import json
 import jsonschema
 import pytest
 import yaml
-
 from fixtures.results import branch_settings, result_document
+
 from mltfr.cli import main
+from mltfr.config_files import load_schema
 from mltfr.errors import MltfrError
-from mltfr.registry import load_schema
 from mltfr.train.result import validated
 
 FAST = ["--set", "epochs=1", "model.d=16", "model.max_len=10", "--threads", "1", "--device", "cpu"]

@@ -18,12 +18,26 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from fixtures.slurm.workflow import (
+    LOCAL_MEM_MB,
+    LOCAL_OVERRIDES,
+    LOCAL_RUNTIME,
+    LOCAL_THREADS,
+    SNAKEMAKE,
+    copy_workflow,
+    env_with,
+    local_profile,
+    local_threads_args,
+    reduced_config,
+    run_dir,
+    scontrol_stub,
+    shipped_profile,
+    slurm_jobs,
+    snakemake,
+    write_profile,
+)
 from safetensors.numpy import load_file
 
-from fixtures.slurm.workflow import (
-    LOCAL_MEM_MB, LOCAL_OVERRIDES, LOCAL_RUNTIME, LOCAL_THREADS, SNAKEMAKE, copy_workflow,
-    env_with, local_profile, local_threads_args, reduced_config, run_dir, scontrol_stub,
-    shipped_profile, slurm_jobs, snakemake, write_profile)
 from mltfr.io import sha256_file
 
 pytestmark = pytest.mark.slurm

@@ -54,13 +54,20 @@ def test_run_arguments_of_a_sensitivity_and_a_ladder_run():
     grid = study()
     run = {"dataset": "pantry-u10", "backbone": "sasrec", "variant": "mltfr@branch.tau=1.0",
            "protocol": "corrected", "seed": "1"}
-    assert grid.run_args(run, "out/{variant}") == (
-        "--data results/test/data/pantry-u10 --out out/mltfr@branch.tau=1.0 --variant mltfr --llm "
-        "minilm=results/test/llm/minilm --llm paraphrase-minilm=results/test/llm/paraphrase-minilm --set branch.tau=1.0"
-        " --tuned results/test/tuning/pantry-u10/sasrec/choice.json")   # corrected: the search's choice
-    order = ",".join(TEST_CONFIG["study"]["blocks"]["protocol_ladder"]["order"])
-    assert grid.rung_args("rung-eval_noise") == (
-        f" --set select_on=valid --set branch.eval_noise=false --set trace_test=true --rung-order {order}")
+    spec = grid.run_spec(run, "out/{variant}")
+    assert (spec.data, spec.out, spec.variant, spec.study_variant, spec.dataset) == (
+        "results/test/data/pantry-u10", "out/mltfr@branch.tau=1.0", "mltfr", "mltfr@branch.tau=1.0", "pantry-u10")
+    assert spec.llm == {"minilm": "results/test/llm/minilm", "paraphrase-minilm": "results/test/llm/paraphrase-minilm"}
+    assert spec.sets == {"branch.tau": 1.0} and spec.train == TEST_CONFIG["train"]
+    assert spec.tuned == "results/test/tuning/pantry-u10/sasrec/choice.json"   # corrected: the search's choice
+    assert spec.config({"lr": 0.003}).branch["tau"] == 1.0 and spec.config({"lr": 0.003}).lr == 0.003
+    order = tuple(TEST_CONFIG["study"]["blocks"]["protocol_ladder"]["order"])
+    assert grid.rung_sets("rung-eval_noise") == (
+        {"select_on": "valid", "branch.eval_noise": False, "trace_test": True}, order)
+    ladder_run = grid.run_spec(run | {"variant": "mltfr", "protocol": "rung-eval_noise"}, "out")
+    cfg = ladder_run.config()
+    assert (cfg.protocol, cfg.select_on, cfg.branch["eval_noise"], cfg.trace_test) == ("faithful", "valid", False, True)
+    assert ladder_run.rung_record()["name"] == "rung-eval_noise" and ladder_run.tuned is None
     lam = run | {"variant": "mltfr@branch.lambda_s=0.1"}   # lambda_s acts in round 1 too: its own round 1
     assert grid.consensus_file(lam) == ("results/test/runs/pantry-u10/sasrec/mltfr@branch.lambda_s=0.1/corrected/"
                                         "seed1/round1/consensus.safetensors")
@@ -82,16 +89,15 @@ def test_protocol_factors_add_corrected_and_factor_runs_base_only_where_a_factor
         ("mltfr", "corrected"), ("base", "corrected")}
     run = {"dataset": "pantry-u10", "backbone": "sasrec", "variant": "mltfr", "protocol": "with-eval_noise+pooling",
            "seed": "1"}
-    assert grid.run_args(run, "out").endswith(
-        " --set branch.eval_noise=true --set branch.pooling=batch --set trace_test=true "
-        "--rung-order eval_noise,pooling")
+    spec = grid.run_spec(run, "out")
+    assert spec.sets == {"branch.eval_noise": True, "branch.pooling": "batch", "trace_test": True}
+    assert spec.rung_order == ("eval_noise", "pooling") and spec.config().protocol == "corrected"
     # a factor that acts on base too (the selection rule) runs base as well
     with_selection = study(lambda cfg: (only("mltfr", "baselines")(cfg),
                                         protocol_factors(cfg, factors=["selection"], seeds=[1])))
     assert sorted((r.variant, r.protocol) for r in set(with_selection.runs) - plain) == [
         ("base", "with-selection"), ("mltfr", "with-selection")]
-    assert with_selection.rung_args("with-selection") == (
-        " --set select_on=test --set trace_test=true --rung-order selection")
+    assert with_selection.rung_sets("with-selection") == ({"select_on": "test", "trace_test": True}, ("selection",))
 
 
 
@@ -149,9 +155,10 @@ def test_per_backbone_llms_and_group_positions():
         cfg["study"]["blocks"]["mltfr"]["consensus_group"] = ["minilm", "paraphrase-minilm"]
 
     grid = study(edit)
-    assert grid.variant_args("mltfr-random", "sasrec", "pantry-u10").endswith(
-        "--llm random-paraphrase-minilm=results/test/llm/random-paraphrase-minilm "
-        "--llm random-minilm=results/test/llm/random-minilm --set 'branch.consensus_group=[1,0]'")
+    run = {"dataset": "pantry-u10", "backbone": "sasrec", "variant": "mltfr-random", "protocol": "corrected", "seed": "1"}
+    spec = grid.run_spec(run, "out")
+    assert list(spec.llm) == ["random-paraphrase-minilm", "random-minilm"]
+    assert spec.sets == {"branch.consensus_group": [1, 0]}
 
 
 def written_random(cfg, seed_a=1, seed_b=2, like_b="paraphrase-minilm"):
@@ -234,13 +241,15 @@ def test_the_search_runs_base_at_each_point_and_corrected_runs_read_its_choice()
     assert grid.tuned_cells == (("pantry-u10", "sasrec"),)
     assert list(grid.tuning_points) == ["lr=0.001", "lr=0.003"]
     point = {"dataset": "pantry-u10", "backbone": "sasrec", "point": "lr=0.003"}
-    assert grid.tuning_args(point) == ("--data results/test/data/pantry-u10 --out "
-                                       "results/test/tuning/pantry-u10/sasrec/lr=0.003 --variant base --seed 0 --set lr=0.003")
+    search = grid.tuning_spec(point)
+    assert (search.data, search.out, search.variant, search.protocol, search.seed, search.sets) == (
+        "results/test/data/pantry-u10", "results/test/tuning/pantry-u10/sasrec/lr=0.003", "base", "corrected", 0,
+        {"lr": 0.003})
     choice = "results/test/tuning/pantry-u10/sasrec/choice.json"
     run = {"dataset": "pantry-u10", "backbone": "sasrec", "variant": "base", "seed": "1"}
-    assert grid.run_args(run | {"protocol": "corrected"}, "out").endswith(f" --tuned {choice}")
-    assert "--tuned" not in grid.run_args(run | {"protocol": "faithful"}, "out")
-    assert "--tuned" not in grid.run_args(run | {"protocol": "corrected", "backbone": "sasrec-ce"}, "out")
+    assert grid.run_spec(run | {"protocol": "corrected"}, "out").tuned == choice
+    assert grid.run_spec(run | {"protocol": "faithful"}, "out").tuned is None
+    assert grid.run_spec(run | {"protocol": "corrected", "backbone": "sasrec-ce"}, "out").tuned is None
 
 
 @pytest.mark.parametrize("tuning, key", [({"grid": {}}, "study.blocks.tuning.grid"),
@@ -270,9 +279,9 @@ def test_positive_controls_read_their_datasets_planted_table():
     assert grid.all_llms() == ["planted-pantry-u10"]
     run = {"dataset": "pantry-u10", "backbone": "sasrec", "variant": "mltfr-planted-lookup",
            "protocol": "corrected", "seed": "1"}
-    assert grid.run_args(run, "out") == (
-        "--data results/test/data/pantry-u10 --out out --variant mltfr-planted-lookup "
-        "--llm planted-pantry-u10=results/test/llm/planted-pantry-u10")
+    spec = grid.run_spec(run, "out")
+    assert (spec.variant, spec.llm, spec.sets, spec.tuned) == (
+        "mltfr-planted-lookup", {"planted-pantry-u10": "results/test/llm/planted-pantry-u10"}, {}, None)
 
     def default_ablations(cfg):
         only("ablations")(cfg)

@@ -12,8 +12,9 @@ from mltfr.data import make_split
 from mltfr.data.prepared import Prepared
 from mltfr.errors import ConfigError, DataError, MltfrError
 from mltfr.evaluate import wins_majority
+from mltfr.spec.run_config import RunConfig, apply_overrides
+from mltfr.study.config import load_train_section
 from mltfr.train.batching import train_windows
-from mltfr.train.config import RunConfig, apply_overrides, load_train_section
 from mltfr.train.loop import Preempted, Trainer
 from mltfr.train.run import build_trainer, split_for_run, train_and_evaluate
 
@@ -294,6 +295,7 @@ def test_allocator_keeps_freed_blocks_on_glibc():
     """The trainer's allocator setting takes effect on Linux/glibc and is idempotent."""
     import platform
     import sys
+
     from mltfr.train.allocator import keep_freed_memory
     if not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"):
         pytest.skip("glibc only")

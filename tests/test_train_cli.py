@@ -6,14 +6,14 @@ import pytest
 import yaml
 
 from mltfr.cli import main
-from mltfr.cli.train import BACKBONE_CHOICES
 from mltfr.models import BACKBONES
+from mltfr.spec.backbones import BACKBONE_NAMES
 
 ARGS = ["--out", "run", "--protocol", "corrected", "--seed", "0"]
 
 
 def test_backbone_choices_mirror_the_registry():
-    assert BACKBONE_CHOICES == tuple(BACKBONES)
+    assert BACKBONE_NAMES == tuple(BACKBONES)
 
 
 def test_unknown_backbone_refused(capsys):
@@ -86,6 +86,37 @@ def test_sasrec_one_epoch_on_pantry_via_cli(pantry, tmp_path, capsys):
     sampled = json.loads((out / "eval-sampled-100.json").read_text())
     assert sampled["eval_protocol"] == "sampled-100"
     assert sampled["metrics"]["test"]["hr@10"] > test["hr@10"]          # 101 candidates are easier
+
+    # result.json echoes the run's spec; `mltfr train --spec` retrains the same run from it
+    spec = result["spec"]
+    assert (spec["data"], spec["seed"], spec["train"]) == (str(pantry), 3, {"epochs": 1, "eval_batch_size": 2048})
+    (tmp_path / "run.json").write_text(json.dumps({**spec, "out": str(tmp_path / "again")}))
+    assert main(["train", "--spec", str(tmp_path / "run.json"), "--threads", "1"]) == 0
+    twin = json.loads((tmp_path / "again" / "result.json").read_text())
+    assert twin["metrics"] == result["metrics"] and twin["config"] == result["config"]
+    with np.load(out / "ranks.npz") as a, np.load(tmp_path / "again" / "ranks.npz") as b:
+        assert np.array_equal(a["test_ranks"], b["test_ranks"])
+
+
+@pytest.mark.parametrize("args, doc, message", [
+    (["--data", "d"], {}, "holds the whole run; drop --data"),
+    ([], None, "file not found; pass the run's run.json"),
+    ([], {"data": "d", "out": "o", "backbone": "sasrec", "protocol": "corrected", "seed": 1, "nope": 1},
+     "unknown key(s) ['nope']"),
+    ([], {"data": "d", "out": "o", "backbone": "sasrec", "protocol": "corrected"}, "missing key(s) ['seed']"),
+])
+def test_a_bad_spec_is_a_one_line_error(tmp_path, capsys, args, doc, message):
+    path = tmp_path / "run.json"
+    if doc is not None:
+        path.write_text(json.dumps(doc))
+    assert main(["train", "--spec", str(path), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_without_a_spec_the_identity_flags_are_required(capsys):
+    assert main(["train", "--backbone", "sasrec", "--seed", "1"]) == 2
+    assert "mltfr train needs --data, --out, --protocol (or --spec FILE" in capsys.readouterr().err
 
 
 def popularity_test_ranks(data, protocol):

@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-from mltfr.analysis.tuning import tuning_table
+from mltfr.analysis.tuning_table import tuning_table
 from mltfr.cli import main
 from mltfr.errors import DataError
 from mltfr.study import tuning
@@ -89,8 +89,8 @@ def test_choose_cli_writes_the_choice_and_the_table_marks_it(tmp_path):
 
 
 def test_findings_state_the_choice_and_count_the_corrected_runs_that_train_with_it(tmp_path):
-    from mltfr.analysis.findings import tuning_text
-    from mltfr.analysis.tables import write_table
+    from mltfr.analysis.findings_report import tuning_text
+    from mltfr.analysis.render import write_table
 
     paths = [write_result(tmp_path / "search", p, s) for p, s in zip(tuning.points(GRID), [0.01, 0.02, 0.05, 0.04])]
     write_table(tuning_table([tuning.choose(paths, list(GRID), "ndcg@10", expected=4)]), tmp_path)

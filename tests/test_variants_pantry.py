@@ -1,7 +1,7 @@
-"""Every study variant trains one epoch on Pantry with real offline LLM tables, through the CLI.
+"""Every study variant trains one epoch on Pantry with real offline LLM tables.
 
-Round 1 -> `mltfr fisher` -> round 2 for the consensus variants, exactly as the workflow runs
-them (mltfr.train.rounds.train_variant). Small d and L keep it quick; the LLM tables are the real packaged MiniLM pair (the
+Round 1 -> the merge -> round 2 for the consensus variants, through the library calls the
+workflow's commands make (mltfr.train.rounds.train_variant). Small d and L keep it quick; the LLM tables are the real packaged MiniLM pair (the
 offline consensus group, both 30522 x 384) and their random controls.
 """
 import json
@@ -11,8 +11,9 @@ import pytest
 import yaml
 
 from mltfr.cli import main
-from mltfr.models.variants import needs_round2
-from mltfr.train.rounds import CONSENSUS_FILE, ROUND1, train_variant
+from mltfr.spec.round_plan import CONSENSUS_FILE, ROUND1, needs_round2
+from mltfr.spec.run_config import RunConfig
+from mltfr.train.rounds import train_variant
 
 LLMS = ("minilm", "paraphrase-minilm")
 FAST = ["--set", "epochs=1", "model.d=16", "model.max_len=10", "--threads", "2"]
@@ -33,9 +34,13 @@ def inputs(repo, module_scratch):
     return root
 
 
-def llm_args(root, variant):
+def llm_tables(root, variant):
     names = [f"random-{n}" for n in LLMS] if variant == "mltfr-random" else LLMS
-    return ["--llm", *[f"{n}={root / 'llm' / n}" for n in names]]
+    return {n: root / "llm" / n for n in names} if variant != "base" else {}
+
+
+def llm_args(root, variant):
+    return ["--llm", *[f"{n}={folder}" for n, folder in llm_tables(root, variant).items()]]
 
 
 def train(root, variant, out, *extra):
@@ -51,8 +56,9 @@ def train(root, variant, out, *extra):
                                      "mltfr-norouter", "mltfr-noconsensus", "mltfr-meanconsensus",
                                      "mltfr-frozen", "mltfr-random"])
 def test_variant_trains_one_epoch(inputs, tmp_path, variant):
-    args = ["--data", inputs / "data", "--backbone", "sasrec", "--protocol", "corrected", "--seed", "0", *FAST]
-    result = train_variant(tmp_path / "run", variant, [*args, *(llm_args(inputs, variant) if variant != "base" else [])])
+    cfg = RunConfig(backbone="sasrec", protocol="corrected", seed=0, variant=variant, epochs=1,
+                    model={"d": 16, "max_len": 10})
+    result = train_variant(tmp_path / "run", cfg, inputs / "data", llm_tables(inputs, variant))
     assert result == json.loads((tmp_path / "run" / "result.json").read_text())
     merged = tmp_path / "run" / ROUND1 / CONSENSUS_FILE
     assert merged.exists() == needs_round2(variant)

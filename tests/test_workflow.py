@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -16,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from fixtures.slurm.workflow import env_with, scontrol_stub
 
 REPO = Path(__file__).resolve().parents[1]
@@ -175,7 +175,7 @@ def test_schema_errors_name_the_key_before_any_job(env, tmp_path, edit, named):
 
 
 def test_unknown_variant_names_the_registry(env, tmp_path):
-    """Variant names are checked against mltfr.study.variants, the one place they are defined."""
+    """Variant names are checked against mltfr.spec.variants, the one place they are defined."""
     edit = lambda cfg: cfg["study"]["blocks"]["ablations"]["variants"].append("mltfr-nothing")  # noqa: E731
     proc = snakemake(env, "-n", "--configfile", write_config(tmp_path, "config/test.yaml", edit), check=False)
     out = proc.stdout + proc.stderr
@@ -275,43 +275,42 @@ def test_consensus_group_that_cannot_form_is_an_error(env, tmp_path):
     assert "config key `study.llms`" in out and "Fisher consensus expert cannot be formed" in out
 
 
-def shell_commands(env, configfile, *targets) -> list[str]:
-    """The `mltfr train` command lines of study runs a dry run would execute for `targets` (the
-    backbone's search runs, which corrected runs of a tuned study wait for, left out)."""
+def run_specs(env, configfile, *targets) -> list[dict]:
+    """The run specs (run.json, mltfr.spec.run_spec) of the `mltfr train` jobs a dry run would
+    execute for `targets` (the backbone's search runs, which corrected runs of a tuned study wait
+    for, left out): each job writes its spec with printf, then trains from it."""
     out = snakemake(env, *targets, "-n", "-p", "--configfile", configfile).stdout
-    return [line[line.index("mltfr train"):] for line in out.splitlines()
-            if "mltfr train" in line and "/tuning/" not in line.partition("--out ")[2].split()[0]]
+    specs = []
+    for line in out.splitlines():
+        if "mltfr train --spec" in line:
+            words = shlex.split(line)
+            specs.append(json.loads(words[words.index("printf") + 2]))
+    return [spec for spec in specs if "/tuning/" not in spec["out"]]
 
 
 LADDER_RUN = "results/test/runs/pantry-u10/sasrec/{variant}/{rung}/seed1/result.json"
 
 
-def settings(command: str) -> dict:
-    """The `--set key=value` arguments of a command line."""
-    return dict(m.groups() for m in re.finditer(r"--set '?([\w.]+)=([^' ]+)", command))
-
-
 @pytest.mark.parametrize("variant", ["base", "mltfr"])
 def test_ladder_rungs_differ_from_the_previous_in_one_setting(env, variant):
-    from mltfr.study import ladder
+    from mltfr.spec import rungs as ladder
 
     rungs = ladder.rungs()
-    commands = shell_commands(env, "config/test.yaml", *(LADDER_RUN.format(variant=variant, rung=r.name)
-                                                          for r in rungs))
-    final = {re.search(r"--protocol (\S+)", c)[1]: c for c in commands if "/round1 " not in c}
+    specs = run_specs(env, "config/test.yaml", *(LADDER_RUN.format(variant=variant, rung=r.name) for r in rungs))
+    final = {spec["protocol"]: spec for spec in specs if not spec["out"].endswith("/round1")}
     assert set(final) == {r.name for r in rungs}          # rung 0 is the ordinary faithful run
-    assert "--rung-order" not in final["faithful"] and "trace_test" not in final["faithful"]
+    assert final["faithful"]["rung_order"] is None and "trace_test" not in final["faithful"]["sets"]
     for rung in rungs[1:]:
-        now, before = settings(final[rung.name]), settings(final[rung.previous])
-        assert now.pop("trace_test") == "true" and before.pop("trace_test", "true") == "true"
+        now, before = dict(final[rung.name]["sets"]), dict(final[rung.previous]["sets"])
+        assert now.pop("trace_test") is True and before.pop("trace_test", True) is True
         assert len(set(now.items()) ^ set(before.items())) == 1, rung.name   # one setting added
         key, value = ladder.FACTORS[rung.factors[-1]]
-        assert now[key] == str(value).lower() and key not in before
-        assert f"--out results/test/runs/pantry-u10/sasrec/{variant}/{rung.name}/seed1 " in final[rung.name]
+        assert now[key] == value and key not in before
+        assert final[rung.name]["out"] == f"results/test/runs/pantry-u10/sasrec/{variant}/{rung.name}/seed1"
     if variant == "mltfr":   # round 1 of each rung in the rung's folder, with the same settings
-        rounds1 = [c for c in commands if "/round1 " in c]
+        rounds1 = [spec for spec in specs if spec["out"].endswith("/round1")]
         assert len(rounds1) == len(rungs)
-        assert all(settings(c) == settings(final[re.search(r"--protocol (\S+)", c)[1]]) for c in rounds1)
+        assert all(spec["sets"] == final[spec["protocol"]]["sets"] for spec in rounds1)
 
 
 @pytest.mark.parametrize("edit, named", [
@@ -337,16 +336,15 @@ def assert_dry_run_fails(env, tmp_path, edit, named):
 
 
 def test_paper_config_gives_each_backbone_the_authors_llms_and_group(env):
-    bert4rec, sasrec = shell_commands(
+    specs = run_specs(
         env, "config/paper.yaml", "results/paper/runs/beauty/bert4rec/mltfr/faithful/seed1/round1/result.json",
         "results/paper/runs/beauty/sasrec/mltfr/faithful/seed1/round1/result.json")
-    if "--backbone sasrec" in bert4rec:
-        bert4rec, sasrec = sasrec, bert4rec
-    llms = lambda cmd: re.findall(r"--llm ([\w.-]+)=", cmd)  # noqa: E731
-    assert llms(bert4rec) == ["bert-base", "p5-sports", "p5-beauty", "llama-7b"]
-    assert llms(sasrec) == ["bert-base", "p5-sports", "p5-beauty", "gpt2", "llama-7b", "qwen3-0.6b"]
-    for cmd in (bert4rec, sasrec):   # the group BERT / P5-sports / P5-beauty, by position; not GPT-2
-        assert "--set 'branch.consensus_group=[0,1,2]'" in cmd
+    by_backbone = {spec["backbone"]: spec for spec in specs}
+    assert list(by_backbone["bert4rec"]["llm"]) == ["bert-base", "p5-sports", "p5-beauty", "llama-7b"]
+    assert list(by_backbone["sasrec"]["llm"]) == ["bert-base", "p5-sports", "p5-beauty", "gpt2", "llama-7b",
+                                                  "qwen3-0.6b"]
+    for spec in specs:   # the group BERT / P5-sports / P5-beauty, by position; not GPT-2
+        assert spec["sets"]["branch.consensus_group"] == [0, 1, 2]
 
 
 def test_per_backbone_llms_and_group_in_a_small_config(env, tmp_path):
@@ -355,12 +353,13 @@ def test_per_backbone_llms_and_group_in_a_small_config(env, tmp_path):
         cfg["study"]["blocks"]["mltfr"]["consensus_group"] = {"sasrec": ["minilm", "paraphrase-minilm"]}
 
     path = write_config(tmp_path, "config/test.yaml", per_backbone)
-    noconsensus, random_round1 = sorted(shell_commands(
+    noconsensus, random_round1 = sorted(run_specs(
         env, path, "results/test/runs/pantry-u10/sasrec/mltfr-noconsensus/corrected/seed1/result.json",
-        "results/test/runs/pantry-u10/sasrec/mltfr-random/corrected/seed1/round1/result.json"))
-    assert "--llm paraphrase-minilm=" in noconsensus and "consensus_group" not in noconsensus
-    assert "--llm random-paraphrase-minilm=" in random_round1
-    assert "--set 'branch.consensus_group=[1,0]'" in random_round1
+        "results/test/runs/pantry-u10/sasrec/mltfr-random/corrected/seed1/round1/result.json"),
+        key=lambda spec: spec["variant"])
+    assert "paraphrase-minilm" in noconsensus["llm"] and "branch.consensus_group" not in noconsensus["sets"]
+    assert list(random_round1["llm"]) == ["random-paraphrase-minilm", "random-minilm"]
+    assert random_round1["sets"]["branch.consensus_group"] == [1, 0]
 
 
 @pytest.mark.parametrize(
@@ -376,10 +375,14 @@ def test_bad_per_backbone_settings_name_the_key(env, tmp_path, edit, named):
     assert_dry_run_fails(env, tmp_path, lambda cfg: edit(cfg["study"]["blocks"]["mltfr"]), named)
 
 
-def test_config_override_of_a_registry_is_refused(env):
-    proc = snakemake(env, "-n", "--configfile", "config/test.yaml", "--config", "train={epochs: 9}", check=False)
+def test_config_override_of_a_registry_is_refused_and_of_train_reaches_the_spec(env):
+    proc = snakemake(env, "-n", "--configfile", "config/test.yaml", "--config", "registries=[]", check=False)
     out = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and "config key `train`" in out and "config/test.yaml" in out
+    assert proc.returncode != 0 and "config key `registries`" in out and "config/test.yaml" in out
+    out = snakemake(env, "results/test/runs/pantry-u10/sasrec/base/faithful/seed1/result.json", "-n", "-p",
+                    "--configfile", "config/test.yaml", "--config", "train={device: cpu}").stdout
+    words = shlex.split(next(line for line in out.splitlines() if "mltfr train --spec" in line))
+    assert json.loads(words[words.index("printf") + 2])["train"]["device"] == "cpu"   # merged into the section
 
 
 def test_env_file_pins_the_pyproject_dependencies():

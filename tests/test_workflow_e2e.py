@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from fixtures.slurm.workflow import scontrol_stub
 from matplotlib.image import imread
 
-from fixtures.slurm.workflow import scontrol_stub
-from mltfr.analysis import outputs
+from mltfr.spec import report_outputs as outputs
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

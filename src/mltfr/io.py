@@ -13,7 +13,6 @@ from typing import Iterator
 
 from mltfr.errors import MltfrError
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

@@ -18,12 +18,12 @@ from snakemake.logging import logger
 from snakemake.io import report as report_item  # `report` alone is a directive keyword
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
-from mltfr.analysis import outputs as aggregate_outputs
+from mltfr.spec import report_outputs as aggregate_outputs
 from mltfr.errors import ConfigError
 from mltfr.study import config as study_config
 from mltfr.study.grid import alternatives, uses_consensus
-from mltfr.study.layout import RUN_WILDCARDS
-from mltfr.study.variants import PLANTED_PREFIX
+from mltfr.spec.layout import RUN_WILDCARDS
+from mltfr.spec.variants import PLANTED_PREFIX
 
 
 def config_path():
@@ -104,7 +104,7 @@ def dataset_markers():
     ]
 
 
-# Report categories of the figures (mltfr.analysis.outputs.FIGURES), in reading order.
+# Report categories of the figures (mltfr.spec.report_outputs.FIGURES), in reading order.
 FIGURE_CATEGORIES = {
     "single_llm_gains": "1. Single-LLM injection",
     "main_comparison": "2. Main results",
@@ -246,8 +246,8 @@ def planted_entry(wildcards):
     return STUDY.llms[PLANTED_PREFIX + wildcards.dataset]
 
 
-def tuning_args(wildcards):
-    return STUDY.tuning_args(wildcards)
+def tuning_spec(wildcards):
+    return spec_json(STUDY.tuning_spec(wildcards))
 
 
 def tuning_search(wildcards):
@@ -257,21 +257,33 @@ def tuning_search(wildcards):
     return f"--keys {keys} --metric {block['metric']} --expected {len(STUDY.tuning_points)}"
 
 
-def round1_args(wildcards):
-    return STUDY.run_args(wildcards, LAYOUT.round1_dir)
+def spec_json(spec):
+    """A run's RunSpec as the JSON its job writes to run.json (`mltfr train --spec`)."""
+    return json.dumps(
+        spec.to_dict()
+    )  # key order kept: the LLM order gives the branch its positions
 
 
-def round2_args(wildcards):
-    """Single-round and final runs; a consensus variant adds its merged expert (`--consensus`)."""
-    args = STUDY.run_args(wildcards, LAYOUT.run_dir)
-    if uses_consensus(wildcards.variant):
-        args += f" --consensus {STUDY.consensus_file(wildcards)}"
-    return args
+def round1_spec(wildcards):
+    return spec_json(STUDY.run_spec(wildcards, LAYOUT.round1_dir))
 
 
-def train_settings():
-    """The shared `train:` section as a param: changing it reruns every training job."""
-    return STUDY.config["train"]
+def round2_spec(wildcards):
+    """Single-round and final runs; a consensus variant adds its merged expert."""
+    consensus = (
+        STUDY.consensus_file(wildcards) if uses_consensus(wildcards.variant) else None
+    )
+    return spec_json(STUDY.run_spec(wildcards, LAYOUT.run_dir, consensus))
+
+
+# A training job writes its run's spec beside its result, then trains from it (the spec is a
+# param: a changed setting reruns the job).
+TRAIN_FROM_SPEC = (
+    "mkdir -p $(dirname {output.result})"
+    " && printf '%s\\n' {params.spec:q} > $(dirname {output.result})/run.json"
+    " && {params.mltfr} train --spec $(dirname {output.result})/run.json"
+    " --threads {threads} --device auto > {log} 2>&1"
+)
 
 
 wildcard_constraints:

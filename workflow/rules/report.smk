@@ -4,7 +4,7 @@
 Every step runs `mltfr aggregate` on the run manifest (results/<study>/tables/runs.txt, one run
 folder per line). The manifest depends on every run's result.json, so a changed or added run
 reruns the manifest and the steps below, and nothing upstream. Output names are fixed by
-mltfr.analysis.outputs. The efficiency table reads the training jobs' benchmark files
+mltfr.spec.report_outputs. The efficiency table reads the training jobs' benchmark files
 (results/<study>/benchmarks), which exist once their result.json does. `mltfr findings` writes
 the study's findings report from the tables and statistics (no number typed by hand). The
 statistics test equivalence at the study's declared margin (study.equivalence.margin, a param:

@@ -27,13 +27,9 @@ rule train_round1:
     threads: 1
     params:
         mltfr=MLTFR,
-        config=CLI_CONFIG,
-        args=round1_args,
-        train=train_settings(),
+        spec=round1_spec,
     shell:
-        "{params.mltfr} train --config {params.config} {params.args}"
-        " --backbone {wildcards.backbone} --protocol {wildcards.protocol}"
-        " --seed {wildcards.seed} --threads {threads} --device auto > {log} 2>&1"
+        TRAIN_FROM_SPEC
 
 
 rule fisher:
@@ -69,13 +65,9 @@ rule train:
     threads: 1
     params:
         mltfr=MLTFR,
-        config=CLI_CONFIG,
-        args=round2_args,
-        train=train_settings(),
+        spec=round2_spec,
     shell:
-        "{params.mltfr} train --config {params.config} {params.args}"
-        " --backbone {wildcards.backbone} --protocol {wildcards.protocol}"
-        " --seed {wildcards.seed} --threads {threads} --device auto > {log} 2>&1"
+        TRAIN_FROM_SPEC
 
 
 rule train_tuning:
@@ -92,10 +84,6 @@ rule train_tuning:
     threads: 1
     params:
         mltfr=MLTFR,
-        config=CLI_CONFIG,
-        args=tuning_args,
-        train=train_settings(),
+        spec=tuning_spec,
     shell:
-        "{params.mltfr} train --config {params.config} {params.args}"
-        " --backbone {wildcards.backbone} --protocol corrected"
-        " --threads {threads} --device auto > {log} 2>&1"
+        TRAIN_FROM_SPEC

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mltfr.analysis.outputs import (DIAGNOSTIC_KEYS, RUN_DIAGNOSTICS, diagnostic_column,
-                                    parse_diagnostic_column)
-from mltfr.analysis.variants import parse_variant
+from mltfr.analysis.blocks import parse_variant
 from mltfr.errors import DataError
 from mltfr.evaluate.metrics import metric_names, per_user_metrics
-from mltfr.study.ladder import FAITHFUL, WITH
+from mltfr.spec.branch_config import branch_key
+from mltfr.spec.report_outputs import DIAGNOSTIC_KEYS, RUN_DIAGNOSTICS, diagnostic_column, parse_diagnostic_column
+from mltfr.spec.rungs import FAITHFUL, WITH
 from mltfr.study.tuning import TUNABLE
 
 KEYS = ("dataset", "backbone", "variant", "protocol", "seed")
@@ -76,7 +76,9 @@ def _test_metrics(path: Path, result: dict) -> dict:
 
 
 def _identity(path: Path, result: dict) -> dict:
-    """(dataset, backbone, variant, protocol, seed) of a result, checked against its folder.
+    """(dataset, backbone, variant, protocol, seed) of a result, checked against its folder. The
+    variant is the study's name the run's spec echoes (a sensitivity run trains mltfr with one
+    setting changed); a run from before the echo is named from its folder.
 
     `dataset` is the name in the trainer's provenance object {"name": ..., "prepared_sha256": ...}.
     """
@@ -86,9 +88,12 @@ def _identity(path: Path, result: dict) -> dict:
     if missing:
         raise DataError(f"{path}: missing key(s) {', '.join(missing)}; rerun its training job")
     ident["seed"] = int(ident["seed"])
+    spec = result.get("spec") or {}
+    if spec.get("study_variant"):   # the study's name of the run (mltfr@<key>=<value>), echoed
+        ident["variant"] = spec["study_variant"]
     parts = path.parent.parts[-5:]
     if len(parts) == 5 and parts[-1].startswith("seed"):
-        if _is_sensitivity_run(path, parts[2], result):
+        if not spec and _is_sensitivity_run(path, parts[2], result):   # runs from before the spec echo
             ident["variant"] = parts[2]
         folder = _rung_name(result) or ident["protocol"]   # a ladder run's folder is its rung
         expected = tuple(str(ident[k]) for k in KEYS[:3]) + (folder, f"seed{ident['seed']}")
@@ -108,7 +113,7 @@ def _setting(result: dict, key: str):
         return len((result.get("inputs") or {}).get("llm") or {}) or None
     node = _lookup(result.get("config"), key)
     section, _, name = key.partition(".")
-    name = "K" if name == "k" else name                     # the trainer accepts `branch.k` for K
+    name = branch_key(name)                                  # the trainer accepts `branch.k` for K
     return _lookup(result.get("branch"), name) if node is None and section == "branch" else node
 
 
@@ -300,6 +305,8 @@ def collect_runs(source: str | Path | Iterable[str | Path],
         runs[col] = pd.to_numeric(runs[col], errors="coerce")
     runs = runs.sort_values([*KEYS, "rung_index"], kind="stable").reset_index(drop=True)
     if benchmarks is not None and Path(benchmarks).is_dir():
+        from mltfr.analysis.job_benchmarks import read_benchmarks
+
         runs = _merge_benchmarks(runs, read_benchmarks(benchmarks))
     return runs
 
@@ -326,46 +333,6 @@ def sensitivity_runs(runs: pd.DataFrame) -> pd.DataFrame:
         parts.append(full.merge(cells, on=list(cells.columns)).assign(block="sensitivity"))
     return pd.concat(parts, ignore_index=True).drop_duplicates(
         ["dataset", "backbone", "protocol", "param", "value", "seed"], keep="first")
-
-
-def _benchmark_key(rel: Path) -> tuple | None:
-    """(dataset, backbone, variant, protocol, seed) from a benchmark path, or None.
-
-    Accepts any prefix and suffix around .../{dataset}/{backbone}/{variant}/{protocol}/seed{S}...,
-    e.g. benchmarks/out/train/pantry/sasrec/mltfr/corrected/seed1.round2.tsv.
-    """
-    parts = list(rel.parent.parts) + [rel.name.split(".")[0]]
-    for i in range(len(parts) - 1, 3, -1):  # the last window wins
-        seed = parts[i]
-        if seed.startswith("seed") and seed[4:].isdigit():
-            return (*parts[i - 4:i], int(seed[4:]))
-    return None
-
-
-def read_benchmarks(root: str | Path) -> pd.DataFrame:
-    """Snakemake benchmark files summed per run: total seconds, peak resident memory (MB).
-
-    A run may have several jobs (round 1, Fisher, round 2): their seconds add up and the
-    memory is the largest. Repeated rows of one file (benchmark repeats) are averaged.
-    """
-    records = []
-    for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
-        key = _benchmark_key(path.relative_to(root))
-        if key is None:
-            continue
-        try:
-            bench = pd.read_csv(path, sep="\t")
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            raise DataError(f"{path}: not a Snakemake benchmark TSV ({exc}); delete it") from None
-        if "s" not in bench.columns:
-            raise DataError(f"{path}: benchmark file lacks column 's'; delete it and rerun the job")
-        rss = pd.to_numeric(bench.get("max_rss", pd.Series(dtype=float)), errors="coerce")
-        records.append((*key, float(pd.to_numeric(bench["s"], errors="coerce").mean()),
-                        float(rss.max()) if len(rss) else np.nan))
-    cols = [*KEYS, "bench_s", "bench_max_rss_mb"]
-    frame = pd.DataFrame(records, columns=cols)
-    return frame.groupby(list(KEYS), as_index=False).agg(bench_s=("bench_s", "sum"),
-                                                         bench_max_rss_mb=("bench_max_rss_mb", "max"))
 
 
 def load_dataset_stats(data_root: str | Path) -> pd.DataFrame:

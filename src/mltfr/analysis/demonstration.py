@@ -1,7 +1,7 @@
 """Whether a set of runs is a demonstration rather than a result, as a one-line label.
 
 A trained run has *converged* when early stopping ended it (`early_stopped`) or it had the full
-default budget of its selection rule (mltfr.train.config: FAITHFUL_EPOCHS when the epoch is picked
+default budget of its selection rule (mltfr.spec.protocol: FAITHFUL_EPOCHS when the epoch is picked
 on test, CORRECTED_EPOCHS with early stopping on validation); a counted backbone (pop, epochs_run
 0) trains nothing and runs one seed by design. A set of runs is a *demonstration* when a trained
 run has not converged or a cell (dataset, backbone, variant, protocol, rung) of trained runs has
@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mltfr.train.config import CORRECTED_EPOCHS, FAITHFUL_EPOCHS
+from mltfr.spec.protocol import CORRECTED_EPOCHS, FAITHFUL_EPOCHS
 
 MIN_SEEDS = 3      # fewer seeds in a compared cell: no significance, and the runs are a demonstration
 DEMONSTRATION = "DEMONSTRATION, NOT A RESULT"

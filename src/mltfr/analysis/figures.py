@@ -22,11 +22,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from mltfr.analysis.blocks import ABLATIONS, BASE, FULL, display_name, parse_variant  # noqa: E402
 from mltfr.analysis.collect import diagnostics_frame, sensitivity_runs  # noqa: E402
 from mltfr.analysis.demonstration import demonstration_label  # noqa: E402
 from mltfr.analysis.null_gains import THRESHOLDS, faithful_runs  # noqa: E402
 from mltfr.analysis.tables import NO_RUNS, paired_gain, protocol_table  # noqa: E402
-from mltfr.analysis.variants import ABLATIONS, BASE, FULL, display_name, parse_variant  # noqa: E402
 from mltfr.io import atomic_path  # noqa: E402
 
 CI95 = ("ci", 95)

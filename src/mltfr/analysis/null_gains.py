@@ -25,10 +25,10 @@ import itertools
 import numpy as np
 import pandas as pd
 
+from mltfr.analysis.blocks import BASE, FULL
 from mltfr.analysis.collect import protocol_runs
 from mltfr.analysis.tables import Table, empty_table, with_run_settings
-from mltfr.analysis.variants import BASE, FULL
-from mltfr.study.ladder import FAITHFUL
+from mltfr.spec.rungs import FAITHFUL
 
 NULL_PAIRS = ((BASE, BASE), (FULL, "mltfr-randomselect"))   # (method, baseline) that should not differ
 METRICS = ("ndcg@10", "hr@10")

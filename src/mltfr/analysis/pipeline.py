@@ -6,7 +6,8 @@ from pathlib import Path
 import pandas as pd
 
 from mltfr.analysis.collect import collect_runs, load_dataset_stats, load_epochs, load_interp, protocol_runs
-from mltfr.analysis.tables import build_tables, write_runs, write_table
+from mltfr.analysis.render import write_runs, write_table
+from mltfr.analysis.tables import build_tables
 
 STEPS = ("tables", "stats", "figures")   # the default: everything ("tables" includes runs.csv)
 ALL_STEPS = ("runs",) + STEPS            # "runs": only runs.csv / runs.parquet

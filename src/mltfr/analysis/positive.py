@@ -1,7 +1,7 @@
 """The positive control in words: can the branch carry a table's content, and would the tests see it?
 
 The planted table (`planted-<dataset>`, mltfr.llm.planted) holds every user's held-out items: it is
-leaky by construction and never a finding. It reaches the branch three ways (mltfr.study.variants):
+leaky by construction and never a finding. It reaches the branch three ways (mltfr.spec.variants):
 handed over row by row (`mltfr-planted-lookup`, no filter), through the authors' filter
 (`mltfr-planted`) and through the sharp filter (`mltfr-planted-sharp`). Each is compared with base
 (stats/comparisons.csv; their Holm family is their own). The lookup says whether the branch and the
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from mltfr.analysis.variants import BASE
+from mltfr.analysis.blocks import BASE
 from mltfr.analysis.verdicts import diff_text, oriented, with_verdicts
 
 LOOKUP, AUTHORS, SHARP = "mltfr-planted-lookup", "mltfr-planted", "mltfr-planted-sharp"

@@ -1,7 +1,7 @@
 """MLTFR's own protocol factors on top of the corrected protocol, and the whole faithful protocol,
 as changes of a variant's gain over base on matched seeds (table protocol_factors).
 
-Settings (the `setting` column, mltfr.study.ladder):
+Settings (the `setting` column, mltfr.spec.rungs):
 - with-<factor>[+<factor>...]: the corrected protocol with those factors set back to their
   faithful values (study block protocol_factors), e.g. evaluation noise on, batch pooling;
 - faithful: every factor faithful at once (the ordinary faithful runs).
@@ -24,13 +24,21 @@ import functools
 import numpy as np
 import pandas as pd
 
+from mltfr.analysis.blocks import BASE
 from mltfr.analysis.collect import is_ladder_run, load_user_ndcg, run_setting
 from mltfr.analysis.ladder import ci_text
-from mltfr.analysis.stats import (StatsConfig, add_holm, bootstrap_ci, format_p, pooled_users, seed_means,
-                                  seed_ttest, wilcoxon_test)
+from mltfr.analysis.stats import (
+    StatsConfig,
+    add_holm,
+    bootstrap_ci,
+    format_p,
+    pooled_users,
+    seed_means,
+    seed_ttest,
+    wilcoxon_test,
+)
 from mltfr.analysis.tables import Table, empty_table, with_run_settings
-from mltfr.analysis.variants import BASE
-from mltfr.study.ladder import CORRECTED, FAITHFUL, FAITHFUL_VALUES, WITH, acts_on, default_order
+from mltfr.spec.rungs import CORRECTED, FAITHFUL, FAITHFUL_VALUES, WITH, acts_on, default_order
 
 CELL = ["dataset", "backbone"]
 NO_SETTINGS = "no variant ran under corrected and under a faithful factor or the faithful protocol"

@@ -33,14 +33,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from mltfr.analysis.blocks import BASE, FULL, POSITIVE_CONTROLS
 from mltfr.analysis.collect import load_user_ndcg, protocol_runs
-from mltfr.analysis.demonstration import MIN_SEEDS   # fewer common seeds: no t-test and no significance mark
+from mltfr.analysis.demonstration import MIN_SEEDS  # fewer common seeds: no t-test and no significance mark
 from mltfr.analysis.tables import CELL, Table, empty_table, with_run_settings
-from mltfr.analysis.variants import BASE, FULL, POSITIVE_CONTROLS
 
 FAMILY = ("dataset", "backbone", "protocol")
 FEW_SEEDS = f"n<{MIN_SEEDS}"   # the mark of a comparison with too few seeds: says why there is none

@@ -12,15 +12,14 @@ ladder's runs are left out (mltfr.analysis.ladder tabulates them).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pandas as pd
 
+from mltfr.analysis.blocks import ABLATIONS, BASE, FULL, positive_control_note, scaled_filters
 from mltfr.analysis.collect import diagnostics_frame, protocol_runs, sensitivity_runs
 from mltfr.analysis.demonstration import demonstration_label
-from mltfr.analysis.outputs import DIAGNOSTIC_KEYS
-from mltfr.analysis.variants import ABLATIONS, BASE, FULL, positive_control_note, scaled_filters
-from mltfr.io import atomic_path, atomic_write_text
+from mltfr.spec.protocol import DIFFERENCES
+from mltfr.spec.report_outputs import DIAGNOSTIC_KEYS
 
 CELL = ["dataset", "backbone", "protocol"]    # runs that share test users and can be compared
 MAIN_METRICS = ("ndcg@10", "hr@10")
@@ -254,24 +253,18 @@ def efficiency_table(runs: pd.DataFrame) -> Table:
 
 
 # What differs between the two protocols: (name, runs-table column, faithful, corrected).
-PROTOCOL_FACTORS = (
-    ("selection", "select_on", "the reported epoch is chosen on the test set by the authors' majority rule",
-     "early stopping on validation, test touched once"),
-    ("evaluation noise", "eval_noise", "Gumbel noise also at evaluation", "deterministic top-K"),
-    ("token pooling", "pooling", "the filtered tokens of the whole batch are pooled",
-     "each user attends to its own"),
-    ("history masking", "mask_history", "history items are not masked at ranking", "they are masked"),
-    ("validation item", "holdout_valid", "kept in training", "held out of training"),
-)
+# (label, runs.csv column, faithful, corrected) of each setting that separates the protocols
+PROTOCOL_FACTORS = tuple((f.label, f.key.rpartition(".")[2], f.faithful_text, f.corrected_text)
+                         for f in DIFFERENCES)
 
 
 def protocol_difference_text() -> str:
-    """The five factors that separate the faithful from the corrected protocol, as one sentence."""
+    """The factors that separate the faithful from the corrected protocol, as one sentence."""
     factors = "; ".join(f"({i}) {name}: {faithful} vs {corrected}"
                         for i, (name, _, faithful, corrected) in enumerate(PROTOCOL_FACTORS, 1))
-    return (f"The protocols differ in five factors, not in the selection rule alone: {factors}; the "
-            "user vector (whole window) is the same in both. diff is their joint effect; the ladder "
-            "table (ladder.md) changes them one at a time.")
+    return (f"The protocols differ in {len(PROTOCOL_FACTORS)} factors, not in the selection rule alone: "
+            f"{factors}; the user vector (whole window) is the same in both. diff is their joint effect; "
+            "the ladder table (ladder.md) changes them one at a time.")
 
 
 def recorded_settings(runs: pd.DataFrame) -> str:
@@ -373,66 +366,3 @@ def build_tables(runs: pd.DataFrame, stats: pd.DataFrame) -> list[Table]:
     runs = protocol_runs(runs)
     return [dataset_table(stats), main_table(runs), single_llm_table(runs), ablation_table(runs),
             sensitivity_table(runs), efficiency_table(runs), protocol_table(runs), diagnostics_table(runs)]
-
-
-# --- rendering ---------------------------------------------------------------------------------
-
-_TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-                "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
-
-
-def tex_escape(text: str) -> str:
-    """LaTeX-safe text; ± becomes $\\pm$."""
-    escaped = "".join(_TEX_ESCAPES.get(ch, ch) for ch in str(text))
-    return escaped.replace("±", r"$\pm$")
-
-
-def _styled(table: Table, style) -> pd.DataFrame:
-    """Display strings with `style(text, bold)` applied to every cell."""
-    display = table.display.astype(object).fillna("").astype(str)  # pandas 3 keeps NaN through astype(str)
-    bold = table.bold if table.bold is not None else pd.DataFrame(False, display.index, display.columns)
-    out = display.copy()
-    for col in display.columns:
-        flags = bold[col] if col in bold.columns else pd.Series(False, index=display.index)
-        out[col] = [style(t, bool(b) and t != "") for t, b in zip(display[col], flags)]
-    return out
-
-
-def render_markdown(table: Table) -> str:
-    """A Markdown table (GitHub pipes) preceded by its caption."""
-    if table.display.empty:
-        return f"**{table.name}**: {table.caption}\n"
-    body = _styled(table, lambda t, b: f"**{t}**" if b else t).to_markdown(index=False, disable_numparse=True)
-    notes = "".join(f"\n> {n}\n" for n in table.notes)
-    return f"**{table.name}**: {table.caption}\n\n{body}\n{notes}"
-
-
-def render_latex(table: Table) -> str:
-    """A LaTeX tabular (booktabs) inside a table environment with the caption."""
-    if table.display.empty:
-        return f"% {table.name}: {tex_escape(table.caption)}\n"
-    body = _styled(table, lambda t, b: rf"\textbf{{{tex_escape(t)}}}" if b else tex_escape(t))
-    body.columns = [tex_escape(c) for c in body.columns]
-    tabular = body.to_latex(index=False, escape=False, column_format="l" * body.shape[1])
-    return ("\\begin{table}[t]\n\\centering\n\\small\n" + tabular +
-            f"\\caption{{{tex_escape(table.caption)}}}\n\\label{{tab:{table.name}}}\n\\end{{table}}\n")
-
-
-def write_table(table: Table, folder: str | Path) -> list[Path]:
-    """<folder>/<name>.csv (tidy numbers), .md and .tex (formatted), each written atomically."""
-    folder = Path(folder)
-    paths = [folder / f"{table.name}.{ext}" for ext in ("csv", "md", "tex")]
-    atomic_write_text(paths[0], table.tidy.to_csv(index=False))
-    atomic_write_text(paths[1], render_markdown(table))
-    atomic_write_text(paths[2], render_latex(table))
-    return paths
-
-
-def write_runs(runs: pd.DataFrame, folder: str | Path) -> list[Path]:
-    """The per-run table as <folder>/runs.csv and runs.parquet."""
-    folder = Path(folder)
-    csv, parquet = folder / "runs.csv", folder / "runs.parquet"
-    atomic_write_text(csv, runs.to_csv(index=False))
-    with atomic_path(parquet) as tmp:
-        runs.to_parquet(tmp, index=False)
-    return [csv, parquet]

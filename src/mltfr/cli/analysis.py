@@ -4,7 +4,7 @@
                     --stats results/STUDY/stats --figures figures/STUDY [--only tables|stats|figures|runs]
 
 --runs is the runs folder or a manifest (one run folder per line). Output file names are fixed
-(mltfr.analysis.outputs), so workflow rules can declare them.
+(mltfr.spec.report_outputs), so workflow rules can declare them.
 """
 from __future__ import annotations
 
@@ -44,9 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def study_layout(runs: Path):
-    """The layout (mltfr.study.layout) of the study named by `runs`: results/<study>/runs, or
+    """The layout (mltfr.spec.layout) of the study named by `runs`: results/<study>/runs, or
     the manifest results/<study>/tables/runs.txt."""
-    from mltfr.study.layout import Layout
+    from mltfr.spec.layout import Layout
 
     root = runs.parent if runs.suffix != ".txt" else runs.parent.parent
     return Layout(root.name)

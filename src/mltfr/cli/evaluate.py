@@ -11,8 +11,7 @@ import json
 from pathlib import Path
 
 from mltfr.errors import MltfrError
-
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+from mltfr.spec.run_config import DEVICES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sampled", type=_non_negative, default=None, metavar="N",
                         help="rank against N sampled negatives (labelled sampled-N); 0 = full ranking "
                              "(default: the run's setting)")
-    parser.add_argument("--device", choices=DEVICE_CHOICES, help="auto = CUDA when available (default: the run's)")
+    parser.add_argument("--device", choices=DEVICES, help="auto = CUDA when available (default: the run's)")
     parser.add_argument("--out", type=Path, help="JSON file for the metrics (default: in RUN_DIR)")
 
 
@@ -39,8 +38,9 @@ def _non_negative(text: str) -> int:
 def run(args: argparse.Namespace) -> int:
     from mltfr.data import load_prepared
     from mltfr.io import atomic_write_json
+    from mltfr.spec.run_config import RunConfig, apply_overrides
     from mltfr.train.checkpoint import load_checkpoint
-    from mltfr.train.config import RunConfig, apply_overrides
+    from mltfr.train.result import recorded_inputs
     from mltfr.train.run import evaluate_checkpoint, split_for_run
 
     ckpt = args.run / "checkpoint.pt"
@@ -61,16 +61,3 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_json(out, result)
     print(json.dumps(result["metrics"], indent=2))
     return 0
-
-
-def recorded_inputs(run_dir: Path) -> dict:
-    """The data/LLM folders `mltfr train` recorded in result.json ({} when there is none)."""
-    from mltfr.train.result import RESULT
-
-    path = run_dir / RESULT
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8")).get("inputs", {})
-    except ValueError as exc:
-        raise MltfrError(f"{path} is not valid JSON ({exc}); rerun `mltfr train` or pass --data") from None

@@ -4,7 +4,7 @@
                    --out results/STUDY/findings.md --study STUDY [--planned-runs N] [--references JSON]
 
 Reads only the written CSV/Markdown tables (never the runs); links the figures relative to the
-report's folder (mltfr.analysis.findings).
+report's folder (mltfr.analysis.findings_report).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mltfr.analysis.findings import write_findings
+    from mltfr.analysis.findings_report import write_findings
     from mltfr.analysis.references import parse_references
 
     path = write_findings(args.tables, args.stats, args.figures, args.out, args.study, args.planned_runs,

@@ -1,21 +1,14 @@
 """`mltfr fisher --run ROUND1_DIR --out consensus.safetensors`
 
-The step between the two rounds of a consensus variant: loads round 1's state (by the run's
-selection, see `round1_state`), runs one pass over the training batches (in user order, or in an
-order shuffled by the run's seed under `fisher_shuffle`; every random draw from the run's seed)
-with dropout off to get the diagonal empirical Fisher of every expert parameter, merges the
-experts of the same-dimension group (Fisher-weighted, or plain mean for `mltfr-meanconsensus`)
-and writes the merged expert for `mltfr train --consensus`. The metadata records which state was
-used (`round1_state`, `round1_epoch`) and the batch order (`batch_order`).
+The step between the two rounds of a consensus variant (mltfr.train.merge): round 1's experts
+merged, Fisher-weighted (or by plain mean for `mltfr-meanconsensus`), into the expert
+`mltfr train --consensus` reads; the metadata is printed as JSON.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
-
-from mltfr.errors import MltfrError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,52 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from mltfr.cli.evaluate import recorded_inputs
     from mltfr.cli.train import set_threads
-    from mltfr.data import load_prepared
-    from mltfr.models.fisher import merge_round1, save_consensus
-    from mltfr.train import batching
-    from mltfr.train.checkpoint import load_checkpoint
-    from mltfr.train.config import RunConfig, apply_overrides
-    from mltfr.train.run import build_model, resolve_device, split_for_run
+    from mltfr.train.merge import merge_round1_run
 
     set_threads(args.threads)
-    ckpt = args.run / "checkpoint.pt"
-    inputs = recorded_inputs(args.run)
-    if not ckpt.exists() or not inputs:
-        raise MltfrError(f"{args.run} holds no finished round-1 run (checkpoint.pt and result.json); "
-                         "run `mltfr train` for round 1 first")
-    payload = load_checkpoint(ckpt)
-    cfg = RunConfig.from_dict(payload["config"], where=f"{ckpt}: config")
-    if args.device:
-        cfg = apply_overrides(cfg, {"device": args.device})
-    device = resolve_device(cfg.device)
-    split = split_for_run(load_prepared(inputs["data"]), cfg)
-    model = build_model(cfg, split.n_items, device, {k: Path(v) for k, v in inputs["llm"].items()})
-    state_dict, meta_state = round1_state(payload, cfg.selects_on)
-    model.load_state_dict(state_dict)
-    windows = torch.from_numpy(batching.run_windows(split, cfg)).to(device)
-    start = time.perf_counter()
-    batches = batching.fisher_batches(windows, cfg.batch_size, cfg.seed if cfg.shuffles_fisher else None)
-    state, meta = merge_round1(model, batches, seed=cfg.seed)
-    meta.update(round1=str(args.run), seconds=round(time.perf_counter() - start, 3), seed=cfg.seed,
-                batch_order="shuffled" if cfg.shuffles_fisher else "users", **meta_state)
-    save_consensus(args.out, state, meta)
+    meta = merge_round1_run(args.run, args.out, args.device)
     print(f"{args.out}: merged expert of {meta['llms']} ({meta['method']}) in {meta['seconds']} s")
     print(json.dumps(meta, sort_keys=True))
     return 0
-
-
-def round1_state(payload: dict, selects_on: str) -> tuple[dict, dict]:
-    """(model state, its metadata) of the round-1 checkpoint the Fisher pass runs on.
-
-    select_on test (faithful): the state after the last epoch (the checkpoint's `model`), as the
-    authors compute the Fisher right after training with no selection; select_on valid
-    (corrected): the best-on-validation state.
-    """
-    state = payload["state"]
-    if selects_on == "test":
-        return payload["model"], {"round1_state": "last-epoch", "round1_epoch": state.epoch}
-    return state.best_state, {"round1_state": "best-on-valid", "round1_epoch": state.best_epoch}

@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mltfr.llm import extract, load_llm_entry   # lazy: keeps `mltfr --help` free of torch
+    from mltfr.llm import extract, load_llm_entry  # lazy: keeps `mltfr --help` free of torch
 
     _log_to_stderr()
     entry = load_llm_entry(args.config, args.llm)

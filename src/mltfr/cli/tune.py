@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 
@@ -37,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"mltfr tune: {choice['dataset']}/{choice['backbone']}: chose {choice['chosen']} "
               f"(valid {args.metric} {max(p['valid'] for p in choice['points']):.4f}) -> {args.out}")
         return 0
-    from mltfr.analysis.tables import write_table
-    from mltfr.analysis.tuning import read_choices, tuning_table
+    from mltfr.analysis.render import write_table
+    from mltfr.analysis.tuning_table import read_choices, tuning_table
 
     paths = write_table(tuning_table(read_choices(args.choices)), args.tables)
     print(f"mltfr tune: wrote {', '.join(map(str, paths))}")

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from mltfr.config_files import load_config
+from mltfr.data.dataset_entries import DEFAULT_CACHE_DIR, get_entry, resolve_sources, validate_entry
 from mltfr.data.parsers import parse_file
 from mltfr.data.prepared import Prepared, format_stats, load_prepared, save_prepared, stats_row
 from mltfr.data.preprocess import build_prepared
-from mltfr.data.registry import DEFAULT_CACHE_DIR, get_entry, resolve_sources, validate_entry
-from mltfr.registry import load_config
 from mltfr.data.split import EvalSet, Split, make_split
 
 __all__ = ["Prepared", "EvalSet", "Split", "prepare_dataset", "save_prepared", "load_prepared",

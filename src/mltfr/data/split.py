@@ -21,8 +21,7 @@ import numpy as np
 
 from mltfr.data.prepared import Prepared
 from mltfr.errors import ConfigError
-
-PROTOCOLS = ("faithful", "corrected")
+from mltfr.spec.protocol import PROTOCOLS
 
 
 @dataclass

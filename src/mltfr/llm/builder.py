@@ -16,7 +16,7 @@ from pathlib import Path
 from mltfr.errors import ConfigError, DataError
 from mltfr.io import code_version
 from mltfr.llm import cache
-from mltfr.llm.registry import LlmEntry
+from mltfr.llm.llm_entries import LlmEntry
 
 log = logging.getLogger("mltfr.llm")
 

@@ -86,7 +86,7 @@ def load_table(folder: str | Path) -> tuple[torch.Tensor, dict]:
 
 @functools.lru_cache(maxsize=8)
 def _tokenizer(folder: str):
-    from transformers import AutoTokenizer   # heavy import, only when strings are asked for
+    from transformers import AutoTokenizer  # heavy import, only when strings are asked for
 
     return AutoTokenizer.from_pretrained(folder)
 

@@ -17,14 +17,19 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import constants, hf_hub_download
-from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError,
-                                    LocalEntryNotFoundError, RepositoryNotFoundError,
-                                    RevisionNotFoundError)
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 from safetensors import safe_open
 
 from mltfr.errors import ConfigError, DataError
 from mltfr.llm.cache import Extracted
-from mltfr.llm.registry import LlmEntry
+from mltfr.llm.llm_entries import LlmEntry
 
 log = logging.getLogger("mltfr.llm")
 

@@ -21,7 +21,7 @@ import torch
 from mltfr.errors import ConfigError, DataError
 from mltfr.llm import hf
 from mltfr.llm.cache import Extracted
-from mltfr.llm.registry import LlmEntry
+from mltfr.llm.llm_entries import LlmEntry
 
 log = logging.getLogger("mltfr.llm")
 

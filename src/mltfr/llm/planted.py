@@ -24,7 +24,7 @@ from scipy.sparse.linalg import svds
 from mltfr.data.prepared import Prepared
 from mltfr.errors import ConfigError, DataError
 from mltfr.llm.cache import Extracted
-from mltfr.study.variants import POSITIVE_LABEL
+from mltfr.spec.variants import POSITIVE_LABEL
 
 
 def forward_counts(prepared: Prepared, window: int) -> sp.csr_matrix:

@@ -19,7 +19,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from mltfr.errors import ConfigError
-from mltfr.models.backbone_config import BackboneConfig
+from mltfr.spec.backbone_config import BackboneConfig
+from mltfr.spec.backbones import BACKBONE_NAMES, UNTRAINED_BACKBONES
 
 if TYPE_CHECKING:
     from mltfr.models.base import SequentialRecommender
@@ -67,7 +68,7 @@ BACKBONES: dict[str, Callable[[int, BackboneConfig], SequentialRecommender]] = {
     "fmlprec": _fmlprec,
     "pop": _popularity,
 }
-UNTRAINED_BACKBONES = frozenset({"pop"})  # counted, not trained: base variant only
+assert tuple(BACKBONES) == BACKBONE_NAMES, "mltfr.spec.backbones names every backbone built here"
 
 
 def build_backbone(name: str, n_items: int,

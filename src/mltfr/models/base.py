@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from mltfr.errors import ConfigError
-from mltfr.models.backbone_config import BackboneConfig  # noqa: F401  (re-exported)
+from mltfr.spec.backbone_config import BackboneConfig  # noqa: F401  (re-exported)
 
 PAD = 0  # item id of padding
 

@@ -7,8 +7,13 @@ import torch
 from torch import Tensor, nn
 
 from mltfr.models.base import PAD, BackboneConfig, SequentialRecommender
-from mltfr.models.layers import (SequenceEmbedding, TransformerBlock, init_authors_attention, init_weights,
-                                 transformer_forward)
+from mltfr.models.layers import (
+    SequenceEmbedding,
+    TransformerBlock,
+    init_authors_attention,
+    init_weights,
+    transformer_forward,
+)
 from mltfr.models.losses import ce_over_rows, full_ce_loss
 
 

@@ -3,7 +3,7 @@ share a token dimension D), checked or chosen by default (the largest same-D set
 from __future__ import annotations
 
 from mltfr.errors import ConfigError
-from mltfr.models.branch_config import BranchConfig
+from mltfr.spec.branch_config import BranchConfig
 
 
 def default_consensus_group(names: list[str], dims: list[int]) -> list[int]:

@@ -37,12 +37,17 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from mltfr.errors import ConfigError
-from mltfr.models.branch_config import BranchConfig
-from mltfr.models.consensus import (check_consensus_group, default_consensus_group,  # noqa: F401 (re-exported)
-                                    resolve_consensus_group)
+from mltfr.models.consensus import check_consensus_group, default_consensus_group, resolve_consensus_group  # noqa: F401 (re-exported)
 from mltfr.models.experts import CrossAttentionExpert, PrototypeMap
-from mltfr.models.filter import (TokenFilter, add_gumbel_noise_, cosine_scores,  # noqa: F401 (re-exported)
-                                 random_token_ids, sample_softmax_ids, straight_through_topk)
+from mltfr.models.filter import (  # noqa: F401 (re-exported)
+    TokenFilter,
+    add_gumbel_noise_,
+    cosine_scores,
+    random_token_ids,
+    sample_softmax_ids,
+    straight_through_topk,
+)
+from mltfr.spec.branch_config import BranchConfig
 
 SCORE_ELEMENTS = 1 << 24   # causal user vector: positions scored at once x |V| (64 MiB of fp32)
 INIT_STD = 0.02   # reinitialise: the authors' FMLP-Rec init_weights draws N(0, 0.02)
@@ -280,7 +285,7 @@ def build_branch(cfg: BranchConfig, tables: list[Tensor],
 
     A consensus variant (consensus != "none") always carries a frozen consensus expert, added with
     lambda_s. Round 1 (shared_state None): as in the authors' code, a copy of the first group
-    expert taken at its random init. Round 2: the merged expert (see mltfr.models.fisher).
+    expert taken at its random init. Round 2: the merged expert (see mltfr.models.fisher_merge).
     cfg.reinitialise (the authors' FMLP-Rec): every weight and table redrawn after construction,
     round 1's consensus copy too (independently: their init_weights runs after the copy).
     """

@@ -10,8 +10,13 @@ import torch
 from torch import Tensor, nn
 
 from mltfr.models.base import PAD, BackboneConfig, SequentialRecommender
-from mltfr.models.layers import (SequenceEmbedding, TransformerBlock, init_authors_attention, init_weights,
-                                 transformer_forward)
+from mltfr.models.layers import (
+    SequenceEmbedding,
+    TransformerBlock,
+    init_authors_attention,
+    init_weights,
+    transformer_forward,
+)
 from mltfr.models.losses import bce_loss, full_ce_loss
 from mltfr.models.sampling import distinct_negatives, sample_negatives
 

@@ -6,7 +6,8 @@ Torch-free, so the workflow (while it builds the DAG) and the analysis can impor
                `train:` checked by RunConfig) for the workflow and the CLI's --config
     grid       the run grid of a loaded study, each variant's LLMs, each job's CLI arguments
     checks     the cross-key checks run before any job is built
-    layout     where the workflow writes (result folder templates)
-    variants   every variant name, what it changes, its LLMs and rounds
-    ladder     the protocol ladder's rungs
+    tuning     the backbone's validation search: its points and its choice
+
+Names and settings (variants, protocols, rungs, the layout, the run configs) live one floor
+below, in mltfr.spec.
 """

@@ -7,8 +7,9 @@ from __future__ import annotations
 import itertools
 
 from mltfr.errors import key_error
-from mltfr.models import BACKBONES, UNTRAINED_BACKBONES
-from mltfr.study import variants as registry
+from mltfr.spec import variants as registry
+from mltfr.spec.backbones import BACKBONE_NAMES as BACKBONES
+from mltfr.spec.backbones import UNTRAINED_BACKBONES
 from mltfr.study.grid import Study, parsed_variant, uses_consensus
 
 RANDOM_CONTROLS = "study.blocks.ablations.random_controls"
@@ -123,18 +124,18 @@ def check_variants(study: Study) -> None:
 
 def check_variant_names(study: Study) -> None:
     """Ablation names and the variants of the ladder and the protocol-factor block are names of
-    mltfr.study.variants."""
+    mltfr.spec.variants."""
     known = registry.ABLATIONS + registry.CONTROLS + registry.POSITIVE_CONTROLS
     for name in study.block("ablations")["variants"] or []:
         if name not in known:
             raise key_error("study.blocks.ablations.variants",
                             f"names '{name}', which is not an ablation, control or positive-control variant",
-                            f"use names from {', '.join(known)} (mltfr.study.variants)")
+                            f"use names from {', '.join(known)} (mltfr.spec.variants)")
     for block in ("protocol_ladder", "protocol_factors"):
         for name in study.block(block)["variants"]:
             if registry.parse(name) is None:
                 raise key_error(f"study.blocks.{block}.variants",
-                                f"names '{name}', which is not in mltfr.study.variants",
+                                f"names '{name}', which is not in mltfr.spec.variants",
                                 f"use names from {', '.join(registry.names(['<llm>']))}")
 
 

@@ -18,23 +18,26 @@ from __future__ import annotations
 import copy
 import functools
 from pathlib import Path
+from typing import Any, Mapping
 
 from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import best_match
 from referencing import Registry, Resource
 
+from mltfr.config_files import SCHEMA_DIR, load_config
 from mltfr.errors import ConfigError, key_error
-from mltfr.registry import SCHEMA_DIR, load_config
+from mltfr.spec.run_config import RunConfig
+from mltfr.spec.variants import PLANTED_PREFIX, POSITIVE_LABEL, RANDOM_PREFIX
 from mltfr.study.checks import check_study
 from mltfr.study.grid import Study
-from mltfr.study.variants import PLANTED_PREFIX, POSITIVE_LABEL, RANDOM_PREFIX
 
 SCHEMA = SCHEMA_DIR / "study.schema.yaml"
 REGISTRY_SECTIONS = ("datasets", "llms")
 # The registry entries' schemas, owned by mltfr.data and mltfr.llm ($ref'd by SCHEMA).
 ENTRY_SCHEMAS = {"datasets": SCHEMA_DIR / "dataset.schema.yaml", "llms": SCHEMA_DIR / "llm.schema.yaml"}
-# What the CLI reads from the file: the workflow refuses to change them with --config.
-CLI_SECTIONS = ("registries", "datasets", "llms", "train")
+# What the CLI reads from the file (prepare, extract-llm): the workflow refuses to change them
+# with --config. The training jobs read their `train:` section from their run spec instead.
+CLI_SECTIONS = ("registries", "datasets", "llms")
 
 
 def load_registries(path: str | Path) -> dict:
@@ -173,13 +176,11 @@ def validate_schema(config: dict, source: str, origins: dict) -> None:
 
 def check_train(section: dict, source: str) -> None:
     """`train:` is RunConfig's overrides: build one (torch-free), so a bad key fails here."""
-    from mltfr.train.config import RunConfig
-
     try:
         RunConfig.from_dict(section, where="train")
     except ConfigError as exc:
         raise ConfigError(f"Error validating config file {source}: {exc}. Fix: use the keys and "
-                          "value types of mltfr.train.config.RunConfig (its field comments)") from None
+                          "value types of mltfr.spec.run_config.RunConfig (its field comments)") from None
 
 
 def check_cli_sections(config: dict, path: str | Path) -> None:
@@ -189,3 +190,13 @@ def check_cli_sections(config: dict, path: str | Path) -> None:
         if (on_disk.get(section) or {}) != (config.get(section) or {}):
             raise key_error(section, f"differs from {path}, the file the mltfr CLI reads",
                             f"edit `{section}` in {path} rather than overriding it with --config")
+
+
+def load_train_section(path: str | Path) -> dict[str, Any]:
+    """The `train:` section of a study config file ({} when the file has none)."""
+    path = Path(path)
+    doc = load_config(path)
+    section = doc.get("train") or {}
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"config {path}: the 'train:' section must be a mapping of RunConfig keys")
+    return dict(section)

@@ -2,11 +2,11 @@
 
 The grid is computed from `config["study"]` only, so adding a dataset or an LLM to the registries
 and to `study` adds its jobs and nothing else. Variant names, their LLMs and rounds come from
-`mltfr.study.variants`. Variants with a consensus expert take three jobs: round 1 (`mltfr
+`mltfr.spec.variants`. Variants with a consensus expert take three jobs: round 1 (`mltfr
 train`), the merge (`mltfr fisher`), round 2 (`mltfr train --consensus FILE`). The mltfr LLM set
 and its consensus group may differ per backbone and per dataset (`study.blocks.mltfr.llms` and
 `.consensus_group`: one list, or a mapping by dataset and/or backbone). The protocol ladder's rungs and
-the protocol-factor settings (`mltfr.study.ladder`) are values of the `protocol` wildcard.
+the protocol-factor settings (`mltfr.spec.rungs`) are values of the `protocol` wildcard.
 
 DAG speed (the paper grid has thousands of jobs): everything derived from a variant name is cached.
 """
@@ -19,10 +19,14 @@ from collections import namedtuple
 from typing import Mapping
 
 from mltfr.errors import ConfigError, key_error
-from mltfr.models import UNTRAINED_BACKBONES
-from mltfr.study import ladder, tuning
-from mltfr.study import variants as registry
-from mltfr.study.layout import Layout
+from mltfr.spec import rungs as ladder
+from mltfr.spec import variants as registry
+from mltfr.spec.backbones import UNTRAINED_BACKBONES
+from mltfr.spec.layout import Layout
+from mltfr.spec.round_plan import CONSENSUS_FILE, needs_round2
+from mltfr.spec.run_config import parse_override
+from mltfr.spec.run_spec import RunSpec
+from mltfr.study import tuning
 
 Run = namedtuple("Run", "dataset backbone variant protocol seed")
 BLOCKS = ("baselines", "single_llm", "mltfr", "ablations", "sensitivity")
@@ -33,19 +37,15 @@ def parsed_variant(variant: str) -> registry.Parsed:
     """The registry entry of a variant name (the config checks reject unknown names first)."""
     parsed = registry.parse(variant)
     if parsed is None:
-        raise key_error("study.blocks", f"runs variant '{variant}', which is not in mltfr.study.variants",
+        raise key_error("study.blocks", f"runs variant '{variant}', which is not in mltfr.spec.variants",
                         f"use one of {', '.join(registry.names(['<llm>']))} or mltfr@<key>=<value>")
     return parsed
 
 
 def uses_consensus(variant: str) -> bool:
-    """Sensitivity runs are mltfr with a setting changed: two rounds, like mltfr."""
-    return parsed_variant(variant).variant.rounds == 2
-
-
-def cli_value(value) -> str:
-    """A setting as `--set` reads it (YAML): booleans lower case."""
-    return str(value).lower() if isinstance(value, bool) else str(value)
+    """Whether the variant trains two rounds (mltfr.spec.round_plan), its name checked first."""
+    parsed_variant(variant)
+    return needs_round2(variant)
 
 
 def alternatives(names) -> str:
@@ -166,7 +166,7 @@ class Study:
             return tuple(ladder.rungs(block["order"], block["alone"]))
         except ConfigError as exc:
             raise key_error("study.blocks.protocol_ladder.order", str(exc),
-                            "order each factor after those it needs (mltfr.study.ladder.REQUIRES)") from None
+                            "order each factor after those it needs (mltfr.spec.rungs.REQUIRES)") from None
 
     def ladder_runs(self) -> list:
         """Every variant on every rung; rung `faithful` is the ordinary faithful run."""
@@ -241,13 +241,14 @@ class Study:
             return None
         return self.layout.tuning_choice.format(dataset=dataset, backbone=backbone)
 
-    def tuning_args(self, wildcards: Mapping) -> str:
-        """`--data D --out POINT_DIR --variant base --seed S --set key=value ...` of a search run."""
+    def tuning_spec(self, wildcards: Mapping) -> RunSpec:
+        """One search run: base under corrected at one point of the grid, the search's seed."""
         run = dict(wildcards)
         settings = self.tuning_points[run["point"]]
-        sets = " ".join(f"--set {key}={tuning.format_value(value)}" for key, value in settings.items())
-        return (f"--data {self.layout.data_dir.format(**run)} --out {self.layout.tuning_run_dir.format(**run)}"
-                f" --variant base --seed {self.block('tuning')['seed']} {sets}")
+        sets = dict(parse_override(f"{key}={tuning.format_value(value)}") for key, value in settings.items())
+        return RunSpec(data=self.layout.data_dir.format(**run), out=self.layout.tuning_run_dir.format(**run),
+                       backbone=run["backbone"], protocol=ladder.CORRECTED, seed=self.block("tuning")["seed"],
+                       dataset=run["dataset"], train=self.config["train"], sets=sets)
 
     # ------------------------------------------------------------ variants and their LLMs
     @functools.cache
@@ -301,45 +302,48 @@ class Study:
     def all_variants(self) -> list:
         return sorted({variant for variant, _ in self.variant_backbones})
 
-    # ------------------------------------------------------------ CLI arguments of a run
+    # ------------------------------------------------------------ each run, resolved once
     @functools.cache
-    def variant_args(self, variant: str, backbone: str, dataset: str) -> str:
-        """`--variant V [--llm NAME=DIR ...] [--set key=value ...]` of a variant on `backbone`, `dataset`."""
+    def variant_sets(self, variant: str, backbone: str, dataset: str) -> tuple:
+        """The settings a variant's name adds, as (key, value) pairs: a sensitivity setting, and a
+        configured consensus group as positions in the run's LLM list (the random controls keep
+        the same order)."""
         parsed = parsed_variant(variant)
-        args = [f"--variant {'mltfr' if parsed.key else variant}"]   # sensitivity: mltfr + --set
-        args += [f"--llm {llm}={self.layout.llm_dir.format(llm=llm)}"
-                 for llm in self.variant_llms(variant, backbone, dataset)]
+        sets = []
         if parsed.key not in (None, "n_llms"):  # n_llms acts through the LLM list instead
-            args.append(f"--set {parsed.key}={parsed.value}")
+            sets.append(parse_override(f"{parsed.key}={parsed.value}"))
         group = self.consensus_group(backbone, dataset) if uses_consensus(variant) else None
-        # the CLI takes positions in its --llm list (the random controls keep the same order)
         if group is not None:
             llms = self.mltfr_set(variant, backbone, dataset)
-            positions = ",".join(str(llms.index(llm)) for llm in group if llm in llms)
-            args.append(f"--set 'branch.consensus_group=[{positions}]'")
-        return " ".join(args)
+            sets.append(("branch.consensus_group", [llms.index(llm) for llm in group if llm in llms]))
+        return tuple(sets)
 
     @functools.cache
-    def rung_args(self, protocol: str) -> str:
-        """A ladder rung's or a protocol-factor setting's settings as `--set` arguments, trace_test
-        and the order (the ladder's, or the factor block's factors) (else nothing)."""
+    def rung_sets(self, protocol: str) -> tuple:
+        """(settings, order) of a ladder rung or protocol-factor setting: its settings with
+        trace_test, and the order it is looked up in (the ladder's, or the factor block's factors);
+        ({}, None) for faithful and corrected."""
         if not ladder.is_rung(protocol):
-            return ""
+            return {}, None
         factor_setting = ladder.is_factor_setting(protocol)
         order = self.block("protocol_factors")["factors"] if factor_setting else self.block("protocol_ladder")["order"]
-        settings = ladder.overrides(protocol, order) | {"trace_test": True}
-        sets = [f"--set {key}={cli_value(value)}" for key, value in settings.items()]
-        return " ".join(["", *sets, f"--rung-order {','.join(order)}"])
+        return ladder.overrides(protocol, order) | {"trace_test": True}, tuple(order)
 
-    def run_args(self, wildcards: Mapping, folder: str) -> str:
-        """`--data D --out FOLDER --variant V ...` of a training job (FOLDER: a run template)."""
+    def run_spec(self, wildcards: Mapping, folder: str, consensus: str | None = None) -> RunSpec:
+        """The run of a training job (FOLDER: a run template; `consensus`: round 2's merged expert)."""
         run = dict(wildcards)
-        data, out = self.layout.data_dir.format(**run), folder.format(**run)
-        variant = self.variant_args(run["variant"], run["backbone"], run["dataset"])
-        choice = self.tuned_choice(run["dataset"], run["backbone"], run["protocol"])
-        tuned = f" --tuned {choice}" if choice else ""
-        return f"--data {data} --out {out} {variant}{self.rung_args(run['protocol'])}{tuned}"
+        dataset, backbone, variant, protocol = run["dataset"], run["backbone"], run["variant"], run["protocol"]
+        sensitivity = parsed_variant(variant).key is not None   # mltfr with one setting changed
+        settings, order = self.rung_sets(protocol)
+        llms = self.variant_llms(variant, backbone, dataset)
+        return RunSpec(data=self.layout.data_dir.format(**run), out=folder.format(**run), backbone=backbone,
+                       protocol=protocol, seed=int(run["seed"]), variant="mltfr" if sensitivity else variant,
+                       study_variant=variant if sensitivity else None, dataset=dataset,
+                       llm={llm: self.layout.llm_dir.format(llm=llm) for llm in llms}, consensus=consensus,
+                       tuned=self.tuned_choice(dataset, backbone, protocol), rung_order=order,
+                       train=self.config["train"], sets={**dict(self.variant_sets(variant, backbone, dataset)),
+                                                         **settings})
 
     def consensus_file(self, wildcards: Mapping) -> str:
         """The merged expert a consensus variant's round 2 reads (from its own round 1)."""
-        return f"{self.layout.round1_dir.format(**dict(wildcards))}/consensus.safetensors"
+        return f"{self.layout.round1_dir.format(**dict(wildcards))}/{CONSENSUS_FILE}"

@@ -28,14 +28,13 @@ import torch
 from tqdm import tqdm
 
 from mltfr.errors import ConfigError, MltfrError
-from mltfr.evaluate import (majority_metrics, metric_names, metrics_from_ranks, rank, rank_sampled,
-                            wins_majority)
+from mltfr.evaluate import majority_metrics, metric_names, metrics_from_ranks, rank, rank_sampled, wins_majority
 from mltfr.io import atomic_write_text
 from mltfr.models.diagnostics import attach_diagnostics
+from mltfr.spec.run_config import RunConfig
 from mltfr.train import batching
 from mltfr.train.allocator import keep_freed_memory
 from mltfr.train.checkpoint import TrainState, check_same_config, load_checkpoint, save_checkpoint
-from mltfr.train.config import RunConfig
 from mltfr.train.seed import Generators, rng_state, set_rng_state
 
 CHECKPOINT = "checkpoint.pt"

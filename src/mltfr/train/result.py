@@ -8,6 +8,7 @@ never written; a new key needs its entry (with a description) in the schema firs
 from __future__ import annotations
 
 import dataclasses
+import json
 import resource
 import time
 from pathlib import Path
@@ -16,11 +17,11 @@ import jsonschema
 import numpy as np
 import torch
 
+from mltfr.config_files import load_schema
 from mltfr.errors import MltfrError
 from mltfr.evaluate import FULL_LABEL, SAMPLED_LABEL, metrics_from_ranks
 from mltfr.io import atomic_write_json, code_version
-from mltfr.registry import load_schema
-from mltfr.train.config import RunConfig
+from mltfr.spec.run_config import RunConfig
 
 RESULT = "result.json"
 SCHEMA = "result"   # src/mltfr/schemas/result.schema.yaml
@@ -53,7 +54,7 @@ def build_result(trainer, ranks: dict[str, np.ndarray], test_seconds: float, dat
         "device": str(trainer.device), "torch_version": torch.__version__,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "inputs": inputs,
-        "rung": rung,   # a protocol-ladder run's rung (mltfr.study.ladder), else null
+        "rung": rung,   # a protocol-ladder run's rung (mltfr.spec.rungs), else null
     }
     if trainer.model.branch is not None:
         doc["interp"] = interpretability(trainer, llm_tables)
@@ -161,3 +162,14 @@ def peak_memory_mb(device: torch.device) -> dict:
     if device.type == "cuda":
         out["cuda_allocated"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return out
+
+
+def recorded_inputs(run_dir: Path) -> dict:
+    """The data/LLM folders a run recorded in its result.json ({} when there is none)."""
+    path = Path(run_dir) / RESULT
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("inputs", {})
+    except ValueError as exc:
+        raise MltfrError(f"{path} is not valid JSON ({exc}); rerun `mltfr train` or pass --data") from None

@@ -15,9 +15,9 @@ from mltfr.data import make_split
 from mltfr.errors import ConfigError, MltfrError
 from mltfr.io import atomic_path
 from mltfr.models import build_backbone
-from mltfr.train.branch import attach_branch
+from mltfr.spec.run_config import RunConfig
+from mltfr.train.attach_branch import attach_branch
 from mltfr.train.checkpoint import load_checkpoint
-from mltfr.train.config import RunConfig
 from mltfr.train.loop import CHECKPOINT, Trainer, evaluate_ranks
 from mltfr.train.result import build_result, evaluation_document, write_result
 from mltfr.train.seed import seed_everything
@@ -63,11 +63,12 @@ def build_model(cfg: RunConfig, n_items: int, device: torch.device, llm_tables: 
 def train_and_evaluate(split, cfg: RunConfig, run_dir: str | Path, dataset_meta: dict,
                        llm_tables: dict | None = None, resume: bool = True,
                        stop_after_epoch: int | None = None, inputs: dict | None = None,
-                       rung: dict | None = None) -> dict | None:
+                       rung: dict | None = None, spec: dict | None = None) -> dict | None:
     """Train (resuming a matching checkpoint), evaluate the test set once, write the results.
 
     `inputs` (the data and LLM folders, as given) is recorded so `mltfr evaluate` can rebuild the run;
-    `rung` (mltfr.study.ladder.Rung.record) names a protocol-ladder run's rung (None otherwise).
+    `rung` (mltfr.spec.rungs.Rung.record) names a protocol-ladder run's rung (None otherwise);
+    `spec` (mltfr.spec.run_spec.RunSpec.to_dict), the run as asked for, is echoed.
     Returns the result dict, or None when `stop_after_epoch` (a test hook) stopped training."""
     run_dir = Path(run_dir)
     trainer = build_trainer(split, cfg, run_dir, llm_tables)
@@ -78,6 +79,8 @@ def train_and_evaluate(split, cfg: RunConfig, run_dir: str | Path, dataset_meta:
         return None
     ranks, seconds = final_ranks(trainer)
     result = build_result(trainer, ranks, seconds, dataset_meta, inputs or {}, llm_tables or {}, rung)
+    if spec is not None:
+        result["spec"] = spec
     write_ranks(run_dir / RANKS, split, ranks, result["eval_protocol"], result["selection"])
     write_result(run_dir, result)   # last: it marks the run complete
     return result
@@ -127,3 +130,24 @@ def evaluate_checkpoint(run_dir: str | Path, split, cfg: RunConfig, llm_tables: 
     sets = {"valid": split.valid, "test": split.test}
     ranks = {k: evaluate_ranks(model, v, cfg, device)[0] for k, v in sets.items() if v is not None}
     return evaluation_document(cfg, ranks, state, path)
+
+
+def train_files(data: str | Path, out: str | Path, cfg: RunConfig, llm_tables: dict[str, Path] | None = None,
+                tuned: dict | None = None, rung: dict | None = None, resume: bool = True,
+                spec: dict | None = None) -> dict:
+    """One run from files: the prepared dataset folder `data` and the token-table folders
+    `llm_tables` (name -> folder), trained and evaluated into `out`; its result.json document.
+    `tuned` ({"file", "settings"}), `rung` (Rung.record) and `spec` (the run's RunSpec) are recorded
+    in result.json."""
+    from mltfr.data import load_prepared
+    from mltfr.llm.cache import read_meta
+    from mltfr.llm.planted import check_planted_tables
+
+    llm_tables = dict(llm_tables or {})
+    prepared = load_prepared(data)
+    check_planted_tables({name: read_meta(folder) for name, folder in llm_tables.items()}, prepared.meta)
+    inputs = {"data": str(data), "llm": {k: str(v) for k, v in llm_tables.items()}}
+    if tuned:
+        inputs["tuned"] = tuned
+    return train_and_evaluate(split_for_run(prepared, cfg), cfg, out, prepared.meta, llm_tables=llm_tables,
+                              resume=resume, inputs=inputs, rung=rung, spec=spec)

@@ -27,24 +27,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mltfr.analysis.blocks import BASE, FULL, parse_variant
 from mltfr.analysis.demonstration import MIN_SEEDS, demonstration_label
 from mltfr.analysis.null_gains import THRESHOLDS
 from mltfr.analysis.positive import positive_control
 from mltfr.analysis.references import reference_check
 from mltfr.analysis.stats import ALPHA, format_p
-from mltfr.analysis.tables import DIAG_GROUP, PROTOCOL_FACTORS
-from mltfr.analysis.variants import BASE, FULL, parse_variant
-from mltfr.analysis.verdicts import (NOT_TESTABLE, VERDICTS, ci_cell, diff_text, number, oriented, with_ci,
-                                     with_verdicts)
+from mltfr.analysis.tables import DIAG_GROUP
+from mltfr.analysis.verdicts import NOT_TESTABLE, VERDICTS, ci_cell, diff_text, number, oriented, with_ci, with_verdicts
 from mltfr.errors import DataError
 from mltfr.io import atomic_write_text
-from mltfr.study.ladder import FACTORS, FAITHFUL, WITH, default_order
+from mltfr.spec.protocol import BY_NAME, DIFFERENCES
+from mltfr.spec.rungs import FACTORS, FAITHFUL, WITH, default_order
+from mltfr.spec.variants import NULL_CONTROLS as CONTROLS
 from mltfr.study.tuning import TUNABLE
 
 NOT_RUN = "not run in this study"
-# The controls MLTFR must beat for its gain to come from the LLM tables: random tables of the same
-# shapes (no LLM knowledge) and uniformly drawn tokens (no user signal); mltfr.study.variants.
-CONTROLS = ("mltfr-random", "mltfr-randomselect")
 # The named fix of the authors' filter, which gets no gradient at K = 1 (docs/method.md)
 LEARNING_FILTER = "mltfr-learnfilter"
 PROTOCOL_ORDER = ("corrected", "faithful")   # the headline first, the authors' protocol beside it
@@ -307,12 +305,8 @@ def protocol_gains(factors: pd.DataFrame) -> str:
 
 def faithful_setting_words(setting: str) -> str:
     """'evaluation noise (Gumbel noise also at evaluation)' for with-eval_noise; factors joined by ' + '."""
-    described = {col: (name, faithful) for name, col, faithful, _ in PROTOCOL_FACTORS}
-    parts = []
-    for factor in default_order(setting):
-        name, faithful = described.get(FACTORS[factor][0].removeprefix("branch."), (factor, "faithful"))
-        parts.append(f"{name} ({faithful})")
-    return " + ".join(parts)
+    factors = [BY_NAME[factor] for factor in default_order(setting)]
+    return " + ".join(f"{f.label} ({f.faithful_text})" for f in factors)
 
 
 def factor_gains(factors: pd.DataFrame) -> str:
@@ -340,9 +334,8 @@ def factor_words(rung: str) -> str:
     """'selection (select_on -> valid: <faithful> vs <corrected>)' for a ladder rung's factor."""
     kind, _, factor = rung.partition("-")
     key, value = FACTORS.get(factor, (factor, "?"))
-    described = {col: (faithful, corrected) for _, col, faithful, corrected in PROTOCOL_FACTORS}
-    what = described.get(key.removeprefix("branch."))
-    detail = f": {what[0]} -> {what[1]}" if what else ""
+    what = BY_NAME.get(factor)
+    detail = f": {what.faithful_text} -> {what.corrected_text}" if what in DIFFERENCES else ""
     where = "cumulative rung" if kind == "rung" else "alone from faithful"
     return f"{factor} ({where}; {key} -> {value}{detail})"
 
@@ -422,11 +415,10 @@ def selection_rung_text(r) -> str:
 
 
 def factors_off_the_ladder(ladder: pd.DataFrame) -> list[str]:
-    """The factors in which the protocols differ (tables.PROTOCOL_FACTORS) that no cumulative rung
-    of the ladder switches (a study may run only the first rungs)."""
+    """The factors in which the protocols differ (mltfr.spec.DIFFERENCES) that no cumulative
+    rung of the ladder switches (a study may run only the first rungs)."""
     on_ladder = {rung.partition("-")[2] for rung in ladder["rung"].dropna() if rung.startswith("rung-")}
-    by_setting = {key.removeprefix("branch."): factor for factor, (key, _) in FACTORS.items()}
-    return [name for name, setting, _, _ in PROTOCOL_FACTORS if by_setting[setting] not in on_ladder]
+    return [f.label for f in DIFFERENCES if f.name not in on_ladder]
 
 
 def optimism_text(optimism: pd.DataFrame) -> str:

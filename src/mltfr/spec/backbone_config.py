@@ -1,6 +1,6 @@
 """`BackboneConfig`: the hyper-parameters of an ID-only backbone, checked on construction.
 
-Torch-free (like mltfr.train.config, which embeds it), so the study config's `train:` section can
+Torch-free (like mltfr.spec.run_config, which embeds it), so the study config's `train:` section can
 be validated while the workflow builds its DAG.
 """
 from __future__ import annotations

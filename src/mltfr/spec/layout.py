@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mltfr.spec.round_plan import ROUND1
+
 RUN_WILDCARDS = "{dataset}/{backbone}/{variant}/{protocol}/seed{seed}"
 
 
@@ -47,7 +49,7 @@ class Layout:
 
     @property
     def round1_dir(self) -> str:
-        return f"{self.run_dir}/round1"
+        return f"{self.run_dir}/{ROUND1}"
 
     @property
     def tuning_dir(self) -> str:

@@ -1,15 +1,15 @@
-"""The variant registry (mltfr.study.variants): one definition read by models, analysis and workflow."""
+"""The variant registry (mltfr.spec.variants): one definition read by models, analysis and workflow."""
 import subprocess
 import sys
 from dataclasses import fields
 
 import pytest
 
-from mltfr.study import variants as registry
+from mltfr.spec import variants as registry
 
 
 def test_registry_is_torch_free():
-    code = "import mltfr.study.variants, sys; assert 'torch' not in sys.modules"
+    code = "import mltfr.spec.variants, sys; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -46,8 +46,9 @@ def test_every_setting_is_a_branch_setting():
 
 
 def test_models_and_analysis_read_the_registry():
-    from mltfr.analysis.variants import ABLATIONS, parse_variant
-    from mltfr.models.variants import needs_round2, variant_names
+    from mltfr.analysis.blocks import ABLATIONS, parse_variant
+    from mltfr.models.variant_branch import variant_names
+    from mltfr.spec.round_plan import needs_round2
 
     assert variant_names(["a", "b"]) == registry.names(["a", "b"])
     assert ABLATIONS == registry.ABLATIONS + registry.CONTROLS

@@ -1,4 +1,4 @@
-"""The protocol ladder and the protocol-factor settings: their definitions (mltfr.study.ladder) and
+"""The protocol ladder and the protocol-factor settings: their definitions (mltfr.spec.rungs) and
 their runs through `mltfr train`.
 
 The runs use tiny synthetic inputs (the ring dataset and a 12-d token table of test_fisher_cli)
@@ -12,12 +12,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+from test_fisher_cli import FAST, inputs  # noqa: F401  (a fixture: the dataset and token tables)
 
 from mltfr.cli import main
 from mltfr.errors import ConfigError
-from mltfr.study import ladder
-from mltfr.train.config import RunConfig, apply_overrides
-from test_fisher_cli import FAST, inputs  # noqa: F401  (a fixture: the dataset and token tables)
+from mltfr.spec import rungs as ladder
+from mltfr.spec.run_config import RunConfig, apply_overrides
 
 ORDER = ladder.DEFAULT_ORDER
 
@@ -29,7 +29,7 @@ def one_thread():
 
 # ------------------------------------------------------------------ rung definitions
 def test_ladder_is_torch_free():
-    code = "import mltfr.study.ladder, sys; assert 'torch' not in sys.modules"
+    code = "import mltfr.spec.rungs, sys; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -53,7 +53,7 @@ def test_each_rung_differs_from_its_previous_in_exactly_one_setting(order):
 
 def resolved(c: RunConfig) -> tuple:
     """Every setting a run resolves by protocol, and its branch settings."""
-    from mltfr.models.variants import base_config
+    from mltfr.models.variant_branch import base_config
 
     return (c.selects_on, c.holds_out_valid, c.masks_history, c.max_epochs, c.uses_train_vocab,
             c.resolved_model, c.round1_length, c.shuffles_fisher, c.window_items,
@@ -109,7 +109,7 @@ def test_unknown_rung_names_the_rungs():
 # ------------------------------------------------------------------ protocol-factor settings
 def evaluation_settings(cfg):
     """Every protocol setting a RunConfig resolves to (the branch's as the model builds it)."""
-    from mltfr.models.variants import base_config
+    from mltfr.models.variant_branch import base_config
 
     branch = base_config(cfg.protocol, cfg.backbone, 64, cfg.branch)
     return {"select_on": cfg.selects_on, "holdout_valid": cfg.holds_out_valid, "mask_history": cfg.masks_history,
@@ -217,7 +217,7 @@ def test_a_factor_setting_run_and_base_under_branch_factors(inputs, tmp_path):  
 
 @pytest.mark.parametrize("extra, message", [
     (["--protocol", "rung-selection", "--set", "select_on=test"], "--set changes a setting of rung rung-selection"),
-    (["--protocol", "faithful", "--rung-order", "selection"], "--rung-order applies to protocol-ladder rungs only"),
+    (["--protocol", "faithful", "--rung-order", "selection"], "rung order (--rung-order) applies to protocol-ladder rungs only"),
     (["--protocol", "rung-pooling", "--rung-order", "selection,eval_noise"], "'rung-pooling' is not a"),
     (["--protocol", "with-pooling", "--set", "branch.pooling=user"], "--set changes a setting of rung with-pooling"),
     (["--protocol", "with-pooling", "--rung-order", "eval_noise"], "'with-pooling' is not a"),

@@ -1,4 +1,4 @@
-"""Variant names -> study block, read from the one registry (`mltfr.study.variants`).
+"""Variant names -> study block, read from the one registry (`mltfr.spec.variants`).
 
 Blocks: base, direct, filter, mltfr, ablation, control, positive, sensitivity; a name the registry
 does not know is block "other": it is still aggregated, but belongs to no study block. The positive
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mltfr.study.variants import BASE, CONTROLS, FULL, POSITIVE_CONTROLS, POSITIVE_LABEL, SINGLE_MODES, parse
-from mltfr.study.variants import ABLATIONS as _ABLATIONS
+from mltfr.spec.variants import ABLATIONS as _ABLATIONS
+from mltfr.spec.variants import BASE, CONTROLS, FULL, POSITIVE_CONTROLS, POSITIVE_LABEL, SINGLE_MODES, parse
 
 ABLATIONS = (*_ABLATIONS, *CONTROLS)   # the ablation table compares the full method with both
 

@@ -11,11 +11,10 @@ import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
 
-
+from mltfr.config_files import check_entry
 from mltfr.data.download import fetch_url
 from mltfr.errors import ConfigError, DataError
 from mltfr.io import sha256_file
-from mltfr.registry import check_entry
 
 DEFAULT_CACHE_DIR = Path("resources/downloads")   # relative to the repository root (cwd)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mltfr.errors import ConfigError
+from mltfr.spec.protocol import PROTOCOLS, branch_defaults
 
 POOLINGS = ("user", "batch")
 ROUTERS = ("softmax", "mean")
@@ -12,6 +13,12 @@ CONSENSUS = ("none", "fisher", "mean")
 FILTER_GRADS = ("authors", "learn")
 SELECTIONS = ("guided", "random", "lookup")
 USER_VECTORS = ("window", "causal")
+ALIASES = {"k": "K"}   # `branch.k=10` is read as K (a lower-case key is easier to type)
+
+
+def branch_key(name: str) -> str:
+    """A branch setting's field name (aliases resolved)."""
+    return ALIASES.get(name, name)
 
 
 @dataclass
@@ -76,9 +83,8 @@ class BranchConfig:
 
     @classmethod
     def for_protocol(cls, protocol: str, **overrides) -> "BranchConfig":
-        """faithful = batch pooling + noise at evaluation (authors' code); corrected = neither."""
-        if protocol not in ("faithful", "corrected"):
+        """The protocol's branch settings (mltfr.spec.protocol: faithful = batch pooling + noise at
+        evaluation, the authors' code; corrected = neither), then `overrides`."""
+        if protocol not in PROTOCOLS:
             raise ConfigError(f"protocol {protocol!r} is unknown; use faithful or corrected")
-        faithful = protocol == "faithful"
-        settings = {"pooling": "batch" if faithful else "user", "eval_noise": faithful}
-        return cls(**{**settings, **overrides})
+        return cls(**{**branch_defaults(protocol), **overrides})

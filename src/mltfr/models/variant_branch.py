@@ -1,7 +1,7 @@
 """Study variant names -> LLM branch configuration.
 
 The names, what each changes and which LLMs it takes are defined once, in
-`mltfr.study.variants`; this module turns an entry into a `BranchConfig` (the variant's settings
+`mltfr.spec.variants`; this module turns an entry into a `BranchConfig` (the variant's settings
 over the protocol's and the backbone's defaults). Sensitivity (K, lambda_s, tau, the LLM subset)
 is plain config: it arrives through `base` and llm_names.
 """
@@ -13,36 +13,10 @@ from dataclasses import fields, replace
 from torch import Tensor
 
 from mltfr.errors import ConfigError
-from mltfr.models.mltfr import (BranchConfig, MltfrBranch, build_branch, default_consensus_group,
-                                resolve_consensus_group)
-from mltfr.study.variants import FULL_METHOD, PLANTED_PREFIX, RANDOM_PREFIX, names, parse, random_twins
-
-# Authors' per-backbone settings; GRU4Rec is not in their code and takes SASRec's. Their
-# BERT4Rec/FMLP-Rec GatingNetwork returns a softmax that their MoE softmaxes again.
-BACKBONE_DEFAULTS = {
-    "sasrec": {"lambda_s": 0.01, "K": 1, "router_softmax_twice": False},
-    "sasrec-ce": {"lambda_s": 0.01, "K": 1, "router_softmax_twice": False},
-    "bert4rec": {"lambda_s": 0.2, "K": 1, "router_softmax_twice": True},
-    "fmlprec": {"lambda_s": 0.05, "K": 10, "router_softmax_twice": True},
-    "gru4rec": {"lambda_s": 0.01, "K": 1, "router_softmax_twice": False},
-}
-
-
-# What the authors' BERT4Rec and FMLP-Rec modules do to the branch that their SASRec does not;
-# applied with the backbone's impl "authors" only (the corrected protocol keeps neither).
-AUTHORS_IMPL_DEFAULTS = {
-    "bert4rec": {"shared_train_mode": True, "zero_padding": False},
-    "fmlprec": {"shared_train_mode": True, "reinitialise": True},
-}
-
-
-def backbone_defaults(backbone: str, impl: str = "ours") -> dict:
-    """The branch settings (lambda_s, K, router_softmax_twice) the authors use with `backbone`,
-    plus, under impl "authors", their module's quirks (AUTHORS_IMPL_DEFAULTS)."""
-    if backbone not in BACKBONE_DEFAULTS:
-        raise ConfigError(f"backbone {backbone!r} is unknown; use one of {', '.join(BACKBONE_DEFAULTS)}")
-    quirks = AUTHORS_IMPL_DEFAULTS.get(backbone, {}) if impl == "authors" else {}
-    return {**BACKBONE_DEFAULTS[backbone], **quirks}
+from mltfr.models.mltfr import BranchConfig, MltfrBranch, build_branch, default_consensus_group, resolve_consensus_group
+from mltfr.spec.backbones import branch_defaults
+from mltfr.spec.branch_config import branch_key
+from mltfr.spec.variants import FULL_METHOD, PLANTED_PREFIX, RANDOM_PREFIX, names, parse, random_twins
 
 
 def variant_names(llm_names: list[str]) -> list[str]:
@@ -89,29 +63,23 @@ def planted_table_name(llm_names: list[str]) -> list[str]:
     return planted
 
 
-def needs_round2(variant: str) -> bool:
-    """True when the variant trains a second round with a merged consensus expert."""
-    parsed = parse(variant)
-    return parsed is not None and parsed.variant.block != "sensitivity" and parsed.variant.rounds == 2
-
-
 def base_config(protocol: str, backbone: str, d: int, overrides: Mapping | None = None,
                 impl: str = "ours") -> BranchConfig:
     """Protocol settings + the backbone's lambda_s, K and router (and its impl's quirks) + config
     overrides (e.g. K, tau, lambda_s)."""
-    overrides = {("K" if key == "k" else key): v for key, v in (overrides or {}).items()}  # `branch.k=10`
+    overrides = {branch_key(key): v for key, v in (overrides or {}).items()}  # `branch.k=10` is K
     valid = {f.name for f in fields(BranchConfig)} - {"d", "names"}
     unknown = sorted(set(overrides) - valid)
     if unknown:
         raise ConfigError(f"unknown branch setting(s) {unknown}; valid: {', '.join(sorted(valid))}")
-    return BranchConfig.for_protocol(protocol, d=d, **{**backbone_defaults(backbone, impl), **overrides})
+    return BranchConfig.for_protocol(protocol, d=d, **{**branch_defaults(backbone, impl), **overrides})
 
 
 def make_branch(variant: str, llm_names: list[str], tables: Mapping[str, Tensor], base: BranchConfig,
                 shared_state: dict[str, Tensor] | None = None) -> MltfrBranch | None:
     """The variant's branch (None for `base`); `tables` maps every LLM name it uses to its table.
 
-    Round 1: shared_state None. Round 2: the merged expert from `mltfr.models.fisher.load_consensus`.
+    Round 1: shared_state None. Round 2: the merged expert from `mltfr.models.fisher_merge.load_consensus`.
     """
     cfg, names = variant_config(variant, llm_names, base)
     if cfg is None:
@@ -125,5 +93,5 @@ def make_branch(variant: str, llm_names: list[str], tables: Mapping[str, Tensor]
     return build_branch(cfg, chosen, shared_state=shared_state)
 
 
-__all__ = ["backbone_defaults", "base_config", "default_consensus_group", "make_branch", "needs_round2",
+__all__ = ["base_config", "default_consensus_group", "make_branch",
            "variant_config", "variant_names", "RANDOM_PREFIX"]

@@ -1,6 +1,6 @@
 """The study's variants: every name, what it changes, which LLMs it takes, how many rounds.
 
-This is the one place variant names are defined. The models (`mltfr.models.variants`: name ->
+This is the one place variant names are defined. The models (`mltfr.models.variant_branch`: name ->
 BranchConfig), the CLI (`mltfr train --variant`), the workflow (`workflow/rules/common.smk`: the
 run grid, rounds and `--llm` arguments) and the analysis (`mltfr.analysis`: table blocks) all read
 it. Adding a variant is one entry here plus, when it needs one, a branch setting that implements
@@ -93,6 +93,10 @@ SINGLE = {mode: Variant(mode, mode, summary, {"filtering": mode == "filter", **S
                                 ("filter", "one LLM, user-guided filtering"))}
 ABLATIONS = tuple(v.name for v in _ENTRIES if v.block == "ablation")
 CONTROLS = tuple(v.name for v in _ENTRIES if v.block == "control")
+# The controls MLTFR must beat for its gain to come from the LLM tables: random tables of the same
+# shapes (no LLM knowledge) and tokens drawn uniformly per user (no user signal). The other
+# controls are named fixes of the authors' branch (a filter that learns or chooses, a causal vector).
+NULL_CONTROLS = ("mltfr-random", "mltfr-randomselect")
 # Leaky by construction: never a finding, and never run unless a study names them.
 POSITIVE_CONTROLS = tuple(v.name for v in _ENTRIES if v.block == "positive")
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from mltfr.analysis.outputs import TUNING_TABLE as NAME
 from mltfr.analysis.tables import Table, empty_table
 from mltfr.errors import DataError
+from mltfr.spec.report_outputs import TUNING_TABLE as NAME
 
 CAPTION = ("The backbone's validation search (mltfr.study.tuning): base under the corrected protocol, "
            "one seed, early-stopped on validation, at every point of the grid; the score is the "

@@ -28,36 +28,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mltfr.errors import ConfigError
+from mltfr.spec import protocol
+from mltfr.spec.protocol import CORRECTED, FAITHFUL
 
-FAITHFUL = "faithful"
-# factor -> (RunConfig override key, its value under the corrected protocol)
-FACTORS = {
-    "selection": ("select_on", "valid"),          # best epoch on test -> early stopping on valid
-    "eval_noise": ("branch.eval_noise", False),   # Gumbel noise at evaluation on -> off
-    "pooling": ("branch.pooling", "user"),        # tokens pooled over the batch -> per user
-    "mask_history": ("mask_history", True),       # history items ranked -> masked
-    "vocabulary": ("train_vocab", False),         # only the training split's items -> every item
-    "impl": ("model.impl", "ours"),               # the authors' backbone implementation -> ours
-    "first_round": ("round1_budget", "full"),     # round 1 the authors' length -> the run's budget
-    "fisher_order": ("fisher_shuffle", False),    # Fisher batches shuffled -> in user order
-    "holdout_valid": ("holdout_valid", True),     # validation item kept in training -> held out
-    "user_vector": ("branch.user_vector", "causal"),  # whole-window mean -> prefix mean (both flawed)
-}
+# factor -> (RunConfig override key, the value its rung sets: the corrected one, or the repair of a
+# flaw both protocols share), in the protocol table's order (mltfr.spec.protocol)
+FACTORS = {f.name: (f.key, f.ladder_value) for f in protocol.FACTORS}
 DEFAULT_ORDER = tuple(FACTORS)
 # A factor that cannot be set without another: the causal vector needs per-user pooling
 # (mltfr.models.mltfr.BranchConfig refuses causal + batch pooling).
 REQUIRES = {"user_vector": ("pooling",)}
 PREFIXES = ("rung-", "alone-")
-CORRECTED = "corrected"
 WITH = "with-"          # a protocol-factor setting: with-<factor>[+<factor>...]
 JOIN = "+"
 # factor -> its value under the faithful protocol (the authors' code); the user vector has none:
-# both protocols use the whole-window mean (its value in FACTORS is a repair neither makes)
-FAITHFUL_VALUES = {"selection": "test", "eval_noise": True, "pooling": "batch", "mask_history": False,
-                   "vocabulary": True, "impl": "authors", "first_round": "authors", "fisher_order": True,
-                   "holdout_valid": False}
+# both protocols use the whole-window mean (its ladder value is a repair neither makes)
+FAITHFUL_VALUES = {f.name: f.faithful for f in protocol.FACTORS if f.repair is None}
 # Factors that act only inside the LLM branch: a variant without one trains and ranks the same
-BRANCH_FACTORS = ("eval_noise", "pooling", "user_vector", "first_round", "fisher_order")  # the last two: rounds
+BRANCH_FACTORS = tuple(f.name for f in protocol.FACTORS if f.branch_only)
 
 
 @dataclass(frozen=True)

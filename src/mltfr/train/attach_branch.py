@@ -14,7 +14,8 @@ from mltfr.errors import ConfigError
 def attach_branch(model, cfg, llm_tables: dict[str, Path]) -> None:
     """Attach the branch of `cfg.variant` to `model` in place; `base` = ID-only (no branch)."""
     from mltfr.models.mltfr import attach
-    from mltfr.models.variants import base_config, make_branch, needs_round2, variant_config
+    from mltfr.models.variant_branch import base_config, make_branch, variant_config
+    from mltfr.spec.round_plan import needs_round2
 
     if cfg.variant == "base":
         if llm_tables:
@@ -44,7 +45,7 @@ def load_llm_table(name: str, llm_tables: dict[str, Path]):
 
 def load_shared(cfg, names: list[str]):
     """The merged consensus expert of round 2 (its LLMs must be this run's consensus group)."""
-    from mltfr.models.fisher import load_consensus
+    from mltfr.models.fisher_merge import load_consensus
 
     state, meta = load_consensus(cfg.consensus_file)
     unknown = [n for n in meta.get("llms", []) if n not in names]

@@ -11,7 +11,7 @@ from pathlib import Path
 TABLES = ("dataset_stats", "main", "single_llm", "ablations", "sensitivity", "efficiency", "protocols",
           "diagnostics", "ladder", "optimism", "protocol_factors", "null_gains")
 TABLE_FORMATS = ("csv", "md", "tex")
-# The backbone's validation search (mltfr.analysis.tuning), its own job: <tables>/tuning.{csv,md,tex}.
+# The backbone's validation search (mltfr.analysis.tuning_table), its own job: <tables>/tuning.{csv,md,tex}.
 TUNING_TABLE = "tuning"
 # The per-run table: <tables>/runs.csv and <tables>/runs.parquet.
 RUNS_TABLE = "runs"

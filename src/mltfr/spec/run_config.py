@@ -11,26 +11,25 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
 from mltfr.errors import ConfigError
-from mltfr.evaluate.metrics import MAJORITY_KEYS, metric_names
-from mltfr.models import UNTRAINED_BACKBONES
-from mltfr.models.backbone_config import BackboneConfig
-from mltfr.study.variants import parse as parse_variant
+from mltfr.spec.backbone_config import BackboneConfig
+from mltfr.spec.backbones import UNTRAINED_BACKBONES, authors_round1_epochs
+from mltfr.spec.metric_names import MAJORITY_KEYS, metric_names
+from mltfr.spec.protocol import (
+    CORRECTED_EPOCHS,
+    FAITHFUL_EPOCHS,
+    PROTOCOLS,
+    ROUND1_BUDGETS,
+    SELECTION_SETS,
+    by_protocol,
+)
+from mltfr.spec.round_plan import needs_round2
 
-PROTOCOLS = ("faithful", "corrected")  # method.md: the authors' protocol and the clean one
-FAITHFUL_EPOCHS = 100   # the authors' confs: num.max.epoch=100, no early stopping
-CORRECTED_EPOCHS = 200  # an upper bound; early stopping on validation ends runs long before
-# Round 1's length in the authors' code: the file each round 2 loads was saved by round 1 under
-# its epoch count (method.md, "Round 1"); backbones not in their code take SASRec's.
-AUTHORS_ROUND1_EPOCHS = {"sasrec": 20, "fmlprec": 20, "bert4rec": 100}
-ROUND1_BUDGETS = ("authors", "full")    # round1_budget: the authors' round-1 length, or the run's budget
 DEVICES = ("auto", "cpu", "cuda")       # auto = CUDA when available
-SELECTION_SETS = ("test", "valid")      # select_on: the authors' best-on-test, or early stopping on valid
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # 5e-4: a float YAML 1.1 misses
 
 
@@ -123,26 +122,22 @@ class RunConfig:
     @property
     def masks_history(self) -> bool:
         """Whether the evaluation excludes history items (the protocol's default when unset)."""
-        return self.protocol == "corrected" if self.mask_history is None else self.mask_history
+        return by_protocol("mask_history", self.protocol) if self.mask_history is None else self.mask_history
 
     @property
     def selects_on(self) -> str:
         """The set the reported epoch is chosen on: "test" or "valid" (the protocol's when unset)."""
-        if self.select_on is not None:
-            return self.select_on
-        return "test" if self.protocol == "faithful" else "valid"
+        return by_protocol("select_on", self.protocol) if self.select_on is None else self.select_on
 
     @property
     def holds_out_valid(self) -> bool:
         """Whether training leaves out the validation item (the protocol's default when unset)."""
-        return self.protocol == "corrected" if self.holdout_valid is None else self.holdout_valid
+        return by_protocol("holdout_valid", self.protocol) if self.holdout_valid is None else self.holdout_valid
 
     @property
     def backbone_impl(self) -> str:
         """The backbone implementation (`model.impl`, the protocol's when unset): authors | ours."""
-        if self.model.impl is not None:
-            return self.model.impl
-        return "authors" if self.protocol == "faithful" else "ours"
+        return by_protocol("model.impl", self.protocol) if self.model.impl is None else self.model.impl
 
     @property
     def resolved_model(self) -> BackboneConfig:
@@ -152,26 +147,22 @@ class RunConfig:
     @property
     def uses_train_vocab(self) -> bool:
         """Whether only the training split's items are numbered (the protocol's default when unset)."""
-        return self.protocol == "faithful" if self.train_vocab is None else self.train_vocab
+        return by_protocol("train_vocab", self.protocol) if self.train_vocab is None else self.train_vocab
 
     @property
     def shuffles_fisher(self) -> bool:
         """Whether the Fisher pass visits the batches shuffled (the protocol's default when unset)."""
-        return self.protocol == "faithful" if self.fisher_shuffle is None else self.fisher_shuffle
+        return by_protocol("fisher_shuffle", self.protocol) if self.fisher_shuffle is None else self.fisher_shuffle
 
     @property
     def round1_length(self) -> str:
         """Round 1's budget rule (`round1_budget`, the protocol's when unset): authors | full."""
-        if self.round1_budget is not None:
-            return self.round1_budget
-        return "authors" if self.protocol == "faithful" else "full"
+        return by_protocol("round1_budget", self.protocol) if self.round1_budget is None else self.round1_budget
 
     @property
     def is_round1(self) -> bool:
         """True for round 1 of a consensus variant: it needs a second round and has no merged expert."""
-        parsed = parse_variant(self.variant)
-        return self.consensus_file is None and parsed is not None and (
-            parsed.variant.block != "sensitivity" and parsed.variant.rounds == 2)
+        return self.consensus_file is None and needs_round2(self.variant)
 
     @property
     def window_items(self) -> int:
@@ -190,7 +181,7 @@ class RunConfig:
         else:
             budget = FAITHFUL_EPOCHS if self.selects_on == "test" else CORRECTED_EPOCHS
         if self.is_round1 and self.round1_length == "authors":
-            return min(budget, AUTHORS_ROUND1_EPOCHS.get(self.backbone, AUTHORS_ROUND1_EPOCHS["sasrec"]))
+            return min(budget, authors_round1_epochs(self.backbone))
         return budget
 
     @property
@@ -257,7 +248,7 @@ def _check_type(where: str, value: Any, hint: Any) -> None:
 def apply_overrides(cfg: RunConfig, overrides: list[str] | Mapping[str, Any]) -> RunConfig:
     """A new RunConfig with `key=value` strings (values parsed as YAML) or a mapping applied."""
     values = cfg.to_dict()
-    items = overrides.items() if isinstance(overrides, Mapping) else map(_parse_override, overrides)
+    items = overrides.items() if isinstance(overrides, Mapping) else map(parse_override, overrides)
     for key, value in items:
         *parents, leaf = key.split(".")
         node = values
@@ -269,7 +260,7 @@ def apply_overrides(cfg: RunConfig, overrides: list[str] | Mapping[str, Any]) ->
     return RunConfig.from_dict(values, where="override")
 
 
-def _parse_override(text: str) -> tuple[str, Any]:
+def parse_override(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override '{text}' must look like key=value (e.g. lr=0.0005 or model.d=32)")
@@ -285,15 +276,3 @@ def _yaml11_float(value: Any) -> Any:
     if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
         return float(value)
     return value
-
-
-def load_train_section(path: str | Path) -> dict[str, Any]:
-    """The `train:` section of a study config file ({} when the file has none)."""
-    from mltfr.registry import load_config
-
-    path = Path(path)
-    doc = load_config(path)
-    section = doc.get("train") or {}
-    if not isinstance(section, Mapping):
-        raise ConfigError(f"config {path}: the 'train:' section must be a mapping of RunConfig keys")
-    return dict(section)

@@ -12,11 +12,9 @@ import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
+from mltfr.config_files import check_entry
 from mltfr.errors import ConfigError
-from mltfr.registry import check_entry
 from mltfr.study.config import load_registries
-
 
 
 @dataclass
