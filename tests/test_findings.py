@@ -481,3 +481,14 @@ def test_positive_controls_form_their_own_holm_family():
     alone, mixed = add_holm(study, columns=("p",), mark_on="p"), add_holm(both, columns=("p",), mark_on="p")
     assert mixed["p_holm"].tolist()[:2] == alone["p_holm"].tolist() == [0.04, 0.04]   # Holm over 2, not 3
     assert mixed["p_holm"].iloc[2] == pytest.approx(1e-6)
+
+
+def test_a_protocol_change_is_judged_against_the_declared_margin():
+    from mltfr.analysis.findings_report import noise_words
+
+    words = lambda low, high, margin=0.0006: noise_words(0.0002, low, high, 3, "up", "down", margin)  # noqa: E731
+    assert words(0.0001, 0.0003).startswith("up (the 95% CI of the change excludes 0)")
+    assert words(-0.0005, 0.0005) == "no change within the declared margin ±0.0006 (the 95% CI lies inside it)"
+    assert words(-0.0009, 0.0013).startswith("not shown either way: the 95% CI includes 0 but reaches beyond")
+    assert words(-0.0009, 0.0013, float("nan")) == "inside noise (the 95% CI of the change includes 0)"
+    assert noise_words(0.0002, -0.1, 0.1, 2, "up", "down", 0.0006).startswith("not testable")

@@ -271,14 +271,22 @@ def question1(rows: pd.DataFrame, main: pd.DataFrame, demo: str | None) -> str:
 
 
 # ---------------------------------------------------------------- question 2
-def noise_words(delta: float, low: float, high: float, n_seeds: float, up: str, down: str) -> str:
-    """Whether a change is inside noise (its 95% bootstrap CI includes 0), else `up` / `down` by
-    its sign; NOT_TESTABLE with fewer than MIN_SEEDS seeds."""
+def noise_words(delta: float, low: float, high: float, n_seeds: float, up: str, down: str,
+                margin: float = np.nan) -> str:
+    """`up` / `down` by its sign when a change's 95% bootstrap CI excludes 0; else, against the
+    study's declared margin (absolute, of the cell's mltfr vs base comparison): no change within
+    the margin when the CI lies inside it, not shown either way when it reaches beyond it;
+    NOT_TESTABLE with fewer than MIN_SEEDS seeds."""
     if not n_seeds >= MIN_SEEDS:
         return NOT_TESTABLE
-    if not np.isfinite(low) or low <= 0 <= high:
+    if np.isfinite(low) and not low <= 0 <= high:
+        return f"{up if delta > 0 else down} (the 95% CI of the change excludes 0)"
+    if not np.isfinite(margin) or not np.isfinite(low):
         return "inside noise (the 95% CI of the change includes 0)"
-    return f"{up if delta > 0 else down} (the 95% CI of the change excludes 0)"
+    if -margin <= low and high <= margin:
+        return f"no change within the declared margin ±{margin:.4f} (the 95% CI lies inside it)"
+    return (f"not shown either way: the 95% CI includes 0 but reaches beyond the declared margin "
+            f"±{margin:.4f}, so neither a change nor its absence is shown")
 
 
 def gain_name(variant: str) -> str:
@@ -286,14 +294,24 @@ def gain_name(variant: str) -> str:
     return "MLTFR's gain" if variant == FULL else f"{variant}'s gain"
 
 
-def protocol_gains(factors: pd.DataFrame) -> str:
+def cell_margins(comparisons: pd.DataFrame) -> dict:
+    """(dataset, backbone) -> the declared margin (absolute) of mltfr vs base under corrected."""
+    if comparisons.empty:
+        return {}
+    rows = comparisons[(comparisons["variant"] == FULL) & (comparisons["reference"] == BASE)
+                       & (comparisons["protocol"] == "corrected")]
+    return {(r.dataset, r.backbone): r.margin for r in rows.itertuples()}
+
+
+def protocol_gains(factors: pd.DataFrame, margins: dict | None = None) -> str:
     """MLTFR's gain over base under the faithful and the corrected protocol on matched seeds, per
     dataset/backbone (protocol_factors.csv, setting faithful), and whether the change is noise."""
     rows = factors[(factors["setting"] == FAITHFUL) & (factors["variant"] == FULL)] if len(factors) else factors
     lines = []
     for r in rows.dropna(subset=["delta_gain"]).itertuples() if len(rows) else []:
         word = noise_words(r.delta_gain, r.delta_gain_ci_low, r.delta_gain_ci_high, r.n_seeds,
-                           "the faithful protocol overstates it", "the faithful protocol understates it")
+                           "the faithful protocol overstates it", "the faithful protocol understates it",
+                           (margins or {}).get((r.dataset, r.backbone), np.nan))
         lines.append(f"- {r.dataset}/{r.backbone}: on the {r.n_seeds:.0f} seed(s) MLTFR and base ran under "
                      f"both protocols, MLTFR's gain over base is "
                      f"{with_ci(r.gain, r.gain_ci_low, r.gain_ci_high)} under the faithful protocol and "
@@ -309,7 +327,7 @@ def faithful_setting_words(setting: str) -> str:
     return " + ".join(f"{f.label} ({f.faithful_text})" for f in factors)
 
 
-def factor_gains(factors: pd.DataFrame) -> str:
+def factor_gains(factors: pd.DataFrame, margins: dict | None = None) -> str:
     """The change of each variant's gain over base when MLTFR's own factors are set back to the
     authors' values on top of the corrected protocol (protocol_factors.csv, with-<factor> rows)."""
     rows = factors[factors["setting"].astype(str).str.startswith(WITH)] if len(factors) else factors
@@ -320,7 +338,8 @@ def factor_gains(factors: pd.DataFrame) -> str:
         base = ("base: its own runs" if r.reference_setting == r.setting else
                 "base: its corrected runs, which a factor acting only in the LLM branch leaves unchanged")
         word = noise_words(r.delta_gain, r.delta_gain_ci_low, r.delta_gain_ci_high, r.n_seeds,
-                           "the authors' setting raises the gain", "the authors' setting lowers the gain")
+                           "the authors' setting raises the gain", "the authors' setting lowers the gain",
+                           (margins or {}).get((r.dataset, r.backbone), np.nan))
         lines.append(f"- {faithful_setting_words(r.setting)} on top of the corrected protocol ({r.setting}) "
                      f"changes {gain_name(r.variant)} over base on {r.dataset}/{r.backbone} by "
                      f"{with_ci(r.delta_gain, r.delta_gain_ci_low, r.delta_gain_ci_high) or 'nothing measured'} "
@@ -457,14 +476,15 @@ def null_gain_text(null: pd.DataFrame) -> str:
             "base: ordered pairs of distinct seeds, so at most half of the pairs can show a gain):\n\n" + "\n".join(lines) + "\n")
 
 
-def question2(tables: Path, figures: Path, out: Path, demo: str | None) -> str:
-    """Section 2: the gain per protocol on matched seeds, MLTFR's own factors, the ladder's
-    factors, the optimism, the null gains, then the evidence."""
-    factors = read_table(tables, "protocol_factors")
+def question2(tables: Path, figures: Path, out: Path, demo: str | None, comparisons: pd.DataFrame) -> str:
+    """Section 2: the gain per protocol on matched seeds, MLTFR's own factors (each change judged
+    against the study's declared margin), the ladder's factors, the optimism, the null gains, then
+    the evidence."""
+    factors, margins = read_table(tables, "protocol_factors"), cell_margins(comparisons)
     return ("## 2. Does the authors' protocol overstate the gain, and through which quirk?\n\n"
             f"**Verdict**\n\n{lead(demo, 'gain per protocol, on matched seeds')} (protocol_factors.csv, setting "
             f"faithful: Δ gain = gain(faithful) - gain(corrected), 95% bootstrap CI over users):\n\n"
-            f"{protocol_gains(factors)}\n{factor_gains(factors)}\n"
+            f"{protocol_gains(factors, margins)}\n{factor_gains(factors, margins)}\n"
             f"{ladder_verdict(read_table(tables, 'ladder'), demo)}\n"
             f"**Optimism of picking the epoch on test** (optimism.csv)\n\n"
             f"{optimism_text(read_table(tables, 'optimism'))}\n"
@@ -627,7 +647,7 @@ def write_findings(tables: Path, stats: Path, figures: Path, out: Path, study: s
             + (reference_check(runs, references) + "\n" if references else "")
             + question1(rows, read_table(tables, "main"), demo) + "\n"
             + positive_control(comparisons) + "\n"
-            + question2(tables, figures, out, demo) + "\n"
+            + question2(tables, figures, out, demo, comparisons) + "\n"
             + evidence_sections(tables, figures, out, comparisons))
     atomic_write_text(out, text)
     return out
