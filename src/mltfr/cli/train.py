@@ -66,9 +66,9 @@ def run(args: argparse.Namespace) -> int:
     from mltfr.train.run import train_files
 
     spec = run_spec(args)
-    cfg = spec.config(read_choice(spec.tuned) if spec.tuned else None)
-    set_threads(args.threads)
     tuned = {"file": spec.tuned, "settings": read_choice(spec.tuned)} if spec.tuned else None
+    cfg = spec.config(tuned["settings"] if tuned else None)
+    set_threads(args.threads)
     result = train_files(spec.data, spec.out, cfg, {k: Path(v) for k, v in spec.llm.items()}, tuned=tuned,
                          resume=not args.no_resume, rung=spec.rung_record(), spec=spec.to_dict())
     test = result["metrics"]["test"]

@@ -119,25 +119,33 @@ class RunConfig:
         """False for a backbone without trainable parameters (pop): counted, evaluated once."""
         return self.backbone not in UNTRAINED_BACKBONES
 
+    def resolved(self, key: str):
+        """The value of setting `key` (a row of mltfr.spec.protocol, e.g. "model.impl"): as set, or
+        the protocol's when left at None."""
+        node = self
+        for part in key.split("."):
+            node = getattr(node, part)
+        return by_protocol(key, self.protocol) if node is None else node
+
     @property
     def masks_history(self) -> bool:
         """Whether the evaluation excludes history items (the protocol's default when unset)."""
-        return by_protocol("mask_history", self.protocol) if self.mask_history is None else self.mask_history
+        return self.resolved("mask_history")
 
     @property
     def selects_on(self) -> str:
         """The set the reported epoch is chosen on: "test" or "valid" (the protocol's when unset)."""
-        return by_protocol("select_on", self.protocol) if self.select_on is None else self.select_on
+        return self.resolved("select_on")
 
     @property
     def holds_out_valid(self) -> bool:
         """Whether training leaves out the validation item (the protocol's default when unset)."""
-        return by_protocol("holdout_valid", self.protocol) if self.holdout_valid is None else self.holdout_valid
+        return self.resolved("holdout_valid")
 
     @property
     def backbone_impl(self) -> str:
         """The backbone implementation (`model.impl`, the protocol's when unset): authors | ours."""
-        return by_protocol("model.impl", self.protocol) if self.model.impl is None else self.model.impl
+        return self.resolved("model.impl")
 
     @property
     def resolved_model(self) -> BackboneConfig:
@@ -147,17 +155,17 @@ class RunConfig:
     @property
     def uses_train_vocab(self) -> bool:
         """Whether only the training split's items are numbered (the protocol's default when unset)."""
-        return by_protocol("train_vocab", self.protocol) if self.train_vocab is None else self.train_vocab
+        return self.resolved("train_vocab")
 
     @property
     def shuffles_fisher(self) -> bool:
         """Whether the Fisher pass visits the batches shuffled (the protocol's default when unset)."""
-        return by_protocol("fisher_shuffle", self.protocol) if self.fisher_shuffle is None else self.fisher_shuffle
+        return self.resolved("fisher_shuffle")
 
     @property
     def round1_length(self) -> str:
         """Round 1's budget rule (`round1_budget`, the protocol's when unset): authors | full."""
-        return by_protocol("round1_budget", self.protocol) if self.round1_budget is None else self.round1_budget
+        return self.resolved("round1_budget")
 
     @property
     def is_round1(self) -> bool:

@@ -89,7 +89,8 @@ class RunSpec:
                    and f.default_factory is dataclasses.MISSING and n not in doc]
         if unknown or missing:
             raise ConfigError(f"{where}: unknown key(s) {unknown or 'none'}, missing key(s) {missing or 'none'}; "
-                              f"a run spec has {', '.join(known)}")
+                              f"a run spec has {', '.join(known)}: fix the file, or let the workflow rewrite it "
+                              f"(or run `mltfr train` with flags instead of --spec)")
         values = dict(doc)
         if values.get("rung_order"):
             values["rung_order"] = tuple(values["rung_order"])
