@@ -32,7 +32,7 @@ def in_tmp(tmp_path, monkeypatch) -> Path:
 def test_loader_is_torch_free():
     code = ("import sys; from mltfr.study.config import load_study, load_registries; "
             "import yaml; s = load_study(yaml.safe_load(open('config/test.yaml')), 'config/test.yaml'); "
-            "assert len(s.runs) == 38 and 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)")
+            "assert len(s.runs) == 26 and 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)")
     env = os.environ | {"PYTHONPATH": str(REPO / "src")}
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=env)
 

@@ -36,7 +36,7 @@ def only(*blocks):
 
 def test_test_config_runs_by_block():
     grid = study()
-    assert len(grid.runs) == 38                                  # tests/test_workflow_e2e.py's 38 runs
+    assert len(grid.runs) == 26                                  # tests/test_workflow_e2e.py's 26 runs
     baselines = [r for r in grid.runs if r.variant == "base" and r.protocol in ("faithful", "corrected")]
     assert sorted({r.backbone for r in baselines}) == ["pop", "sasrec", "sasrec-ce"]
     assert grid.all_llms() == ["minilm", "paraphrase-minilm", "planted-pantry-u10", "random-minilm",
@@ -63,7 +63,7 @@ def test_run_arguments_of_a_sensitivity_and_a_ladder_run():
     assert spec.config({"lr": 0.003}).branch["tau"] == 1.0 and spec.config({"lr": 0.003}).lr == 0.003
     order = tuple(TEST_CONFIG["study"]["blocks"]["protocol_ladder"]["order"])
     assert grid.rung_sets("rung-eval_noise") == (
-        {"select_on": "valid", "branch.eval_noise": False, "trace_test": True}, order)
+        {"holdout_valid": True, "select_on": "valid", "branch.eval_noise": False, "trace_test": True}, order)
     ladder_run = grid.run_spec(run | {"variant": "mltfr", "protocol": "rung-eval_noise"}, "out")
     cfg = ladder_run.config()
     assert (cfg.protocol, cfg.select_on, cfg.branch["eval_noise"], cfg.trace_test) == ("faithful", "valid", False, True)
