@@ -22,7 +22,9 @@ from mltfr.models.mltfr import (
 from mltfr.models.variant_branch import default_consensus_group, variant_config, variant_names
 from mltfr.spec.backbones import branch_defaults
 from mltfr.spec.round_plan import needs_round2
+from mltfr.spec.run_config import RunConfig
 from mltfr.spec.variants import POSITIVE_CONTROLS
+from mltfr.train.loop import make_optimizer
 
 D_MODEL, MAX_LEN, N_ITEMS = 16, 8, 40
 LLMS = ["a", "b", "c"]
@@ -343,6 +345,28 @@ def test_faithful_batch_pooling_depends_on_the_batch():
     assert (alone - in_batch).abs().max() > 1e-3
     noisy = tiny_model(BranchConfig.for_protocol("faithful", d=D_MODEL, names=LLMS), tables_for(LLMS)).eval()
     assert not torch.equal(noisy.user_representation(seqs), noisy.user_representation(seqs))
+
+
+@pytest.mark.parametrize("table_decay", [0.0, 0.1])
+def test_the_runs_weight_decay_does_not_reach_the_token_tables(table_decay):
+    """Adam's coupled L2 moves a row with no data gradient by ~lr a step towards 0, so the run's
+    (backbone's) weight decay on the tables would wear down every row the filter never picks. The
+    tables get table_weight_decay instead: at 0 those rows stay exactly as loaded; set to the run's
+    value (one Adam group, as before the rule) they all move."""
+    model = tiny_model(base_cfg(names=["a"], table_weight_decay=table_decay), tables_for(["a"]))
+    cfg = RunConfig(backbone="sasrec", protocol="corrected", seed=0, variant="mltfr", lr=0.01, weight_decay=0.1)
+    opt = make_optimizer(model, cfg)
+    table, start = model.branch.table0, model.branch.table0.detach().clone()
+    assert sorted(g["weight_decay"] for g in opt.param_groups) == ([0.0, 0.1] if table_decay == 0 else [0.1])
+    picked = torch.zeros(table.shape[0], dtype=torch.bool)
+    for seed in (1, 2, 3):
+        opt.zero_grad()
+        model(random_seqs(4, seed)).sum().backward()
+        picked |= table.grad.abs().sum(1) > 0                      # rows with a data gradient so far
+        opt.step()
+    moved = (table.detach() != start).any(1)
+    assert (~picked).sum() > 30 and torch.equal(moved[picked], torch.ones(int(picked.sum()), dtype=torch.bool))
+    assert (not moved[~picked].any()) if table_decay == 0 else bool(moved[~picked].all())
 
 
 @pytest.mark.parametrize("fused_adam", [False, True])

@@ -126,6 +126,10 @@ class MltfrBranch(nn.Module):
     def table(self, m: int) -> Tensor:
         return getattr(self, f"table{m}")
 
+    def trainable_tables(self) -> list[nn.Parameter]:
+        """The token tables the optimiser updates (none when they are frozen buffers)."""
+        return [t for m in range(len(self.dims)) if isinstance(t := self.table(m), nn.Parameter)]
+
     def reinitialise_(self) -> None:
         """The authors' FMLP-Rec init_weights over the branch: every Linear weight N(0, 0.02), its bias
         0, and every token table N(0, 0.02), drawn from a seed taken from torch's RNG (kept in

@@ -47,6 +47,9 @@ class BranchConfig:
     #                              round 1 adds a frozen random copy of the first group expert with it too
     consensus_group: list[int] | None = None  # indices of the LLMs merged (same D); None = largest same-D set
     trainable_tables: bool = True  # (bool) fine-tune the token tables (published) or keep them frozen
+    table_weight_decay: float = 0.0  # (float) Adam L2 decay of the trainable token tables alone; the run's
+    #                                  weight_decay (the backbone's, e.g. the tuned one) does not reach them:
+    #                                  coupled with Adam it drives every row the filter does not pick to 0
     reinitialise: bool = False   # (bool) after construction redraw every branch weight N(0, 0.02) (biases 0)
     #                              and every token table N(0, 0.02): the tables are random, as in the
     #                              authors' FMLP-Rec, whose init_weights runs after the tables are registered
@@ -75,6 +78,8 @@ class BranchConfig:
                               "protocol) or user_vector=window")
         if self.K < 1 or self.n_prototypes < 1:
             raise ConfigError(f"branch settings K={self.K} and n_prototypes={self.n_prototypes} must be >= 1")
+        if self.table_weight_decay < 0:
+            raise ConfigError(f"branch setting table_weight_decay={self.table_weight_decay} must be >= 0")
         if self.tau <= 0 or self.score_scale <= 0:
             raise ConfigError(f"branch settings tau={self.tau} and score_scale={self.score_scale} must be > 0")
         if self.d % self.n_heads:
