@@ -50,6 +50,17 @@ def test_agreement_counts_picks_in_the_noiseless_top_k():
     assert agreement_count(scores, torch.tensor([[2, 1], [3, 1]])) == 3    # top-2 {0, 2} and {3, 1}
 
 
+def test_a_pick_tied_with_others_counts_as_the_chance_a_random_tie_break_keeps_it():
+    """Rows worn to the same vector score alike: a pick among t tied maxima is the argmax in 1/t of
+    the tie-breaks, not always (a zeroed table would otherwise look like a filter that chooses)."""
+    scores = torch.tensor([[0.5, 0.5, 0.5, 0.5, 0.1], [0.9, 0.3, 0.3, 0.3, 0.0]])
+    assert agreement_count(scores, torch.tensor([[2], [0]])).item() == pytest.approx(1 / 4 + 1)
+    assert agreement_count(scores, torch.tensor([[4], [1]])).item() == 0
+    # top-2 of row 2: 0.9, then one of three tied at 0.3 -> a tied pick counts 1/3
+    assert agreement_count(scores[1:], torch.tensor([[0, 2]])).item() == pytest.approx(1 + 1 / 3)
+    assert agreement_count(scores[:1], torch.tensor([[0, 1]])).item() == pytest.approx(2 * 2 / 4)
+
+
 def test_router_entropy_ignores_padding_and_is_log_m_for_uniform():
     gates = torch.tensor([[[0.5, 0.5], [1.0, 0.0], [0.9, 0.1]]])           # (B=1, L=3, M=2)
     total, count = router_entropy(gates, torch.tensor([[0, 4, 7]]))       # first is padding

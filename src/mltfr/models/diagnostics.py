@@ -11,7 +11,7 @@ after the resume):
                           logit scale (1 but for the sharp filter): the distribution the pick is
                           drawn from; mean over users. 1 = a sure pick, |V| = uniform.
     argmax_agreement      share of picked ids that are in the noiseless top-K(s) (K = 1: the share
-                          of picks equal to the noiseless argmax).
+                          of picks equal to the noiseless argmax), ties broken at random.
     distinct_selected     distinct token ids picked in the epoch (counted on every step).
     projection_grad_norm  mean over steps of the L2 norm of the filter projection's gradient,
                           weight and bias together (a missing gradient counts as 0).
@@ -57,12 +57,19 @@ def effective_tokens(scores: Tensor) -> Tensor:
 
 
 def agreement_count(scores: Tensor, picks: Tensor) -> Tensor:
-    """How many picked ids (N, K) are among the noiseless top-K of scores (N, |V|): 0-d int.
+    """How many picked ids (N, K) a noiseless top-K of scores (N, |V|) holds, its ties at the K-th
+    score broken at random (expected count, 0-d float).
 
-    A pick is in the top-K when its score reaches the K-th largest (a tie counts as in)."""
+    A pick above the K-th score counts 1; one tied with it counts (K - above) / tied, `above` ids
+    scoring more and `tied` as much (K = 1: 1 / the number tied at the max). Counting a tie as in
+    would read a table with many equal rows (rows worn to 0, say) as a filter that chooses."""
     K = picks.shape[-1]
     kth = scores.amax(-1, keepdim=True) if K == 1 else scores.topk(K, dim=-1).values[:, -1:]  # (N, 1)
-    return (scores.gather(-1, picks) >= kth).sum()
+    above = (scores > kth).sum(-1, keepdim=True)                                 # (N, 1)
+    tied = (scores == kth).sum(-1, keepdim=True)                                 # (N, 1), >= 1
+    picked = scores.gather(-1, picks)                                            # (N, K)
+    share = torch.where(picked == kth, (K - above) / tied, (picked > kth).to(torch.float64))
+    return share.sum()
 
 
 def router_entropy(gates: Tensor, seqs: Tensor) -> tuple[Tensor, Tensor]:
