@@ -332,7 +332,8 @@ def diagnostics_table(runs: pd.DataFrame) -> Table:
         display[col] = [fmt.format(v) if pd.notna(v) else "" for v in tidy[col]]
     caption = ("Filter diagnostics of the last training epoch, mean over seeds: effective tokens = "
                "exp(entropy) of softmax(cosine scores), the distribution the Gumbel pick draws from "
-               "(share = of |V|); argmax agreement = share of training picks in the noiseless top-K (ties broken at random); "
+               "(share = of |V|); argmax agreement = share of training picks in the noiseless top-K "
+               "(ties broken at random); "
                "distinct tokens picked; projection gradient norm; table drift = rms change / std; "
                "router entropy (nats). Blank: no filtering (prototypes).")
     scaled = scaled_filters(long["variant"])
