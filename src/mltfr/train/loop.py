@@ -291,11 +291,10 @@ def make_optimizer(model, cfg: RunConfig) -> torch.optim.Optimizer:
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params) or None
     branch = getattr(model, "branch", None)
     tables = {id(t) for t in branch.trainable_tables()} if branch is not None else set()
-    table_decay = branch.cfg.table_weight_decay if branch is not None else cfg.weight_decay
-    if not tables or table_decay == cfg.weight_decay:   # one group: the same updates as ever
+    if not tables or branch.cfg.table_weight_decay == cfg.weight_decay:   # one group: as ever
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     groups = [{"params": [p for p in params if id(p) not in tables], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if id(p) in tables], "weight_decay": table_decay}]
+              {"params": [p for p in params if id(p) in tables], "weight_decay": branch.cfg.table_weight_decay}]
     return torch.optim.Adam(groups, lr=cfg.lr, fused=fused)
 
 
