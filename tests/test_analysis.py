@@ -303,6 +303,25 @@ def test_tests_ci_margin_and_effect_match_scipy(runs, tree):
     assert len(table) == 2 * 2 * (6 + 5)   # 6 variants vs base, 5 vs mltfr, per dataset x protocol
 
 
+def test_a_seed_whose_runs_trained_the_backbone_differently_is_left_out_of_a_comparison(runs):
+    """A retrain with the search's settings is not paired with a run that predates them."""
+    mixed = runs.copy()
+    cell = (mixed["dataset"] == "alpha") & (mixed["protocol"] == "corrected")
+    retrained = cell & (mixed["variant"] == "base")
+    mixed.loc[retrained & (mixed["seed"] == 2), "weight_decay"] = 1e-4
+    mixed.loc[retrained, "lr"] = 1e-3
+    mixed.loc[cell & (mixed["variant"] == "mltfr") & (mixed["seed"] == 2), "lr"] = 1e-3   # alike at seed 2 only
+    table = run_comparisons(mixed, StatsConfig(n_resamples=200)).set_index(["dataset", "protocol", "variant", "reference"])
+    row = table.loc[("alpha", "corrected", "mltfr", "base")]
+    assert row["n_seeds"] == 0 and row["n_users"] == 0
+    assert row["note"] == "seed(s) 1, 2, 3 left out: the backbone settings differ (lr, weight_decay); retrain one side"
+    # runs that trained alike keep every seed: the other protocol, and comparisons without base
+    assert table.loc[("alpha", "faithful", "mltfr", "base"), "n_seeds"] == 3
+    kept = table.loc[("alpha", "corrected", "mltfr-nofilter", "mltfr")]
+    assert kept["n_seeds"] == 2 and kept["note"].startswith("seed(s) 2 left out: the backbone settings differ (lr)")
+    assert kept["seed_mean_variant"] == pytest.approx(np.mean([ndcg10("alpha", "mltfr-nofilter", "corrected", s) for s in (1, 3)]))
+
+
 def test_bootstrap_is_reproducible_and_zero_diffs_are_handled():
     rng = np.random.default_rng(0)
     a, b = rng.normal(1.0, 1.0, 500), rng.normal(0.0, 1.0, 500)

@@ -2,7 +2,10 @@
 
 For a variant A against a reference B of the same dataset/backbone/protocol (scipy.stats):
 
-- Per-user vectors: per-user test NDCG@10 from ranks.npz, for every seed both variants have;
+- Seeds: every seed both variants ran with the same backbone settings (BACKBONE_SETTINGS: the
+  tunable settings and model.impl, as each result.json recorded them); a seed whose two runs
+  trained the backbone differently is left out, and the note names it.
+- Per-user vectors: per-user test NDCG@10 from ranks.npz, for every seed kept;
   users are paired by user id (the index of the per-user vectors), never by position, and only
   users every one of those runs has are kept. The tests use the seed-averaged per-user
   differences d_u = mean_s (A_su - B_su): one paired observation per user.
@@ -42,8 +45,12 @@ from mltfr.analysis.blocks import BASE, FULL, POSITIVE_CONTROLS
 from mltfr.analysis.collect import load_user_ndcg, protocol_runs
 from mltfr.analysis.demonstration import MIN_SEEDS  # fewer common seeds: no t-test and no significance mark
 from mltfr.analysis.tables import CELL, Table, empty_table, with_run_settings
+from mltfr.study.tuning import TUNABLE
 
 FAMILY = ("dataset", "backbone", "protocol")
+# A comparison pairs a seed only where both runs trained the backbone alike: a retrain with the
+# search's settings would otherwise be compared with a run that predates them.
+BACKBONE_SETTINGS = (*TUNABLE, "impl")
 FEW_SEEDS = f"n<{MIN_SEEDS}"   # the mark of a comparison with too few seeds: says why there is none
 ALPHA = 0.05                   # two-sided level of every test and of the MDE (Holm-adjusted p < ALPHA)
 POWER = 0.80                   # the power the minimum detectable effect is stated at
@@ -222,6 +229,25 @@ def seed_means(runs: pd.DataFrame, variant: str, metric: str = "ndcg@10") -> pd.
     return runs.loc[runs["variant"] == variant].set_index("seed")[f"test_{metric}"]
 
 
+def settings_by_seed(runs: pd.DataFrame, variant: str) -> pd.DataFrame:
+    """The backbone settings each run of `variant` recorded (runs of one cell), indexed by seed."""
+    columns = [c for c in BACKBONE_SETTINGS if c in runs.columns]
+    return runs.loc[runs["variant"] == variant].set_index("seed")[columns]
+
+
+def alike_seeds(runs: pd.DataFrame, variant: str, reference: str, seeds: list[int]) -> tuple[list[int], str]:
+    """The seeds of `seeds` at which `variant` and `reference` recorded the same backbone settings
+    (both missing counts as the same), and a note naming the others and the settings that differ."""
+    a, b = settings_by_seed(runs, variant).loc[seeds], settings_by_seed(runs, reference).loc[seeds]
+    differ = (a != b) & ~(a.isna() & b.isna())                          # (seeds, settings)
+    unlike = [s for s in seeds if differ.loc[s].any()]
+    if not unlike:
+        return seeds, ""
+    keys = ", ".join(differ.columns[differ.loc[unlike].any()])
+    return ([s for s in seeds if s not in unlike],
+            f"seed(s) {', '.join(map(str, unlike))} left out: the backbone settings differ ({keys}); retrain one side")
+
+
 def per_seed_users(runs: pd.DataFrame, variant: str, seeds: list[int],
                    load: Callable[[str], pd.Series]) -> pd.DataFrame:
     """Per-user NDCG of `variant`, one column per seed of `seeds` (users present in every seed,
@@ -265,18 +291,18 @@ def compare_pair(cell_runs: pd.DataFrame, variant: str, reference: str,
                  load: Callable[[str], pd.Series], cfg: StatsConfig) -> dict:
     """Every statistic of one comparison (variant vs reference) within one cell."""
     a_seed, b_seed = seed_means(cell_runs, variant), seed_means(cell_runs, reference)
-    seeds = sorted(set(a_seed.index) & set(b_seed.index))
+    seeds, unlike = alike_seeds(cell_runs, variant, reference, sorted(set(a_seed.index) & set(b_seed.index)))
     row = {"n_seeds": len(seeds), "seed_mean_variant": a_seed[seeds].mean(),
            "seed_mean_reference": b_seed[seeds].mean(), "margin_relative": cfg.margin}
     if not seeds:
-        return {**row, "n_users": 0, "note": "no common seeds"}
+        return {**row, "n_users": 0, "note": unlike or "no common seeds"}
     row["margin"] = cfg.margin * row["seed_mean_reference"]
     a, b = pooled_users(cell_runs, variant, seeds, load).align(
         pooled_users(cell_runs, reference, seeds, load), join="inner")
     users, notes = user_tests(a.to_numpy(), b.to_numpy(), row["margin"])
     t, p_t, note_t = seed_ttest(a_seed[seeds].to_numpy(), b_seed[seeds].to_numpy())
     lo, hi = two_level_ci(seed_user_diffs(cell_runs, variant, reference, seeds, load), cfg)
-    note = "; ".join(dict.fromkeys(n for n in (*notes, note_t) if n))   # each note once
+    note = "; ".join(dict.fromkeys(n for n in (unlike, *notes, note_t) if n))   # each note once
     return {**row, **users, "ci_low": lo, "ci_high": hi, "t_stat": t, "p_ttest": p_t, "note": note}
 
 
