@@ -288,6 +288,26 @@ def test_blocked_cosine_scores_equal_one_matmul():
     torch.testing.assert_close(cosine_scores(u_n, proj_n, block=7), u_n @ proj_n.T)
 
 
+def test_blockwise_argmax_is_the_first_maximal_index_of_the_scores():
+    """The evaluation pick at K = 1 is the first id with the largest score, across block
+    boundaries; ties (equal rows, as zero rows or duplicate tokens) give the earlier id."""
+    from mltfr.models.filter import cosine_argmax
+
+    gen = torch.Generator().manual_seed(0)
+    u_n, proj_n = torch.randn(64, 8, generator=gen), torch.randn(23, 8, generator=gen)
+    proj_n[[3, 9, 20]] = 0.0                                          # ties at 0, below most maxima
+    picks = (u_n @ proj_n.T).argmax(-1)                                # (64,)
+    proj_n[15] = proj_n[picks[0]]                                      # row 0's pick, duplicated
+    u_n[2] = 0.0                                                       # all scores 0: id 0
+    expected = torch.from_numpy((u_n @ proj_n.T).numpy().argmax(-1))  # numpy: the first maximum
+    for block in (1, 5, 7, 23, 512):
+        assert torch.equal(cosine_argmax(u_n, proj_n, block=block), expected)
+    assert expected[2] == 0 and expected[0] == min(picks[0], 15)
+    topk = (u_n @ proj_n.T).topk(1, dim=-1).indices.squeeze(-1)        # the pick it replaces gives the
+    real = torch.arange(64) != 2                                       # same rows where u is not zero
+    assert torch.equal(proj_n[topk[real]], proj_n[expected[real]])
+
+
 def test_prototypes_are_a_linear_map_over_the_vocabulary():
     table = torch.arange(6.0).view(3, 2)                            # |V| = 3, D = 2
     proto = PrototypeMap(vocab=3, n_prototypes=2)
