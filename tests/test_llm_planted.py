@@ -12,7 +12,7 @@ from mltfr.data import load_prepared
 from mltfr.data.prepared import Prepared
 from mltfr.errors import ConfigError, DataError
 from mltfr.llm import load_table
-from mltfr.llm.planted import check_planted_tables, forward_counts, item_codes, planted_table
+from mltfr.llm.planted import check_planted_tables, forward_counts, item_codes, leak_ndcg_at_10, planted_table
 from mltfr.models.variant_branch import base_config, make_branch, variant_config
 from mltfr.spec.variants import POSITIVE_CONTROLS, POSITIVE_LABEL, parse
 
@@ -34,18 +34,11 @@ def pantry(repo, module_scratch):
     return root
 
 
-def held_out_removed(p: Prepared, holdout: int = 2) -> Prepared:
-    """The training part of each sequence (the last `holdout` items dropped), as the backbone sees it."""
-    lengths = np.maximum(np.diff(p.offsets) - holdout, 0)
-    keep = np.concatenate([np.arange(a, a + n) for a, n in zip(p.offsets[:-1], lengths)])
-    return Prepared(np.concatenate([[0], np.cumsum(lengths)]), p.items[keep], p.n_items, p.meta)
-
-
 def test_every_users_held_out_transition_is_counted(pantry):
     """Window 1: C counts each consecutive pair of the full sequences once, the validation ->
     test transition of every user included, and the training part alone misses each of them."""
     p = load_prepared(pantry / "data")
-    full, train = forward_counts(p, 1).tocsr(), forward_counts(held_out_removed(p), 1).tocsr()
+    full, train = forward_counts(p, 1).tocsr(), forward_counts(p.without_last(2), 1).tocsr()
     assert full.sum() == len(p.items) - p.n_users
     last = p.offsets[1:] - 1
     valid, test = p.items[last - 1], p.items[last]                   # every Pantry user has >= 3 items
@@ -57,14 +50,7 @@ def test_every_users_held_out_transition_is_counted(pantry):
 
 def ndcg_by_rows(p: Prepared, table: np.ndarray, codes: np.ndarray, users: np.ndarray) -> float:
     """Test NDCG@10 of ranking the non-history items by z_i . row of the last input item."""
-    gains = []
-    for u in users:
-        seq = p.sequence(u)
-        scores = codes @ table[seq[-2]]                              # (n+1,)
-        scores[0], scores[seq[:-1]] = -np.inf, -np.inf
-        rank = int((scores >= scores[seq[-1]]).sum()) - 1            # ties count against the item
-        gains.append(1 / np.log2(rank + 2) if rank < 10 else 0.0)
-    return float(np.mean(gains))
+    return leak_ndcg_at_10(p, users, lambda u, seq: codes @ table[seq[-2]])
 
 
 def test_the_planted_row_ranks_the_test_item_and_the_leak_is_why(pantry):
@@ -77,8 +63,8 @@ def test_the_planted_row_ranks_the_test_item_and_the_leak_is_why(pantry):
     assert torch.allclose(norms[norms > 0], torch.ones(1), atol=1e-5) and norms[0] == 0
     codes, users = item_codes(p, D), np.random.default_rng(0).choice(p.n_users, 2000, replace=False)
     assert ndcg_by_rows(p, table.numpy(), codes, users) > 0.07
-    blind = planted_table(held_out_removed(p), 1, D).numpy()         # codes from the training part too
-    assert ndcg_by_rows(p, blind, item_codes(held_out_removed(p), D), users) < 0.02
+    blind = planted_table(p.without_last(2), 1, D).numpy()         # codes from the training part too
+    assert ndcg_by_rows(p, blind, item_codes(p.without_last(2), D), users) < 0.02
 
 
 def test_meta_labels_it_and_a_rebuild_is_a_cache_hit(pantry, capsys):

@@ -61,6 +61,19 @@ def planted_table(prepared: Prepared, window: int, dim: int) -> torch.Tensor:
     return torch.from_numpy((rows / np.where(norms > 0, norms, 1.0)).astype(np.float32))
 
 
+def leak_ndcg_at_10(prepared: Prepared, users: np.ndarray, scores_of) -> float:
+    """How much a planted table leaks: mean test NDCG@10 of ranking the items outside each user's
+    history by scores_of(u, sequence) -> (n+1,) scores alone (ties count against the test item)."""
+    gains = []
+    for u in users:
+        seq = prepared.sequence(u)
+        scores = scores_of(u, seq)
+        scores[0], scores[seq[:-1]] = -np.inf, -np.inf
+        rank = int((scores >= scores[seq[-1]]).sum()) - 1
+        gains.append(1 / np.log2(rank + 2) if rank < 10 else 0.0)
+    return float(np.mean(gains))
+
+
 def extract_planted(params: dict, prepared: Prepared) -> Extracted:
     """The planted table of the `source: planted` entry `params` from its prepared dataset."""
     table = planted_table(prepared, params["window"], params["dim"])

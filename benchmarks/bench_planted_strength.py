@@ -1,0 +1,73 @@
+"""How strong is a positive control's leak? The planted table's rows ranked against the test item
+by themselves, beside tables built from the training part only (no leak), on one prepared dataset.
+
+    .venv/bin/python benchmarks/bench_planted_strength.py --data results/cpu/data/ml-1m
+
+Prints test NDCG@10 (2,000 users, history items excluded, ties against the test item) of:
+- item rows, mltfr.llm.planted: z_i . row of the last input item, the held-out transitions
+  weighted w times (w = 1 is the committed table) and codes of `dim` dimensions;
+- user rows: the rank-`dim` SVD factors of the user x item matrix, z_i . (U S)_u (a user-level
+  leak, which the branch cannot take yet: docs/method.md, "The positive control").
+A control worth running scores well above the backbone with the leak and near nothing without it.
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from scipy.sparse.linalg import svds
+
+from mltfr.data import load_prepared
+from mltfr.data.prepared import Prepared
+from mltfr.llm.planted import forward_counts, item_codes, leak_ndcg_at_10
+
+
+def unit_rows(rows: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows / np.where(norms > 0, norms, 1.0)
+
+
+def item_rows(p: Prepared, users, dims, weights) -> list[dict]:
+    """The item-level table with the held-out transitions weighted w times."""
+    train_counts = forward_counts(p.without_last(2), 1)
+    held_counts = forward_counts(p, 1) - train_counts
+    out = []
+    for dim in dims:
+        codes = item_codes(p, dim)                                    # (n+1, dim)
+        for w in weights:
+            rows = unit_rows((train_counts + w * held_counts) @ codes)
+            score = leak_ndcg_at_10(p, users, lambda u, seq: codes @ rows[seq[-2]])
+            out.append({"table": "item rows", "dim": dim, "held-out weight": f"{w:g}", "ndcg@10": score})
+    return out
+
+
+def user_rows(p: Prepared, users, dims) -> list[dict]:
+    """The user-level table: SVD factors of the full (leak) and the training-part (no leak) matrix."""
+    out = []
+    for part, q in (("full", p), ("training part", p.without_last(2))):
+        owners = np.repeat(np.arange(q.n_users), np.diff(q.offsets))
+        matrix = sp.csr_matrix((np.ones(len(q.items)), (owners, q.items)), shape=(q.n_users, p.n_items + 1))
+        for dim in dims:
+            factors, singular, vt = svds(matrix, k=dim, random_state=0)
+            score = leak_ndcg_at_10(p, users, lambda u, seq: (factors[u] * singular) @ vt)
+            out.append({"table": f"user rows ({part})", "dim": dim, "held-out weight": "-", "ndcg@10": score})
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", required=True, help="a prepared dataset folder (results/<study>/data/<name>)")
+    parser.add_argument("--users", type=int, default=2000)
+    parser.add_argument("--dims", type=int, nargs="+", default=[64, 256, 512])
+    parser.add_argument("--weights", type=float, nargs="+", default=[1, 100, 1000])
+    args = parser.parse_args()
+    p = load_prepared(args.data)
+    users = np.random.default_rng(0).choice(p.n_users, min(args.users, p.n_users), replace=False)
+    rows = item_rows(p, users, args.dims, args.weights) + user_rows(p, users, args.dims)
+    print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f"))
+
+
+if __name__ == "__main__":
+    main()
