@@ -6,6 +6,7 @@ by themselves, beside tables built from the training part only (no leak), on one
 Prints test NDCG@10 (2,000 users, history items excluded, ties against the test item) of:
 - item rows, mltfr.llm.planted: z_i . row of the last input item, the held-out transitions
   weighted w times (w = 1 is the committed table) and codes of `dim` dimensions;
+- item counts: the follower counts themselves, full rank (weight 0: the training part alone);
 - user rows: the rank-`dim` SVD factors of the user x item matrix, z_i . (U S)_u (a user-level
   leak, which the branch cannot take yet: docs/method.md, "The positive control").
 A control worth running scores well above the backbone with the leak and near nothing without it.
@@ -43,6 +44,20 @@ def item_rows(p: Prepared, users, dims, weights) -> list[dict]:
     return out
 
 
+def count_rows(p: Prepared, users, weights) -> list[dict]:
+    """Full-rank item rows: the follower counts themselves (one code per item, D = n + 1); weight 0
+    is the training part alone (no leak: a first-order Markov ranking)."""
+    train_counts = forward_counts(p.without_last(2), 1)
+    held_counts = forward_counts(p, 1) - train_counts
+    out = []
+    for w in [0.0, *weights]:
+        counts = (train_counts + w * held_counts).tocsr()
+        score = leak_ndcg_at_10(p, users, lambda u, seq: counts[seq[-2]].toarray().ravel())
+        out.append({"table": "item counts (full rank)", "dim": p.n_items + 1, "held-out weight": f"{w:g}",
+                    "ndcg@10": score})
+    return out
+
+
 def user_rows(p: Prepared, users, dims) -> list[dict]:
     """The user-level table: SVD factors of the full (leak) and the training-part (no leak) matrix."""
     out = []
@@ -65,7 +80,8 @@ def main() -> None:
     args = parser.parse_args()
     p = load_prepared(args.data)
     users = np.random.default_rng(0).choice(p.n_users, min(args.users, p.n_users), replace=False)
-    rows = item_rows(p, users, args.dims, args.weights) + user_rows(p, users, args.dims)
+    rows = (item_rows(p, users, args.dims, args.weights) + count_rows(p, users, args.weights)
+            + user_rows(p, users, args.dims))
     print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f"))
 
 
