@@ -22,18 +22,19 @@ from scipy.sparse.linalg import svds
 
 from mltfr.data import load_prepared
 from mltfr.data.prepared import Prepared
-from mltfr.llm.planted import forward_counts, item_codes, leak_ndcg_at_10
+from mltfr.data.split import without_last
+from mltfr.llm.planted import forward_counts, item_codes, leak_ndcg_at_10, unit_rows, user_item_matrix
 
 
-def unit_rows(rows: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    return rows / np.where(norms > 0, norms, 1.0)
+def split_counts(p: Prepared) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Follower counts (window 1) of the training part and of the held-out transitions alone."""
+    train_counts = forward_counts(without_last(p, 2), 1)
+    return train_counts, forward_counts(p, 1) - train_counts
 
 
-def item_rows(p: Prepared, users, dims, weights) -> list[dict]:
+def item_rows(p: Prepared, users, counts, dims, weights) -> list[dict]:
     """The item-level table with the held-out transitions weighted w times."""
-    train_counts = forward_counts(p.without_last(2), 1)
-    held_counts = forward_counts(p, 1) - train_counts
+    train_counts, held_counts = counts
     out = []
     for dim in dims:
         codes = item_codes(p, dim)                                    # (n+1, dim)
@@ -44,15 +45,14 @@ def item_rows(p: Prepared, users, dims, weights) -> list[dict]:
     return out
 
 
-def count_rows(p: Prepared, users, weights) -> list[dict]:
+def count_rows(p: Prepared, users, counts, weights) -> list[dict]:
     """Full-rank item rows: the follower counts themselves (one code per item, D = n + 1); weight 0
     is the training part alone (no leak: a first-order Markov ranking)."""
-    train_counts = forward_counts(p.without_last(2), 1)
-    held_counts = forward_counts(p, 1) - train_counts
+    train_counts, held_counts = counts
     out = []
     for w in [0.0, *weights]:
-        counts = (train_counts + w * held_counts).tocsr()
-        score = leak_ndcg_at_10(p, users, lambda u, seq: counts[seq[-2]].toarray().ravel())
+        rows = (train_counts + w * held_counts).tocsr()
+        score = leak_ndcg_at_10(p, users, lambda u, seq: rows[seq[-2]].toarray().ravel())
         out.append({"table": "item counts (full rank)", "dim": p.n_items + 1, "held-out weight": f"{w:g}",
                     "ndcg@10": score})
     return out
@@ -61,11 +61,9 @@ def count_rows(p: Prepared, users, weights) -> list[dict]:
 def user_rows(p: Prepared, users, dims) -> list[dict]:
     """The user-level table: SVD factors of the full (leak) and the training-part (no leak) matrix."""
     out = []
-    for part, q in (("full", p), ("training part", p.without_last(2))):
-        owners = np.repeat(np.arange(q.n_users), np.diff(q.offsets))
-        matrix = sp.csr_matrix((np.ones(len(q.items)), (owners, q.items)), shape=(q.n_users, p.n_items + 1))
+    for part, q in (("full", p), ("training part", without_last(p, 2))):
         for dim in dims:
-            factors, singular, vt = svds(matrix, k=dim, random_state=0)
+            factors, singular, vt = svds(user_item_matrix(q), k=dim, random_state=0)
             score = leak_ndcg_at_10(p, users, lambda u, seq: (factors[u] * singular) @ vt)
             out.append({"table": f"user rows ({part})", "dim": dim, "held-out weight": "-", "ndcg@10": score})
     return out
@@ -80,7 +78,8 @@ def main() -> None:
     args = parser.parse_args()
     p = load_prepared(args.data)
     users = np.random.default_rng(0).choice(p.n_users, min(args.users, p.n_users), replace=False)
-    rows = (item_rows(p, users, args.dims, args.weights) + count_rows(p, users, args.weights)
+    counts = split_counts(p)
+    rows = (item_rows(p, users, counts, args.dims, args.weights) + count_rows(p, users, counts, args.weights)
             + user_rows(p, users, args.dims))
     print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f"))
 

@@ -9,6 +9,7 @@ import yaml
 from mltfr.cli import main
 from mltfr.data import Prepared, get_entry, load_prepared, prepare_dataset, save_prepared, stats_row, validate_entry
 from mltfr.data.dataset_entries import package_file
+from mltfr.data.split import without_last
 from mltfr.errors import ConfigError, DataError
 
 PANTRY_ENTRY = {
@@ -131,6 +132,6 @@ def test_cli_end_to_end(in_repo, tmp_path, capsys):
 def test_without_last_drops_each_users_held_out_tail():
     """Users of 4, 2 and 1 items: the training part keeps 2, 0 and 0 (never a negative length)."""
     p = Prepared(np.array([0, 4, 6, 7]), np.array([5, 6, 7, 8, 9, 1, 3]), n_items=9, meta={"name": "toy"})
-    train = p.without_last(2)
+    train = without_last(p, 2)
     assert train.offsets.tolist() == [0, 2, 2, 2] and train.items.tolist() == [5, 6]
-    assert train.n_items == 9 and train.meta is p.meta and p.without_last(0).items.tolist() == p.items.tolist()
+    assert train.n_items == 9 and train.meta is p.meta and without_last(p, 0).items.tolist() == p.items.tolist()

@@ -10,6 +10,7 @@ import yaml
 from mltfr.cli import main
 from mltfr.data import load_prepared
 from mltfr.data.prepared import Prepared
+from mltfr.data.split import without_last
 from mltfr.errors import ConfigError, DataError
 from mltfr.llm import load_table
 from mltfr.llm.planted import check_planted_tables, forward_counts, item_codes, leak_ndcg_at_10, planted_table
@@ -38,7 +39,7 @@ def test_every_users_held_out_transition_is_counted(pantry):
     """Window 1: C counts each consecutive pair of the full sequences once, the validation ->
     test transition of every user included, and the training part alone misses each of them."""
     p = load_prepared(pantry / "data")
-    full, train = forward_counts(p, 1).tocsr(), forward_counts(p.without_last(2), 1).tocsr()
+    full, train = forward_counts(p, 1).tocsr(), forward_counts(without_last(p, 2), 1).tocsr()
     assert full.sum() == len(p.items) - p.n_users
     last = p.offsets[1:] - 1
     valid, test = p.items[last - 1], p.items[last]                   # every Pantry user has >= 3 items
@@ -63,8 +64,8 @@ def test_the_planted_row_ranks_the_test_item_and_the_leak_is_why(pantry):
     assert torch.allclose(norms[norms > 0], torch.ones(1), atol=1e-5) and norms[0] == 0
     codes, users = item_codes(p, D), np.random.default_rng(0).choice(p.n_users, 2000, replace=False)
     assert ndcg_by_rows(p, table.numpy(), codes, users) > 0.07
-    blind = planted_table(p.without_last(2), 1, D).numpy()         # codes from the training part too
-    assert ndcg_by_rows(p, blind, item_codes(p.without_last(2), D), users) < 0.02
+    blind = planted_table(without_last(p, 2), 1, D).numpy()         # codes from the training part too
+    assert ndcg_by_rows(p, blind, item_codes(without_last(p, 2), D), users) < 0.02
 
 
 def test_meta_labels_it_and_a_rebuild_is_a_cache_hit(pantry, capsys):

@@ -36,13 +36,6 @@ class Prepared:
         """User u's items in time order (a view)."""
         return self.items[self.offsets[u]:self.offsets[u + 1]]
 
-    def without_last(self, k: int = 2) -> "Prepared":
-        """Each sequence without its last `k` items (validation and test): the part the backbone
-        trains on. The item ids and the meta stay."""
-        lengths = np.maximum(np.diff(self.offsets) - k, 0)
-        keep = np.concatenate([np.arange(a, a + n) for a, n in zip(self.offsets[:-1], lengths)])
-        return Prepared(np.concatenate([[0], np.cumsum(lengths)]), self.items[keep], self.n_items, self.meta)
-
 
 def stats_row(p: Prepared, name: str | None = None) -> dict:
     """One row of the dataset statistics table (users, items, interactions, density, lengths)."""

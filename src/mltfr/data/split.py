@@ -53,6 +53,14 @@ def prefix_csr(offsets: np.ndarray, items: np.ndarray, users: np.ndarray,
     return out_offsets, items[shift + np.arange(out_offsets[-1])]
 
 
+def without_last(p: Prepared, k: int = 2) -> Prepared:
+    """Each sequence without its last `k` items (validation and test): the part the backbone trains
+    on. The item ids and the meta stay."""
+    users = np.arange(p.n_users)
+    offsets, items = prefix_csr(p.offsets, p.items, users, np.maximum(np.diff(p.offsets) - k, 0))
+    return Prepared(offsets, items, p.n_items, p.meta)
+
+
 def left_padded_windows(offsets: np.ndarray, items: np.ndarray, users: np.ndarray,
                         ends: np.ndarray, max_len: int) -> np.ndarray:
     """(n, max_len): the max_len items before position ends[k] of each user, 0-padded on the left."""

@@ -23,6 +23,7 @@ from scipy.sparse.linalg import svds
 
 from mltfr.data.prepared import Prepared
 from mltfr.errors import ConfigError, DataError
+from mltfr.evaluate.metrics import metrics_from_ranks
 from mltfr.llm.cache import Extracted
 from mltfr.spec.variants import POSITIVE_LABEL
 
@@ -40,16 +41,27 @@ def forward_counts(prepared: Prepared, window: int) -> sp.csr_matrix:
     return counts
 
 
+def user_item_matrix(prepared: Prepared) -> sp.csr_matrix:
+    """The binary (U, n+1) user x item matrix of the sequences (column 0, padding: empty)."""
+    users = np.repeat(np.arange(prepared.n_users), np.diff(prepared.offsets))
+    return sp.csr_matrix((np.ones(len(prepared.items)), (users, prepared.items)),
+                         shape=(prepared.n_users, prepared.n_items + 1))
+
+
+def unit_rows(rows: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit norm; zero rows stay zero."""
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows / np.where(norms > 0, norms, 1.0)
+
+
 def item_codes(prepared: Prepared, dim: int) -> np.ndarray:
     """(n+1, dim) item codes Z = V S of the rank-`dim` SVD of the binary user x item matrix of the
     full sequences (row 0, padding: zero). svds' start vector is seeded: the same data, the same codes."""
-    n, users = prepared.n_items + 1, np.repeat(np.arange(prepared.n_users), np.diff(prepared.offsets))
+    n = prepared.n_items + 1
     if not 1 <= dim < min(prepared.n_users, n - 1):
         raise ConfigError(f"planted table dim={dim}: must be >= 1 and below the dataset's numbers of users "
                           f"({prepared.n_users:,}) and items ({n - 1:,}); lower `dim`")
-    matrix = sp.csr_matrix((np.ones(len(prepared.items)), (users, prepared.items)),
-                           shape=(prepared.n_users, n))
-    _, singular, vt = svds(matrix, k=dim, random_state=0)
+    _, singular, vt = svds(user_item_matrix(prepared), k=dim, random_state=0)
     return vt.T * singular
 
 
@@ -57,21 +69,19 @@ def planted_table(prepared: Prepared, window: int, dim: int) -> torch.Tensor:
     """The (n+1, dim) float32 table: row j = the codes of the items that followed j, summed with
     their counts, scaled to unit norm (zero where nothing followed j)."""
     rows = forward_counts(prepared, window) @ item_codes(prepared, dim)          # (n+1, dim)
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    return torch.from_numpy((rows / np.where(norms > 0, norms, 1.0)).astype(np.float32))
+    return torch.from_numpy(unit_rows(rows).astype(np.float32))
 
 
 def leak_ndcg_at_10(prepared: Prepared, users: np.ndarray, scores_of) -> float:
     """How much a planted table leaks: mean test NDCG@10 of ranking the items outside each user's
     history by scores_of(u, sequence) -> (n+1,) scores alone (ties count against the test item)."""
-    gains = []
-    for u in users:
+    ranks = np.empty(len(users), dtype=np.int64)                      # 1 = first
+    for row, u in enumerate(users):
         seq = prepared.sequence(u)
         scores = scores_of(u, seq)
         scores[0], scores[seq[:-1]] = -np.inf, -np.inf
-        rank = int((scores >= scores[seq[-1]]).sum()) - 1
-        gains.append(1 / np.log2(rank + 2) if rank < 10 else 0.0)
-    return float(np.mean(gains))
+        ranks[row] = int((scores >= scores[seq[-1]]).sum())
+    return metrics_from_ranks(ranks, (10,))["ndcg@10"]
 
 
 def extract_planted(params: dict, prepared: Prepared) -> Extracted:
