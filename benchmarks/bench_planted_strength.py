@@ -4,11 +4,12 @@ by themselves, beside tables built from the training part only (no leak), on one
     .venv/bin/python benchmarks/bench_planted_strength.py --data results/cpu/data/ml-1m
 
 Prints test NDCG@10 (2,000 users, history items excluded, ties against the test item) of:
-- item rows, mltfr.llm.planted: z_i . row of the last input item, the held-out transitions
-  weighted w times (w = 1 is the committed table) and codes of `dim` dimensions;
+- item rows: z_i . row of the last input item, row j = the codes of the items that followed j
+  (the first planted table, too weak on a dense dataset), the held-out transitions weighted w
+  times and codes of `dim` dimensions;
 - item counts: the follower counts themselves, full rank (weight 0: the training part alone);
-- user rows: the rank-`dim` SVD factors of the user x item matrix, z_i . (U S)_u (a user-level
-  leak, which the branch cannot take yet: docs/method.md, "The positive control").
+- user rows: the rank-`dim` SVD factors of the user x item matrix, z_i . (U S)_u: the committed
+  planted table (mltfr.llm.planted), full and from the training part only.
 A control worth running scores well above the backbone with the leak and near nothing without it.
 """
 from __future__ import annotations
@@ -18,12 +19,24 @@ import argparse
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from scipy.sparse.linalg import svds
 
 from mltfr.data import load_prepared
 from mltfr.data.prepared import Prepared
 from mltfr.data.split import without_last
-from mltfr.llm.planted import forward_counts, item_codes, leak_ndcg_at_10, unit_rows, user_item_matrix
+from mltfr.llm.planted import item_codes, leak_ndcg_at_10, svd_codes, unit_rows
+
+
+def forward_counts(prepared: Prepared, window: int) -> sp.csr_matrix:
+    """C (n+1, n+1): C[j, k] = times item k comes 1..window positions after item j, per user."""
+    n, items = prepared.n_items + 1, prepared.items
+    user_end = np.repeat(prepared.offsets[1:], np.diff(prepared.offsets))   # (N,) end of each item's user
+    first = np.arange(len(items))                                          # (N,) position of item j
+    counts = sp.csr_matrix((n, n), dtype=np.float64)
+    for lag in range(1, window + 1):    # one lag at a time: N pairs in memory, not N * window
+        ok = first + lag < user_end
+        pairs = (np.ones(int(ok.sum())), (items[first[ok]], items[first[ok] + lag]))
+        counts = counts + sp.csr_matrix(pairs, shape=(n, n))
+    return counts
 
 
 def split_counts(p: Prepared) -> tuple[sp.csr_matrix, sp.csr_matrix]:
@@ -63,8 +76,8 @@ def user_rows(p: Prepared, users, dims) -> list[dict]:
     out = []
     for part, q in (("full", p), ("training part", without_last(p, 2))):
         for dim in dims:
-            factors, singular, vt = svds(user_item_matrix(q), k=dim, random_state=0)
-            score = leak_ndcg_at_10(p, users, lambda u, seq: (factors[u] * singular) @ vt)
+            user_codes, codes = svd_codes(q, dim)
+            score = leak_ndcg_at_10(p, users, lambda u, seq: codes @ user_codes[u])
             out.append({"table": f"user rows ({part})", "dim": dim, "held-out weight": "-", "ndcg@10": score})
     return out
 

@@ -132,3 +132,30 @@ def test_length_sorted_trimmed_representations_equal_padded():
         model.ignores_left_padding = True
         trimmed = user_representations(model, inputs, 16, torch.device("cpu"))
     torch.testing.assert_close(trimmed, padded, rtol=1e-5, atol=1e-6)
+
+
+def test_sorted_blocks_hand_the_branch_each_rows_own_user():
+    """The positive control's lookup reads the row of each input's user: sorted by length and cut
+    into blocks, every input still gets its own user's row (as when it is evaluated alone)."""
+    from mltfr.evaluate.ranking import user_representations
+    from mltfr.models import build_backbone
+    from mltfr.models.base import users_of
+    from mltfr.models.mltfr import BranchConfig, attach, build_branch
+
+    torch.manual_seed(0)
+    model = build_backbone("sasrec", 30, {"d": 8, "max_len": 8})
+    attach(model, build_branch(BranchConfig(d=8, selection="lookup", trainable_tables=False), [torch.randn(60, 4)]))
+    model.eval()
+    rng = np.random.default_rng(0)
+    lengths, users = rng.integers(1, 9, 50), rng.permutation(60)[:50]
+    inputs = np.where(np.arange(8)[None, :] >= 8 - lengths[:, None], rng.integers(1, 31, (50, 8)), 0)
+    assert model.left_padding_invariant
+    with torch.inference_mode():
+        blocked = user_representations(model, inputs, 16, torch.device("cpu"), users)
+        alone = []
+        for k in range(50):
+            with users_of(model, torch.from_numpy(users[k:k + 1])):
+                alone.append(model.user_representation(torch.from_numpy(inputs[k:k + 1])))
+        other = user_representations(model, inputs, 16, torch.device("cpu"), np.roll(users, 1))
+    torch.testing.assert_close(blocked, torch.cat(alone), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(blocked, other)                        # the rows do reach the output

@@ -467,7 +467,7 @@ def test_the_positive_control_says_which_route_carries_the_planted_table():
     assert "Through the sharp filter the planted table beats base too (**better**" in text
     rows.loc[0, "p_ttest_users_holm"] = 0.3                       # the lookup shows nothing either
     text = positive_control(rows)
-    assert "Even the planted rows handed to the branch row by row (no filter) show no gain" in text
+    assert "Even the planted rows handed to the branch by user id (no filter) show no gain" in text
     assert "cannot transmit" not in text and "Through the authors' filter: **inconclusive**" in text
     assert positive_control(rows.iloc[3:]).endswith("Positive control: not run in this study.\n")
 

@@ -125,7 +125,8 @@ def test_unknown_llm_name_lists_known_ones(tmp_path):
     ({"source": "random", "seed": 1, "like": "nope"}, r"llms.x.like: 'nope' is not an entry"),
     ({"source": "gguf"}, r"llms.x.source: 'gguf' is not one of \['hf', 'package', 'random', 'planted'\]"),
     ({"source": "planted"}, r"llms.x: 'dataset' is a required property"),
-    ({"source": "planted", "dataset": "d", "window": 0}, r"llms.x.window: 0 is less than the minimum of 1"),
+    ({"source": "planted", "dataset": "d", "window": 1}, r"'window' is not one of"),   # the item-level table's
+    ({"source": "planted", "dataset": "d", "dim": 0}, r"llms.x.dim: 0 is less than the minimum of 1"),
 ])
 def test_bad_entries_name_the_key(entry, message):
     with pytest.raises(ConfigError, match=message):

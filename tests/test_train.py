@@ -14,7 +14,7 @@ from mltfr.errors import ConfigError, DataError, MltfrError
 from mltfr.evaluate import wins_majority
 from mltfr.spec.run_config import RunConfig, apply_overrides
 from mltfr.study.config import load_train_section
-from mltfr.train.batching import train_windows
+from mltfr.train.batching import train_windows, window_users
 from mltfr.train.loop import Preempted, Trainer
 from mltfr.train.run import build_trainer, split_for_run, train_and_evaluate
 
@@ -119,6 +119,7 @@ def test_windows_keep_last_items_left_padded():
     items = np.arange(1, 13)
     w = train_windows(offsets, items, max_len=3)           # user 1 (one item) is dropped
     np.testing.assert_array_equal(w, [[0, 1, 2, 3], [7, 8, 9, 10], [0, 0, 11, 12]])
+    np.testing.assert_array_equal(window_users(offsets), [0, 2, 3])   # each window's own user
 
 
 # ------------------------------------------------------------------ runs
@@ -266,11 +267,11 @@ def test_sigterm_saves_mid_epoch_and_resume_equals_uninterrupted(tmp_path, monke
     step = Trainer.train_step
     calls = []
 
-    def step_then_signal(self, seqs):
+    def step_then_signal(self, seqs, users):
         calls.append(1)
         if len(calls) == 9:                                # in epoch 2 (7 steps per epoch)
             os.kill(os.getpid(), signal.SIGTERM)
-        return step(self, seqs)
+        return step(self, seqs, users)
 
     monkeypatch.setattr(Trainer, "train_step", step_then_signal)
     with pytest.raises(Preempted, match="received SIGTERM: checkpoint saved"):

@@ -2,8 +2,8 @@
 
 The planted table (`planted-<dataset>`, mltfr.llm.planted) holds every user's held-out items: it is
 leaky by construction and never a finding. It reaches the branch three ways (mltfr.spec.variants):
-handed over row by row (`mltfr-planted-lookup`, no filter), through the authors' filter
-(`mltfr-planted`) and through the sharp filter (`mltfr-planted-sharp`). Each is compared with base
+handed over by user id (`mltfr-planted-lookup`: each user its own row, no filter), through the
+authors' filter (`mltfr-planted`) and through the sharp filter (`mltfr-planted-sharp`). Each is compared with base
 (stats/comparisons.csv; their Holm family is their own). The lookup says whether the branch and the
 tests can show a gain at all; each filter route then says whether that filter transmits what the
 table holds.
@@ -16,7 +16,7 @@ from mltfr.analysis.blocks import BASE
 from mltfr.analysis.verdicts import diff_text, oriented, with_verdicts
 
 LOOKUP, AUTHORS, SHARP = "mltfr-planted-lookup", "mltfr-planted", "mltfr-planted-sharp"
-ROUTES = {LOOKUP: "handed to the branch row by row (no filter)", AUTHORS: "through the authors' filter",
+ROUTES = {LOOKUP: "handed to the branch by user id (no filter)", AUTHORS: "through the authors' filter",
           SHARP: "through the sharp filter"}
 TITLE = "## Can the study see a gain? The positive control"
 

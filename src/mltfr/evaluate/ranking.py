@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from mltfr.errors import MltfrError
+from mltfr.models.base import users_of
 
 SAMPLED_LABEL = "sampled-{n}"  # label of the sampled-negatives protocol, e.g. "sampled-100"
 FULL_LABEL = "full-ranking"    # label of the full-ranking protocol
@@ -91,8 +92,10 @@ def unranked_targets(ranks: torch.Tensor, targets: np.ndarray, worst: int) -> to
     return ranks.masked_fill(missing, worst)
 
 
-def user_representations(model, inputs: np.ndarray, block: int, device: torch.device) -> torch.Tensor:
-    """(n, d) float32 user representations of `inputs` (n, L), `block` users per forward pass.
+def user_representations(model, inputs: np.ndarray, block: int, device: torch.device,
+                         users: np.ndarray | None = None) -> torch.Tensor:
+    """(n, d) float32 user representations of `inputs` (n, L), `block` users per forward pass;
+    `users` (n,), their user ids, reach the LLM branch (mltfr.models.base.users_of).
 
     A model whose `left_padding_invariant` is True (its outputs do not depend on the
     amount of left padding) gets its users sorted by length and each block trimmed to its
@@ -105,7 +108,9 @@ def user_representations(model, inputs: np.ndarray, block: int, device: torch.de
     for a in range(0, n, block):
         idx = order[a:a + block]
         x = inputs[idx][:, -max(int(lengths[idx].max()), 1):] if trim else inputs[idx]
-        u = model.user_representation(torch.from_numpy(np.ascontiguousarray(x)).to(device)).float()
+        ids = None if users is None else torch.from_numpy(np.asarray(users)[idx]).to(device)
+        with users_of(model, ids):
+            u = model.user_representation(torch.from_numpy(np.ascontiguousarray(x)).to(device)).float()
         if out is None:
             out = torch.empty((n, u.shape[1]), dtype=torch.float32, device=device)
         out[torch.from_numpy(idx).to(device)] = u
@@ -129,7 +134,7 @@ def rank(model, evalset, mask_history: bool, *, user_block: int = 1024, item_blo
     with torch.inference_mode():
         items = model.item_representation().float()                 # (n_items+1, d)
         items_t = items.T.contiguous()                               # (d, n_items+1)
-        users = user_representations(model, evalset.inputs, user_block, device)  # (n, d)
+        users = user_representations(model, evalset.inputs, user_block, device, evalset.users)  # (n, d)
         for a in range(0, n, user_block):
             b = min(a + user_block, n)
             targets = torch.from_numpy(np.asarray(evalset.targets[a:b])).to(device)
@@ -172,7 +177,7 @@ def rank_sampled(model, evalset, n_neg: int = 100, seed: int = 0, *, user_block:
     model.eval()
     with torch.inference_mode():
         items = model.item_representation().float()                 # (n_items+1, d)
-        users = user_representations(model, evalset.inputs, user_block, device)  # (n, d)
+        users = user_representations(model, evalset.inputs, user_block, device, evalset.users)  # (n, d)
         for a in range(0, len(cand), user_block):
             c = torch.from_numpy(cand[a:a + user_block]).to(device)  # (b, 1 + n_neg)
             scores = torch.bmm(items[c], users[a:a + user_block, :, None])[:, :, 0]  # (b, 1 + n_neg)

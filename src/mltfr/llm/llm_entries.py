@@ -4,7 +4,7 @@ An entry (schema: src/mltfr/schemas/llm.schema.yaml) is one of
     {source: hf, repo: ORG/NAME, revision: COMMIT, [tensor: KEY]}
     {source: package, package: minilm | paraphrase-minilm | smollm2 | gemma3}
     {source: random, seed: S, like: OTHER_NAME}   or   {source: random, seed: S, shape: [V, D]}
-    {source: planted, dataset: NAME, [window: 1], [dim: 64]}   (the positive control, mltfr.llm.planted)
+    {source: planted, dataset: NAME, [dim: 256]}   (the positive control, mltfr.llm.planted)
 """
 from __future__ import annotations
 
@@ -86,6 +86,5 @@ def _with_defaults(entry: dict) -> dict:
         entry.setdefault("mean", 0.0)
         entry.setdefault("std", 0.02)
     if entry["source"] == "planted":
-        entry.setdefault("window", 1)
-        entry.setdefault("dim", 64)
+        entry.setdefault("dim", 256)
     return entry

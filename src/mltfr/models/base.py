@@ -10,6 +10,8 @@ Sequences are left-padded with item id 0; the most recent item is last.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor, nn
 
@@ -17,6 +19,22 @@ from mltfr.errors import ConfigError
 from mltfr.spec.backbone_config import BackboneConfig  # noqa: F401  (re-exported)
 
 PAD = 0  # item id of padding
+
+
+@contextlib.contextmanager
+def users_of(model: nn.Module, users: Tensor | None):
+    """Hand the LLM branch the user ids (B,) of the windows of the forward passes inside (the
+    trainer's batches, the evaluator's blocks). Only the positive control's lookup reads them (the
+    row of the window's own user); every other model and branch ignores them."""
+    branch = getattr(model, "branch", None)
+    if branch is None:
+        yield
+        return
+    branch.users = users
+    try:
+        yield
+    finally:
+        branch.users = None
 
 
 class SequentialRecommender(nn.Module):

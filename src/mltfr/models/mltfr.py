@@ -14,7 +14,8 @@ faithful/corrected protocols; every study variant is a `BranchConfig` of this on
     o      = sum_m router_m(h0) * y_m  (+ lambda_s * shared(h0 -> mean_G X_m))
 
 Filter weights, the logit scale c, the random/causal controls and the filter's cost:
-mltfr.models.filter; the positive control's lookup pick (`recent_items`): docs/method.md.
+mltfr.models.filter; the positive control's lookup pick (the row of the window's own user, whose
+id mltfr.models.base.users_of hands over): docs/method.md.
 
 Deviation from the authors' code, deliberate: the branch output is zeroed at padding positions
 (so padding never leaks into later blocks), except under the authors' BERT4Rec (zero_padding).
@@ -66,20 +67,6 @@ def prefix_means(h0: Tensor, seqs: Tensor) -> Tensor:
     return (h0 * mask).cumsum(1) / mask.cumsum(1).clamp(min=1.0)
 
 
-def recent_items(seqs: Tensor, K: int, vocab: int, causal: bool = False) -> Tensor:
-    """The K most recent item ids (ids outside 1..vocab-1, padding and BERT4Rec's [MASK], are not
-    items), oldest first, 0 (the padding row) where there are fewer than K: of each window
-    (B, L) -> (B, K); with `causal`, up to and including each real position, row-major as the
-    causal user vectors -> (N, K), a non-item at a position reading as 0."""
-    real = (seqs > 0) & (seqs < vocab)                                  # (B, L)
-    items = torch.where(real, seqs, 0)
-    if causal:                                                          # item k steps back, per position
-        back = [F.pad(items, (k, 0))[:, :items.shape[1]] for k in reversed(range(K))]
-        return torch.stack(back, -1)[seqs > 0]                          # (N, K)
-    rank = real.flip(-1).cumsum(-1).flip(-1)                            # (B, L): 1 = the most recent item
-    return torch.stack([(items * (rank == k)).sum(-1) for k in range(K, 0, -1)], -1)   # (B, K)
-
-
 class MltfrBranch(nn.Module):
     """The LLM branch: (h0 (B, L, d), seqs (B, L)) -> (B, L, d), zero at padding positions
     (unless cfg.zero_padding is False, as in the authors' BERT4Rec)."""
@@ -101,6 +88,7 @@ class MltfrBranch(nn.Module):
         self.record_interp = False    # on only inside recording(): a count per batch costs a device sync
         self.diagnostics = None   # training diagnostics (mltfr.models.diagnostics), set by the trainer
         self.table_seed: int | None = None   # reinitialise: the seed the random tables were drawn from
+        self.users: Tensor | None = None   # (B,) user ids of the windows in the forward (users_of), for lookup
         self.reset_interp()
 
     def _expert(self, dim: int, shared: bool = False) -> CrossAttentionExpert:
@@ -169,9 +157,11 @@ class MltfrBranch(nn.Module):
     def select(self, m: int, u: Tensor, seqs: Tensor) -> tuple[Tensor, Tensor]:
         """K tokens (R, K, D_m) and their ids (R, K) of LLM m for each user vector u (R, d)."""
         c, table = self.cfg, self.table(m)
-        if c.selection != "guided":   # the random control, or the positive control's lookup: no filter
-            idx = (random_token_ids(u.shape[0], table.shape[0], c.K, table.device) if c.selection == "random"
-                   else recent_items(seqs, c.K, table.shape[0], causal=c.user_vector == "causal"))
+        if c.selection == "lookup":   # the positive control's pick handed over: the user's own row
+            idx = self.user_rows(seqs, table.shape[0])
+            return table[idx], idx
+        if c.selection == "random":   # the random control: no filter
+            idx = random_token_ids(u.shape[0], table.shape[0], c.K, table.device)
             return table[idx] * (1.0 / c.K), idx
         selector, noise = self.selectors[m], self.training or c.eval_noise
         pick = partial(selector, table=table, K=c.K, tau=c.tau, noise=noise, filter_grad=c.filter_grad)
@@ -183,6 +173,18 @@ class MltfrBranch(nn.Module):
         # is recomputed in the backward (same RNG state) rather than keeping its (rows, |V|) softmax
         parts = [checkpoint(pick, part, use_reentrant=False) if learns else pick(part) for part in u.split(rows)]
         return torch.cat([x for x, _ in parts]), torch.cat([idx for _, idx in parts])
+
+    def user_rows(self, seqs: Tensor, vocab: int) -> Tensor:
+        """The row of each window's own user, (B, 1); causal: one per real position, row-major (N, 1)."""
+        if self.users is None or len(self.users) != len(seqs):
+            raise ConfigError("selection 'lookup' reads the row of each window's user, but the forward pass got "
+                              f"{'no' if self.users is None else len(self.users)} user ids for {len(seqs)} windows; "
+                              "run it inside mltfr.models.base.users_of(model, users)")
+        if int(self.users.max()) >= vocab:
+            raise ConfigError(f"user id {int(self.users.max())} has no row in a {vocab}-row table: selection "
+                              "'lookup' needs a user-keyed table (planted-<dataset>) of the run's own dataset")
+        rows = self.users[:, None]                                      # (B, 1)
+        return rows.expand_as(seqs)[seqs > 0][:, None] if self.cfg.user_vector == "causal" else rows
 
     def queries(self, h0: Tensor, seqs: Tensor):
         """The experts' queries and the map of their outputs back to (B, L, d). window: h0 itself.

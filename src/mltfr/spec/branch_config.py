@@ -34,8 +34,8 @@ class BranchConfig:
     score_scale: float = 1.0     # (float) fixed logit scale c on the cosine scores: the training pick is drawn
     #                              from softmax(c s); 1 = the authors' (near uniform), 50 = the sharp filter
     selection: str = "guided"    # "guided" (user-guided top-K) | "random" (control: K tokens uniform per user) |
-    #                              "lookup" (the rows of the user's K most recent items: item-keyed tables only,
-    #                              the positive control's pick handed to the branch, docs/method.md)
+    #                              "lookup" (the row of the window's own user: user-keyed tables only, the
+    #                              positive control's pick handed to the branch; K is 1, docs/method.md)
     user_vector: str = "window"  # "window" (mean over the whole window, authors) | "causal" (prefix mean per position)
     filtering: bool = True       # (bool) user-guided filtering; False = P learned prototype tokens (direct injection)
     n_prototypes: int = 50       # (int) P, prototype tokens per LLM when filtering is off (Time-LLM style)

@@ -56,10 +56,10 @@ SINGLE_LLM = {"router": "mean", "consensus": "none", "trainable_tables": True, "
 # The sharp filter (a filter that chooses): the learning gradient, a fixed logit scale on the cosine
 # scores and a noiseless pick at evaluation under both protocols (docs/method.md, "The sharp filter").
 SHARP = {"filter_grad": "learn", "score_scale": 50.0, "eval_noise": False}
-# The positive control: the planted table alone through one expert, frozen (fine-tuning moves its rows
-# away from what was planted), one pick per real position (causal user vector, per-user pooling: a
-# next-item row is right for one position only). docs/method.md, "The positive control".
-PLANTED = {**SINGLE_LLM, "filtering": True, "trainable_tables": False, "user_vector": "causal", "pooling": "user"}
+# The positive control: the planted table (one row per user) alone through one expert, frozen
+# (fine-tuning moves its rows away from what was planted), one pick per window and per-user pooling
+# (the user's row is right at every position). docs/method.md, "The positive control".
+PLANTED = {**SINGLE_LLM, "filtering": True, "trainable_tables": False, "pooling": "user"}
 
 _ENTRIES = (
     Variant(BASE, "base", "ID-only backbone", llms="none"),
@@ -84,8 +84,8 @@ _ENTRIES = (
             PLANTED, llms="planted"),
     Variant("mltfr-planted-sharp", "positive", f"{POSITIVE_LABEL}: the planted table through the sharp filter",
             {**PLANTED, **SHARP}, llms="planted"),
-    Variant("mltfr-planted-lookup", "positive", f"{POSITIVE_LABEL}: the planted row of each position's "
-            "own item handed to the branch (no filter)", {**PLANTED, "selection": "lookup"}, llms="planted"),
+    Variant("mltfr-planted-lookup", "positive", f"{POSITIVE_LABEL}: the planted row of the window's "
+            "own user handed to the branch (no filter)", {**PLANTED, "selection": "lookup"}, llms="planted"),
 )
 VARIANTS = {v.name: v for v in _ENTRIES}
 SINGLE = {mode: Variant(mode, mode, summary, {"filtering": mode == "filter", **SINGLE_LLM}, llms="one")

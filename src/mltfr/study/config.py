@@ -122,8 +122,8 @@ def derive_planted_tables(config: dict) -> None:
         name = PLANTED_PREFIX + dataset
         config["llms"].setdefault(name, {
             "source": "planted", "dataset": dataset,
-            "description": f"{POSITIVE_LABEL}: items of {dataset} and what followed them in the full "
-                           "sequences, held-out items included (derived; never a finding)"})
+            "description": f"{POSITIVE_LABEL}: one row per user of {dataset}, the code of the user's "
+                           "full sequence, held-out items included (derived; never a finding)"})
 
 
 # ---------------------------------------------------------------- schema and train:

@@ -20,7 +20,7 @@ def train_windows(offsets: np.ndarray, items: np.ndarray, max_len: int,
     max_len, RunConfig.window_items). Vectorised: no Python loop over users."""
     keep = max_len + 1 if keep is None else keep
     lengths = np.diff(offsets)
-    users = np.flatnonzero(lengths >= 2)
+    users = window_users(offsets)
     take = np.minimum(lengths[users], keep)                          # items kept per user
     row = np.repeat(np.arange(len(users)), take)                     # (T,) window row of each kept item
     within = np.arange(take.sum()) - np.repeat(np.cumsum(take) - take, take)  # 0..take-1 per row
@@ -31,19 +31,26 @@ def train_windows(offsets: np.ndarray, items: np.ndarray, max_len: int,
     return windows
 
 
+def window_users(offsets: np.ndarray) -> np.ndarray:
+    """(n_windows,) int64: the user (0-based, the order of `offsets`) of each training window."""
+    return np.flatnonzero(np.diff(offsets) >= 2)
+
+
 def epoch_order(n: int, gen: torch.Generator) -> torch.Tensor:
     """(n,) int64 CPU permutation of the windows for one epoch."""
     return torch.randperm(n, generator=gen)
 
 
-def batches(windows: torch.Tensor, order: torch.Tensor, batch_size: int,
-            start_step: int = 0) -> Iterator[tuple[int, torch.Tensor]]:
-    """(step, (B, L+1) windows) in `order`, from `start_step` on (a resumed epoch skips the done steps).
+def batches(windows: torch.Tensor, users: torch.Tensor, order: torch.Tensor, batch_size: int,
+            start_step: int = 0) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """(step, (B, L+1) windows, (B,) their users) in `order`, from `start_step` on (a resumed epoch
+    skips the done steps).
 
-    `windows` lives on the training device; `order` is moved there once."""
+    `windows` and `users` live on the training device; `order` is moved there once."""
     order = order.to(windows.device)
     for step in range(start_step, n_steps(len(order), batch_size)):
-        yield step, windows[order[step * batch_size:(step + 1) * batch_size]]
+        rows = order[step * batch_size:(step + 1) * batch_size]
+        yield step, windows[rows], users[rows]
 
 
 def n_steps(n: int, batch_size: int) -> int:

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from mltfr.errors import ConfigError, MltfrError
 from mltfr.evaluate import majority_metrics, metric_names, metrics_from_ranks, rank, rank_sampled, wins_majority
 from mltfr.io import atomic_write_text
+from mltfr.models.base import users_of
 from mltfr.models.diagnostics import attach_diagnostics
 from mltfr.spec.run_config import RunConfig
 from mltfr.train import batching
@@ -62,6 +63,7 @@ class Trainer:
             raise MltfrError("no user has 2 or more training items: nothing to train on "
                              "(check the dataset's k-core filtering)")
         self.windows = torch.from_numpy(windows).to(device)  # (n_windows, L+1)
+        self.window_users = torch.from_numpy(batching.window_users(split.train_offsets)).to(device)  # (n_windows,)
         self.state = TrainState()
         self.stop_requested = False
         self.diagnostics = attach_diagnostics(model, cfg.diagnostics_every)  # None: no branch
@@ -160,10 +162,10 @@ class Trainer:
         self.model.train()
         bar = tqdm(total=total, initial=s.step, desc=f"epoch {s.epoch + 1}", leave=False,
                    disable=not sys.stderr.isatty())
-        for step, seqs in batching.batches(self.windows, s.order, cfg.batch_size, s.step):
+        for step, seqs, users in batching.batches(self.windows, self.window_users, s.order, cfg.batch_size, s.step):
             if self.diagnostics is not None:
                 self.diagnostics.arm(step)
-            loss_sum += self.train_step(seqs)
+            loss_sum += self.train_step(seqs, users)
             if (step + 1) % cfg.log_every == 0 or step + 1 == total:
                 mean = loss_sum.item() / (step + 1)               # the only device sync of the loop
                 self._check_finite(mean, step)
@@ -180,10 +182,11 @@ class Trainer:
     def _new_order(self) -> torch.Tensor:
         return batching.epoch_order(len(self.windows), self.gens.shuffle)
 
-    def train_step(self, seqs: torch.Tensor) -> torch.Tensor:
-        """One Adam step on (B, L+1) windows; returns the detached loss (no device sync)."""
+    def train_step(self, seqs: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+        """One Adam step on (B, L+1) windows of `users` (B,); returns the detached loss (no device sync)."""
         bf16 = self.cfg.bf16 and self.device.type == "cuda"
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=bf16), \
+                users_of(self.model, users):
             loss = self.model.loss(seqs, self.gens.sample)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
