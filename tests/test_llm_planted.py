@@ -9,7 +9,6 @@ import yaml
 
 from mltfr.cli import main
 from mltfr.data import load_prepared
-from mltfr.data.prepared import Prepared
 from mltfr.data.split import without_last
 from mltfr.errors import ConfigError, DataError
 from mltfr.llm import load_table
