@@ -1,4 +1,6 @@
 """Full ranking: pessimistic ties, history masking, blocked == naive dense, sampled-100."""
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -23,6 +25,10 @@ class FixedModel(nn.Module):
 
     def item_representation(self):
         return self.I
+
+    def users_of(self, users):
+        """No LLM branch: the user ids the evaluator hands over change nothing."""
+        return contextlib.nullcontext()
 
 
 def evalset(targets, histories):
@@ -139,7 +145,6 @@ def test_sorted_blocks_hand_the_branch_each_rows_own_user():
     into blocks, every input still gets its own user's row (as when it is evaluated alone)."""
     from mltfr.evaluate.ranking import user_representations
     from mltfr.models import build_backbone
-    from mltfr.models.base import users_of
     from mltfr.models.mltfr import BranchConfig, attach, build_branch
 
     torch.manual_seed(0)
@@ -154,7 +159,7 @@ def test_sorted_blocks_hand_the_branch_each_rows_own_user():
         blocked = user_representations(model, inputs, 16, torch.device("cpu"), users)
         alone = []
         for k in range(50):
-            with users_of(model, torch.from_numpy(users[k:k + 1])):
+            with model.users_of(torch.from_numpy(users[k:k + 1])):
                 alone.append(model.user_representation(torch.from_numpy(inputs[k:k + 1])))
         other = user_representations(model, inputs, 16, torch.device("cpu"), np.roll(users, 1))
     torch.testing.assert_close(blocked, torch.cat(alone), rtol=1e-5, atol=1e-6)

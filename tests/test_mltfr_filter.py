@@ -5,12 +5,10 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 from test_mltfr import D_MODEL, MAX_LEN, filter_outputs_and_grads, random_seqs, tables_for, tiny_model
 
 from mltfr.errors import ConfigError
 from mltfr.models import mltfr as mltfr_module
-from mltfr.models.base import users_of
 from mltfr.models.diagnostics import FilterDiagnostics
 from mltfr.models.mltfr import BranchConfig, TokenFilter, build_branch, random_token_ids
 from mltfr.models.variant_branch import base_config
@@ -198,14 +196,13 @@ def test_diagnostics_measure_the_law_of_the_scaled_pick():
 @pytest.mark.parametrize("user_vector", ["window", "causal"])
 def test_lookup_selection_reads_the_row_of_each_windows_user(user_vector):
     """selection='lookup' (the positive control's pick handed over): the row of the window's own
-    user, given by users_of; window: one per window, causal: one per real position; no projection."""
+    user, given by the model's users_of; window: one per window, causal: one per real position; no projection."""
     seqs, users = random_seqs(6), torch.tensor([4, 0, 9, 2, 2, 7])
     table = torch.randn(10, 12)                                        # one row per user 0..9
-    branch = build_branch(BranchConfig(d=D_MODEL, names=["a"], selection="lookup", user_vector=user_vector,
-                                       trainable_tables=False), [table]).eval()
-    model = nn.Module()
-    model.branch = branch
-    with users_of(model, users):
+    model = tiny_model(BranchConfig(d=D_MODEL, names=["a"], selection="lookup", user_vector=user_vector,
+                                    trainable_tables=False), [table]).eval()
+    branch = model.branch
+    with model.users_of(users):
         tokens, ids = branch.token_sets(torch.randn(6, MAX_LEN, D_MODEL), seqs)
     expected = users[:, None] if user_vector == "window" else users[:, None].expand_as(seqs)[seqs > 0][:, None]
     assert torch.equal(ids[0], expected) and torch.equal(tokens[0], table[expected])
@@ -216,7 +213,7 @@ def test_lookup_without_user_ids_or_with_a_row_missing_is_a_clear_error():
     seqs = random_seqs(3)
     branch = build_branch(BranchConfig(d=D_MODEL, names=["a"], selection="lookup", trainable_tables=False),
                           [torch.randn(5, 12)]).eval()
-    with pytest.raises(ConfigError, match=r"got no user ids for 3 windows; run it inside mltfr.models.base.users_of"):
+    with pytest.raises(ConfigError, match=r"got no user ids for 3 windows; run it inside `with model.users_of\(users\):`"):
         branch(torch.randn(3, MAX_LEN, D_MODEL), seqs)
     branch.users = torch.tensor([0, 1, 5])
     with pytest.raises(ConfigError, match="user id 5 has no row in a 5-row table"):

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from mltfr.errors import MltfrError
-from mltfr.models.base import users_of
 
 SAMPLED_LABEL = "sampled-{n}"  # label of the sampled-negatives protocol, e.g. "sampled-100"
 FULL_LABEL = "full-ranking"    # label of the full-ranking protocol
@@ -95,7 +94,7 @@ def unranked_targets(ranks: torch.Tensor, targets: np.ndarray, worst: int) -> to
 def user_representations(model, inputs: np.ndarray, block: int, device: torch.device,
                          users: np.ndarray | None = None) -> torch.Tensor:
     """(n, d) float32 user representations of `inputs` (n, L), `block` users per forward pass;
-    `users` (n,), their user ids, reach the LLM branch (mltfr.models.base.users_of).
+    `users` (n,), their user ids, reach the LLM branch (the model's users_of).
 
     A model whose `left_padding_invariant` is True (its outputs do not depend on the
     amount of left padding) gets its users sorted by length and each block trimmed to its
@@ -109,7 +108,7 @@ def user_representations(model, inputs: np.ndarray, block: int, device: torch.de
         idx = order[a:a + block]
         x = inputs[idx][:, -max(int(lengths[idx].max()), 1):] if trim else inputs[idx]
         ids = None if users is None else torch.from_numpy(np.asarray(users)[idx]).to(device)
-        with users_of(model, ids):
+        with model.users_of(ids):
             u = model.user_representation(torch.from_numpy(np.ascontiguousarray(x)).to(device)).float()
         if out is None:
             out = torch.empty((n, u.shape[1]), dtype=torch.float32, device=device)

@@ -12,7 +12,7 @@ X[u, i]): ranking the items outside the history by z_i . row gives a test NDCG@1
 Pantry and 0.42 on ML-1M (rank 256; SASRec: 0.012 and 0.113), against 0.004 and 0.038 for the
 table built from the training part only (docs/benchmarks.md). The row is right at every position
 of the user's sequence (it holds the user's future training items too), so training teaches the
-branch to read it. The branch takes it by user id (selection `lookup`, mltfr.models.base.users_of)
+branch to read it. The branch takes it by user id (selection `lookup`, SequentialRecommender.users_of)
 or through a filter over the U rows (docs/method.md, "The positive control").
 An item-level table (row j: the codes of the items that followed j) leaked too little on a dense
 dataset: each ML-1M item's row sums ~290 training transitions and ~3.5 held-out ones.

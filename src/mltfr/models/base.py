@@ -21,22 +21,6 @@ from mltfr.spec.backbone_config import BackboneConfig  # noqa: F401  (re-exporte
 PAD = 0  # item id of padding
 
 
-@contextlib.contextmanager
-def users_of(model: nn.Module, users: Tensor | None):
-    """Hand the LLM branch the user ids (B,) of the windows of the forward passes inside (the
-    trainer's batches, the evaluator's blocks). Only the positive control's lookup reads them (the
-    row of the window's own user); every other model and branch ignores them."""
-    branch = getattr(model, "branch", None)
-    if branch is None:
-        yield
-        return
-    branch.users = users
-    try:
-        yield
-    finally:
-        branch.users = None
-
-
 class SequentialRecommender(nn.Module):
     """Base class: subclasses set `self.embed` (a SequenceEmbedding) and define forward, loss.
 
@@ -68,6 +52,20 @@ class SequentialRecommender(nn.Module):
     def inject(self, h: Tensor, h0: Tensor, seqs: Tensor) -> Tensor:
         """Add the LLM branch after the first block: h (B, L, d) + branch(h0, seqs) (B, L, d)."""
         return h if self.branch is None else h + self.branch(h0, seqs)
+
+    @contextlib.contextmanager
+    def users_of(self, users: Tensor | None):
+        """Hand the LLM branch the user ids (B,) of the windows of the forward passes inside (the
+        trainer's batches, the evaluator's blocks). Only the positive control's lookup reads them
+        (the row of the window's own user); every other branch, and a model without one, ignores them."""
+        if self.branch is None:
+            yield
+            return
+        self.branch.users = users
+        try:
+            yield
+        finally:
+            self.branch.users = None
 
     def forward(self, seqs: Tensor) -> Tensor:  # (B, L) -> (B, L, d)
         raise NotImplementedError

@@ -15,7 +15,7 @@ faithful/corrected protocols; every study variant is a `BranchConfig` of this on
 
 Filter weights, the logit scale c, the random/causal controls and the filter's cost:
 mltfr.models.filter; the positive control's lookup pick (the row of the window's own user, whose
-id mltfr.models.base.users_of hands over): docs/method.md.
+id the model's users_of hands over, mltfr.models.base): docs/method.md.
 
 Deviation from the authors' code, deliberate: the branch output is zeroed at padding positions
 (so padding never leaks into later blocks), except under the authors' BERT4Rec (zero_padding).
@@ -178,7 +178,7 @@ class MltfrBranch(nn.Module):
         if self.users is None or len(self.users) != len(seqs):
             raise ConfigError("selection 'lookup' reads the row of each window's user, but the forward pass got "
                               f"{'no' if self.users is None else len(self.users)} user ids for {len(seqs)} windows; "
-                              "run it inside mltfr.models.base.users_of(model, users)")
+                              "run it inside `with model.users_of(users):` (mltfr.models.base)")
         if int(self.users.max()) >= vocab:
             raise ConfigError(f"user id {int(self.users.max())} has no row in a {vocab}-row table: selection "
                               "'lookup' needs a user-keyed table (planted-<dataset>) of the run's own dataset")

@@ -30,7 +30,6 @@ from tqdm import tqdm
 from mltfr.errors import ConfigError, MltfrError
 from mltfr.evaluate import majority_metrics, metric_names, metrics_from_ranks, rank, rank_sampled, wins_majority
 from mltfr.io import atomic_write_text
-from mltfr.models.base import users_of
 from mltfr.models.diagnostics import attach_diagnostics
 from mltfr.spec.run_config import RunConfig
 from mltfr.train import batching
@@ -186,7 +185,7 @@ class Trainer:
         """One Adam step on (B, L+1) windows of `users` (B,); returns the detached loss (no device sync)."""
         bf16 = self.cfg.bf16 and self.device.type == "cuda"
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=bf16), \
-                users_of(self.model, users):
+                self.model.users_of(users):
             loss = self.model.loss(seqs, self.gens.sample)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
