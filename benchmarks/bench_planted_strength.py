@@ -23,7 +23,7 @@ import scipy.sparse as sp
 from mltfr.data import load_prepared
 from mltfr.data.prepared import Prepared
 from mltfr.data.split import without_last
-from mltfr.llm.planted import item_codes, leak_ndcg_at_10, svd_codes, unit_rows
+from mltfr.llm.planted import leak_ndcg_at_10, svd_codes, unit_rows
 
 
 def forward_counts(prepared: Prepared, window: int) -> sp.csr_matrix:
@@ -45,12 +45,11 @@ def split_counts(p: Prepared) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     return train_counts, forward_counts(p, 1) - train_counts
 
 
-def item_rows(p: Prepared, users, counts, dims, weights) -> list[dict]:
+def item_rows(p: Prepared, users, counts, full_codes, weights) -> list[dict]:
     """The item-level table with the held-out transitions weighted w times."""
     train_counts, held_counts = counts
     out = []
-    for dim in dims:
-        codes = item_codes(p, dim)                                    # (n+1, dim)
+    for dim, (_, codes) in full_codes.items():                        # codes: (n+1, dim)
         for w in weights:
             rows = unit_rows((train_counts + w * held_counts) @ codes)
             score = leak_ndcg_at_10(p, users, lambda u, seq: codes @ rows[seq[-2]])
@@ -71,12 +70,12 @@ def count_rows(p: Prepared, users, counts, weights) -> list[dict]:
     return out
 
 
-def user_rows(p: Prepared, users, dims) -> list[dict]:
+def user_rows(p: Prepared, users, full_codes) -> list[dict]:
     """The user-level table: SVD factors of the full (leak) and the training-part (no leak) matrix."""
-    out = []
-    for part, q in (("full", p), ("training part", without_last(p, 2))):
-        for dim in dims:
-            user_codes, codes = svd_codes(q, dim)
+    out, blind = [], without_last(p, 2)
+    for part, codes_of in (("full", full_codes.get), ("training part", lambda dim: svd_codes(blind, dim))):
+        for dim in full_codes:
+            user_codes, codes = codes_of(dim)
             score = leak_ndcg_at_10(p, users, lambda u, seq: codes @ user_codes[u])
             out.append({"table": f"user rows ({part})", "dim": dim, "held-out weight": "-", "ndcg@10": score})
     return out
@@ -92,8 +91,9 @@ def main() -> None:
     p = load_prepared(args.data)
     users = np.random.default_rng(0).choice(p.n_users, min(args.users, p.n_users), replace=False)
     counts = split_counts(p)
-    rows = (item_rows(p, users, counts, args.dims, args.weights) + count_rows(p, users, counts, args.weights)
-            + user_rows(p, users, args.dims))
+    full_codes = {dim: svd_codes(p, dim) for dim in args.dims}     # one SVD per dim, for item and user rows
+    rows = (item_rows(p, users, counts, full_codes, args.weights) + count_rows(p, users, counts, args.weights)
+            + user_rows(p, users, full_codes))
     print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4f"))
 
 
