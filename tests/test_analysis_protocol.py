@@ -162,6 +162,16 @@ def test_null_gain_shares_equal_the_hand_counted_ones():
     assert (control["share_ge_1pct"], control["share_ge_2pct"], control["share_ge_5pct"]) == (0.5, 0.5, 0.25)
 
 
+def test_null_pairs_leave_out_a_run_that_trained_the_backbone_otherwise():
+    """A seed retrained with the authors' backbone (model.impl recorded) pairs only with its like."""
+    frame = null_frame().assign(impl=None)
+    frame.loc[(frame["variant"] == "base") & frame["seed"].isin([3, 4]), "impl"] = "authors"
+    pairs = null_pairs(frame)
+    base = pairs[(pairs["comparison"] == "base vs base") & (pairs["metric"] == "ndcg@10")]
+    assert sorted(zip(base["seed_method"], base["seed_baseline"])) == [(1, 2), (2, 1), (3, 4), (4, 3)]
+    assert (pairs["comparison"] == "mltfr vs mltfr-randomselect").sum() == 8   # 4 pairs x 2 metrics, alike
+
+
 def test_null_gain_table_without_pairs_says_so():
     table = null_gain_table(null_frame().query("variant == 'base' and seed == 1"))
     assert table.tidy.empty and "fewer than two faithful runs of base" in table.caption

@@ -223,6 +223,39 @@ def test_seeds_per_protocol_are_checked(seeds, message):
     assert message in str(info.value)
 
 
+def null_gains(cfg, **block):
+    cfg["study"]["seeds"] = list(range(1, 11))
+    cfg["study"]["blocks"]["null_gains"] = {"enabled": True, **block}
+
+
+def test_the_null_gain_block_adds_faithful_seeds_per_dataset_and_shares_the_baselines_runs():
+    def edit(cfg, enabled):
+        null_gains(cfg, enabled=enabled, seeds={"pantry-u10": [1, 2, 3, 4]})
+        cfg["study"].update(backbones=["sasrec", "pop"])
+        cfg["study"]["blocks"]["baselines"]["seeds"] = [1]
+        only("baselines", "null_gains" if enabled else "baselines")(cfg)
+
+    added = set(study(lambda cfg: edit(cfg, True)).runs) - set(study(lambda cfg: edit(cfg, False)).runs)
+    # seed 1 is the baselines' faithful run (one folder); pop ranks alike under every seed: none added
+    assert sorted((r.backbone, r.variant, r.protocol, r.seed) for r in added) == [
+        ("sasrec", "base", "faithful", s) for s in (2, 3, 4)]
+    one_list = study(lambda cfg: (only("null_gains")(cfg), null_gains(cfg, seeds=[5, 6], variants=["base", "mltfr"])))
+    assert sorted((r.variant, r.seed) for r in one_list.runs) == [("base", 5), ("base", 6), ("mltfr", 5), ("mltfr", 6)]
+    assert {r.protocol for r in one_list.runs} == {"faithful"}
+
+
+@pytest.mark.parametrize("block, message", [
+    ({"seeds": {"ml-1m": [1]}}, "config key `study.blocks.null_gains.seeds`: has an entry 'ml-1m', which is not "
+                                "in `study.datasets`"),
+    ({"seeds": {"pantry-u10": [11]}}, "config key `study.blocks.null_gains.seeds`: [11] not in `study.seeds`"),
+    ({"variants": ["mltfr-nothing"]}, "config key `study.blocks.null_gains.variants`: names 'mltfr-nothing'"),
+])
+def test_the_null_gain_block_is_checked(block, message):
+    with pytest.raises(ConfigError) as info:
+        study(lambda cfg: null_gains(cfg, **block))
+    assert message in str(info.value)
+
+
 def test_outputs_go_under_the_study_name():
     grid = study(lambda cfg: cfg["study"].update(name="other", findings="docs/other.md"))
     assert grid.layout.run_dir == "results/other/runs/{dataset}/{backbone}/{variant}/{protocol}/seed{seed}"

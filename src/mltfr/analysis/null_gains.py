@@ -15,6 +15,10 @@ gain in test NDCG@10 and HR@10, 100 * (a - b) / b:
   the authors' K = 1 filter is close to): every pair of one mltfr seed and one control seed,
   oriented as the claim is (mltfr over the control).
 
+Only runs that trained the backbone alike are paired (the settings and model.impl their
+result.json recorded, as mltfr.analysis.stats pairs seeds): a seed retrained with the authors'
+backbone is never compared with one that predates it.
+
 Per dataset, backbone and comparison: the number of pairs, the mean, median and largest gain,
 and the share of pairs with a gain of at least 1%, 2% and 5% (THRESHOLDS).
 """
@@ -27,6 +31,7 @@ import pandas as pd
 
 from mltfr.analysis.blocks import BASE, FULL
 from mltfr.analysis.collect import protocol_runs
+from mltfr.analysis.stats import settings_by_seed
 from mltfr.analysis.tables import Table, empty_table, with_run_settings
 from mltfr.spec.rungs import FAITHFUL
 
@@ -48,10 +53,20 @@ def seed_pairs(method_seeds, baseline_seeds, same: bool) -> list[tuple[int, int]
     return list(itertools.product(sorted(method_seeds), sorted(baseline_seeds)))
 
 
+def alike(settings: dict, method: str, baseline: str, pair: tuple[int, int]) -> bool:
+    """Whether the two runs of a pair trained the backbone alike (BACKBONE_SETTINGS as recorded;
+    both missing counts as the same): a retrained seed is never paired with one that predates it."""
+    a, b = settings[method].loc[pair[0]], settings[baseline].loc[pair[1]]
+    return bool(((a == b) | (a.isna() & b.isna())).all())
+
+
 def cell_pairs(cell: pd.DataFrame, method: str, baseline: str) -> list[dict]:
-    """Every pair of one comparison in one dataset/backbone, per metric, with its relative gain."""
+    """Every pair of one comparison in one dataset/backbone whose runs trained the backbone alike,
+    per metric, with its relative gain."""
     values = {v: cell[cell["variant"] == v].set_index("seed") for v in (method, baseline)}
-    pairs = seed_pairs(values[method].index, values[baseline].index, same=method == baseline)
+    settings = {v: settings_by_seed(cell, v) for v in (method, baseline)}
+    pairs = [pair for pair in seed_pairs(values[method].index, values[baseline].index, same=method == baseline)
+             if alike(settings, method, baseline, pair)]
     rows = []
     for metric, (i, j) in itertools.product(METRICS, pairs):
         a, b = values[method].at[i, f"test_{metric}"], values[baseline].at[j, f"test_{metric}"]
@@ -111,7 +126,8 @@ def null_gain_table(runs: pd.DataFrame) -> Table:
         "orientations: neither run is the method, so a share is the chance that two seeds cast at "
         "random as method and baseline show at least that gain; no random orientation is drawn). "
         "mltfr vs mltfr-randomselect (the control whose tokens are drawn uniformly per user): every "
-        "mltfr seed x control seed, oriented as the claim. Pairs share runs, so they are not "
+        "mltfr seed x control seed, oriented as the claim. Only runs that trained the backbone alike "
+        "are paired (settings and model.impl as recorded). Pairs share runs, so they are not "
         f"independent trials. seeds = method x baseline seeds.", faithful_runs(runs))
     return Table("null_gains", tidy, display, None, caption)
 

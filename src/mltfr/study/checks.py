@@ -23,6 +23,7 @@ def check_study(study: Study) -> None:
     check_mltfr_llm_names(study)
     check_like_entries(study)
     check_block_subsets(study.study)
+    check_dataset_seeds(study.study)
     check_untrained_backbones(study)
     check_tuning(study)
     check_variants(study)
@@ -71,12 +72,22 @@ def check_block_subsets(study: dict) -> None:
     for name, block in study["blocks"].items():
         for key in ("datasets", "backbones", "protocols", "seeds"):
             values = block.get(key) or []
-            if isinstance(values, dict):  # seeds per protocol
+            if isinstance(values, dict):  # seeds per protocol (or per dataset: null_gains)
                 values = [seed for seeds in values.values() for seed in seeds]
             extra = [v for v in values if v not in study[key]]
             if extra:
                 raise key_error(f"study.blocks.{name}.{key}", f"{extra} not in `study.{key}`",
                                 f"add them to `study.{key}` or remove them from the block")
+
+
+def check_dataset_seeds(study: dict) -> None:
+    """The null-gain block's seeds per dataset are keyed by the study's datasets (a misspelt one
+    would otherwise look like a dataset without seeds)."""
+    seeds = study["blocks"]["null_gains"]["seeds"]
+    for name in seeds if isinstance(seeds, dict) else []:
+        if name not in study["datasets"]:
+            raise key_error("study.blocks.null_gains.seeds", f"has an entry '{name}', which is not in "
+                            f"`study.datasets`", f"key the seeds by {', '.join(study['datasets'])}")
 
 
 def check_untrained_backbones(study: Study) -> None:
@@ -131,7 +142,7 @@ def check_variant_names(study: Study) -> None:
             raise key_error("study.blocks.ablations.variants",
                             f"names '{name}', which is not an ablation, control or positive-control variant",
                             f"use names from {', '.join(known)} (mltfr.spec.variants)")
-    for block in ("protocol_ladder", "protocol_factors"):
+    for block in ("protocol_ladder", "protocol_factors", "null_gains"):
         for name in study.block(block)["variants"]:
             if registry.parse(name) is None:
                 raise key_error(f"study.blocks.{block}.variants",

@@ -205,11 +205,38 @@ class Study:
             runs += [Run(dataset, backbone, variant, protocol, seed) for protocol in [ladder.CORRECTED, *settings]]
         return runs
 
+    def null_gain_runs(self) -> list:
+        """Faithful runs of each null-gain variant at its dataset's seeds (the same runs as the
+        baselines' and the mltfr block's where the seeds overlap)."""
+        block = self.block("null_gains")
+        if not block["enabled"]:
+            return []
+        name = "null_gains"
+        grid = itertools.product(self.block_values(name, "datasets"), self.block_values(name, "backbones"),
+                                 block["variants"])
+        runs = []
+        for dataset, backbone, variant in grid:
+            seeds = self.dataset_seeds(name, dataset)
+            seeds = seeds[:1] if backbone in UNTRAINED_BACKBONES else seeds   # pop: every seed ranks alike
+            runs += [Run(dataset, backbone, variant, ladder.FAITHFUL, seed) for seed in seeds]
+        return runs
+
+    def dataset_seeds(self, name: str, dataset: str) -> list:
+        """A block's seeds on `dataset`: one list, or a mapping dataset -> list."""
+        seeds = self.block_values(name, "seeds")
+        if not isinstance(seeds, dict):
+            return seeds
+        if dataset not in seeds:
+            raise key_error(f"study.blocks.{name}.seeds", f"maps datasets to seeds but has no entry for "
+                            f"'{dataset}', which the block runs", f"add `{dataset}: [...]`")
+        return seeds[dataset]
+
     @functools.cached_property
     def runs(self) -> tuple:
         """Every final run of the study (duplicates across blocks removed), in a stable order."""
         runs = itertools.chain.from_iterable(self.block_runs(name) for name in BLOCKS)
-        return tuple(dict.fromkeys(itertools.chain(runs, self.ladder_runs(), self.factor_runs())))
+        extra = itertools.chain(self.ladder_runs(), self.factor_runs(), self.null_gain_runs())
+        return tuple(dict.fromkeys(itertools.chain(runs, extra)))
 
     # ------------------------------------------------------------ the backbone's validation search
     @functools.cached_property
