@@ -7,7 +7,8 @@ A training step is forward + backward + Adam on one batch of 128 real training w
 embedded Pantry data, its entry read from config/config.yaml (L=50, d=64; most positions are
 padding, as in real training). Token tables are random tensors of the real shapes: the offline
 LLMs of the study (two MiniLM-L6 tables 30522x384, SmolLM2 49152x576, Gemma-3 262144x640) and
-paper-sized ones (LLaMA-7B 32000x4096, Qwen3-0.6B 151936x1024); values do not change the cost.
+paper-sized ones (LLaMA-7B 32000x4096, Qwen3-0.6B 151936x1024), and the positive control's
+user-level table (one 256-d row per Pantry user); values do not change the cost.
 Each case runs in its own subprocess, so the peak memory (max RSS on CPU, max allocated on
 CUDA) is its own.
 
@@ -48,13 +49,14 @@ from mltfr.models.mltfr import BranchConfig, attach, build_branch, resolve_conse
 from mltfr.models.variant_branch import variant_config, variant_names
 from mltfr.study.config import load_registries
 from mltfr.train.allocator import keep_freed_memory
-from mltfr.train.batching import train_windows
+from mltfr.train.batching import train_windows, window_users
 
 OFFLINE = {"minilm": (30522, 384), "paraphrase-minilm": (30522, 384),
            "smollm2": (49152, 576), "gemma3": (262144, 640)}
 PAIR = {n: OFFLINE[n] for n in ("minilm", "paraphrase-minilm")}    # the default study's mltfr
 THREE = {n: OFFLINE[n] for n in ("minilm", "paraphrase-minilm", "smollm2")}
 PAPER = {"llama-7b": (32000, 4096), "qwen3-0.6b": (151936, 1024)}
+PLANTED = {"planted-pantry": (None, 256)}    # the positive control: one row per user (None: Pantry's users)
 BATCH, MAX_LEN = 128, 50                     # method.md batch and length
 STUDY_CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
 PEER_ARGS = ["--tables", "30522x384", "30522x384", "--shared-group", "0", "1"]   # the MiniLM pair
@@ -70,27 +72,40 @@ CASES = {  # name -> (variant, table set)
     "mltfr all offline": ("mltfr-noconsensus", OFFLINE),
     "mltfr-frozen offline": ("mltfr-frozen", OFFLINE),
     "mltfr paper-sized": ("mltfr-noconsensus", PAPER),
+    # the filters that learn (a dense vocabulary backward every step) and the positive control
+    "mltfr-learnfilter pair +consensus": ("mltfr-learnfilter", PAIR),
+    "mltfr-sharpfilter pair +consensus": ("mltfr-sharpfilter", PAIR),
+    "mltfr-sharpfilter +smollm2": ("mltfr-sharpfilter", THREE),
+    "mltfr-planted (users x 256)": ("mltfr-planted", PLANTED),
+    "mltfr-planted-sharp (users x 256)": ("mltfr-planted-sharp", PLANTED),
+    "mltfr-planted-lookup (users x 256)": ("mltfr-planted-lookup", PLANTED),
 }
 
 
-def pantry_batch(device: str) -> tuple[torch.Tensor, int]:
-    """128 training windows (B, L+1) of the embedded Pantry data, drawn with a fixed seed; n_items."""
+def pantry_batch(device: str) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """128 training windows (B, L+1) of the embedded Pantry data, drawn with a fixed seed, their
+    users (B,) (the positive control's lookup reads them); n_items, n_users."""
     entry = get_entry(load_registries(STUDY_CONFIG), "pantry", where=str(STUDY_CONFIG))
     split = make_split(prepare_dataset(entry, "pantry"), "corrected", MAX_LEN)
     windows = train_windows(split.train_offsets, split.train_items, MAX_LEN)
     rows = np.random.default_rng(0).choice(len(windows), BATCH, replace=False)
-    return torch.from_numpy(windows[rows]).to(device), split.n_items
+    users = window_users(split.train_offsets)[rows]
+    return (torch.from_numpy(windows[rows]).to(device), torch.from_numpy(users).to(device), split.n_items,
+            len(split.train_offsets) - 1)
 
 
-def build_model(variant: str, shapes: dict, device: str, n_items: int, meta: bool = False) -> torch.nn.Module:
-    """SASRec with the variant's branch over random tables of `shapes` (meta: no memory)."""
+def build_model(variant: str, shapes: dict, device: str, n_items: int, n_users: int,
+                meta: bool = False) -> torch.nn.Module:
+    """SASRec with the variant's branch over random tables of `shapes` (rows None: one per user;
+    meta: no memory)."""
     torch.manual_seed(0)
     model = build_backbone("sasrec", n_items, {"d": 64, "max_len": MAX_LEN})
     names = list(shapes)
     cfg, used = variant_config(variant, names, BranchConfig.for_protocol("corrected"))
     if cfg is not None:
         table_device = "meta" if meta else device
-        tables = [torch.randn(*shapes[n.removeprefix("random-")], device=table_device) for n in used]
+        rows_dims = [shapes[n.removeprefix("random-")] for n in used]
+        tables = [torch.randn(rows or n_users, dim, device=table_device) for rows, dim in rows_dims]
         attach(model, build_branch(cfg, tables))
     return model.to(device) if not meta else model
 
@@ -107,8 +122,8 @@ def add_consensus_expert(model: torch.nn.Module) -> None:
 def time_case(variant: str, shapes: dict, steps: int, device: str) -> dict:
     """Mean train-step and eval-batch time (ms) and peak memory (MiB) of one case."""
     keep_freed_memory()                               # as the trainer does
-    windows, n_items = pantry_batch(device)
-    model = build_model(variant, shapes, device, n_items)
+    windows, users, n_items, n_users = pantry_batch(device)
+    model = build_model(variant, shapes, device, n_items, n_users)
     add_consensus_expert(model)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3, fused=True)
     gen = torch.Generator(device=device).manual_seed(0)
@@ -118,7 +133,8 @@ def time_case(variant: str, shapes: dict, steps: int, device: str) -> dict:
         sync()
         start = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        model.loss(windows, gen).backward()
+        with model.users_of(users):
+            model.loss(windows, gen).backward()
         opt.step()
         sync()
         train_ms.append(1000 * (time.perf_counter() - start))
@@ -127,7 +143,8 @@ def time_case(variant: str, shapes: dict, steps: int, device: str) -> dict:
     with torch.no_grad():
         for _ in range(steps + 1):
             start = time.perf_counter()
-            model.user_representation(windows[:, 1:])
+            with model.users_of(users):
+                model.user_representation(windows[:, 1:])
             sync()
             eval_ms.append(1000 * (time.perf_counter() - start))
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda")
@@ -136,11 +153,11 @@ def time_case(variant: str, shapes: dict, steps: int, device: str) -> dict:
             "peak_mib": peak}
 
 
-def trainable_counts(shapes: dict, n_items: int) -> dict[str, int]:
+def trainable_counts(shapes: dict, n_items: int, n_users: int) -> dict[str, int]:
     """Trainable parameters per variant (tables on the meta device: nothing is allocated)."""
     counts = {}
     for variant in variant_names(list(shapes)):
-        model = build_model(variant, shapes, "cpu", n_items, meta=True)
+        model = build_model(variant, shapes, "cpu", n_items, n_users, meta=True)
         counts[variant] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return counts
 
@@ -178,17 +195,17 @@ def run_all(args) -> None:
     base = rows[0][1]
     print(f"SASRec step (forward+backward+Adam), B={BATCH}, L={MAX_LEN}, d=64, {args.device}, "
           f"{args.threads} thread(s), median of {args.steps} steps after 1 warm-up")
-    print(f"{'case':<30}{'train ms':>10}{'x base':>8}{'x authors':>10}{'eval ms':>10}{'x base':>8}"
+    print(f"{'case':<36}{'train ms':>10}{'x base':>8}{'x authors':>10}{'eval ms':>10}{'x base':>8}"
           f"{'peak MiB':>10}{'authors MiB':>12}")
     for name, r in rows:
         theirs = peer.get(PEER_CASES.get(name), {})
-        print(f"{name:<30}{r['train_ms']:>10.1f}{r['train_ms'] / base['train_ms']:>8.1f}"
+        print(f"{name:<36}{r['train_ms']:>10.1f}{r['train_ms'] / base['train_ms']:>8.1f}"
               f"{ratio(r['train_ms'], theirs.get('step_ms_median')):>10}{r['eval_ms']:>10.1f}"
               f"{r['eval_ms'] / base['eval_ms']:>8.1f}{r['peak_mib']:>10.0f}"
               f"{theirs.get('peak_rss_mib', '-'):>12}")
     if args.trainable_counts:
         print("\ntrainable parameters per variant (offline LLM shapes; round 2 adds a frozen expert)")
-        for variant, n in trainable_counts(OFFLINE, pantry_batch("cpu")[1]).items():
+        for variant, n in trainable_counts(OFFLINE, *pantry_batch("cpu")[2:]).items():
             print(f"{variant:<28}{n:>14,}")
 
 
