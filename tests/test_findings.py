@@ -472,6 +472,51 @@ def test_the_positive_control_says_which_route_carries_the_planted_table():
     assert positive_control(rows.iloc[3:]).endswith("Positive control: not run in this study.\n")
 
 
+def diagnostics_rows(agreement: float, share: float, vocab: float = 30522.0) -> pd.DataFrame:
+    """diagnostics.csv rows of mltfr-sharpfilter over two tables in cell d/sasrec/corrected."""
+    return pd.DataFrame([{"dataset": "d", "backbone": "sasrec", "protocol": "corrected", "variant":
+                          "mltfr-sharpfilter", "llm": llm, "n_seeds": 3, "vocab": vocab,
+                          "effective_tokens": share * vocab, "effective_share": share,
+                          "argmax_agreement": agreement + i / 100} for i, llm in enumerate(("a", "b"))])
+
+
+def test_the_filter_that_chooses_answers_whether_user_guided_selection_helps():
+    from mltfr.analysis.choosing import choosing_filters
+
+    rows = pd.DataFrame([comparison_row("mltfr-sharpfilter", 0.002, 0.01, reference="mltfr-randomselect"),
+                         comparison_row("mltfr-sharpfilter", 0.0001, 0.7, reference="mltfr"),
+                         comparison_row("mltfr-sharpfilter", -0.0004, 0.4)])
+    text = choosing_filters(rows, diagnostics_rows(0.6, 0.0003))
+    assert ("- d/sasrec, corrected: mltfr-sharpfilter: it chooses (argmax agreement 60%-61%, effective tokens "
+            "9.2 (0.03% of the vocabulary) over its 2 table(s), last epoch, mean over seeds). Against tokens "
+            "drawn uniformly per user (mltfr-randomselect): **better** (Δ NDCG@10 +0.0020 [+0.0010, +0.0030]"
+            ) in text
+    assert "against the authors' filter (mltfr): **inconclusive**" in text and "against base (base): **" in text
+    assert text.endswith("So user-guided selection helps here, once the filter chooses.\n")
+    rows.loc[0, ["p_ttest_users_holm", "p_tost_holm"]] = [0.8, 0.01]          # within the margin
+    assert "does not help, even once the filter chooses" in choosing_filters(rows, diagnostics_rows(0.6, 0.0003))
+    # agreement 49% on one table: below the bar, so the cell does not test selection
+    text = choosing_filters(rows, diagnostics_rows(0.49, 0.0003))
+    assert "it does not choose by the bar of at least 50% agreement" in text
+    assert text.endswith("So this cell does not test user-guided selection.\n")
+    assert "does not choose" in choosing_filters(rows, diagnostics_rows(0.9, 0.2))  # 20% of |V|
+    assert "question is open here" in choosing_filters(rows.iloc[1:], diagnostics_rows(0.6, 0.0003))
+    assert choosing_filters(rows.iloc[:0], diagnostics_rows(0.6, 0.0003)).endswith(
+        "A filter that chooses (mltfr-sharpfilter): not run in this study.\n")
+
+
+def test_a_filter_that_chooses_is_compared_with_uniform_selection():
+    from mltfr.analysis.stats import comparisons
+
+    runs = pd.DataFrame([{"dataset": "d", "backbone": "sasrec", "protocol": "corrected", "variant": v}
+                         for v in ("base", "mltfr", "mltfr-randomselect", "mltfr-sharpfilter", "mltfr-learnfilter")])
+    pairs = set(map(tuple, comparisons(runs)[["variant", "reference"]].to_numpy()))
+    assert ("mltfr-sharpfilter", "mltfr-randomselect") in pairs
+    assert ("mltfr-learnfilter", "mltfr-randomselect") not in pairs and len(pairs) == 4 + 3 + 1
+    alone = comparisons(runs[runs["variant"] != "mltfr-randomselect"])
+    assert "mltfr-randomselect" not in set(alone["reference"])
+
+
 def test_positive_controls_form_their_own_holm_family():
     from mltfr.analysis.stats import add_holm
 

@@ -11,7 +11,8 @@ two questions, each with a computed verdict paragraph followed by its evidence:
    (comparisons.csv: mltfr vs base, filter-<llm> vs base, mltfr vs the random controls; the
    corrected protocol is the headline, the faithful one shown beside it; pop as a floor, main.csv)
    Then the positive control (mltfr.analysis.positive): can the branch carry a planted table's
-   content through each route, and would the tests see it?
+   content through each route, and would the tests see it? And the filters that choose
+   (mltfr.analysis.choosing): does user-guided selection help once the filter selects?
 2. Does the authors' protocol overstate the gain, and through which quirk?
    (protocol_factors.csv: the gain per protocol on matched seeds and MLTFR's own factors switched
    on top of the corrected protocol; ladder.csv's change of the gain per rung; optimism.csv;
@@ -30,6 +31,7 @@ import pandas as pd
 from mltfr.analysis.blocks import BASE, FULL, parse_variant
 from mltfr.analysis.demonstration import MIN_SEEDS, demonstration_label
 from mltfr.analysis.null_gains import THRESHOLDS
+from mltfr.analysis.choosing import choosing_filters
 from mltfr.analysis.positive import positive_control
 from mltfr.analysis.references import reference_check
 from mltfr.analysis.stats import ALPHA, format_p
@@ -647,6 +649,7 @@ def write_findings(tables: Path, stats: Path, figures: Path, out: Path, study: s
             + (reference_check(runs, references) + "\n" if references else "")
             + question1(rows, read_table(tables, "main"), demo) + "\n"
             + positive_control(comparisons) + "\n"
+            + choosing_filters(comparisons, read_table(tables, "diagnostics")) + "\n"
             + question2(tables, figures, out, demo, comparisons) + "\n"
             + evidence_sections(tables, figures, out, comparisons))
     atomic_write_text(out, text)

@@ -42,6 +42,7 @@ import pandas as pd
 from scipy import stats
 
 from mltfr.analysis.blocks import BASE, FULL, POSITIVE_CONTROLS
+from mltfr.spec.variants import CHOOSING_FILTERS, SELECTION_CONTROL
 from mltfr.analysis.collect import load_user_ndcg, protocol_runs
 from mltfr.analysis.demonstration import MIN_SEEDS  # fewer common seeds: no t-test and no significance mark
 from mltfr.analysis.tables import CELL, Table, empty_table, with_run_settings
@@ -213,7 +214,8 @@ def bootstrap_ci(a: np.ndarray, b: np.ndarray, cfg: StatsConfig = StatsConfig())
 def comparisons(runs: pd.DataFrame) -> pd.DataFrame:
     """(dataset, backbone, protocol, variant, reference) of every comparison the study makes.
 
-    Every variant against `base`; every variant other than base and mltfr against full `mltfr`.
+    Every variant against `base`; every variant other than base and mltfr against full `mltfr`;
+    a filter that chooses also against the control that selects uniformly (SELECTION_CONTROL).
     """
     pairs = []
     for cell, group in runs.groupby(CELL, sort=True):
@@ -221,6 +223,8 @@ def comparisons(runs: pd.DataFrame) -> pd.DataFrame:
         for ref, skip in ((BASE, {BASE}), (FULL, {BASE, FULL})):
             if ref in variants:
                 pairs += [(*cell, v, ref) for v in variants if v not in skip]
+        if SELECTION_CONTROL in variants:
+            pairs += [(*cell, v, SELECTION_CONTROL) for v in CHOOSING_FILTERS if v in variants]
     return pd.DataFrame(pairs, columns=[*CELL, "variant", "reference"])
 
 

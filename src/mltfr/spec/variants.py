@@ -97,6 +97,10 @@ CONTROLS = tuple(v.name for v in _ENTRIES if v.block == "control")
 # shapes (no LLM knowledge) and tokens drawn uniformly per user (no user signal). The other
 # controls are named fixes of the authors' branch (a filter that learns or chooses, a causal vector).
 NULL_CONTROLS = ("mltfr-random", "mltfr-randomselect")
+# The filters that choose are also compared with the control that selects without the user: does
+# user-guided selection help once the filter selects? (The authors' filter picks a near-random token.)
+CHOOSING_FILTERS = ("mltfr-sharpfilter",)
+SELECTION_CONTROL = "mltfr-randomselect"
 # Leaky by construction: never a finding, and never run unless a study names them.
 POSITIVE_CONTROLS = tuple(v.name for v in _ENTRIES if v.block == "positive")
 
