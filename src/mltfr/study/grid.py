@@ -147,16 +147,16 @@ class Study:
             runs += [Run(dataset, backbone, variant, protocol, seed) for seed in seeds]
         return runs
 
-    def block_seeds(self, name: str, protocol: str) -> list:
-        """A block's seeds under `protocol`: one list, or a mapping protocol -> list (a cheap
-        protocol can run more seeds than an expensive one)."""
+    def block_seeds(self, name: str, key: str, kind: str = "protocol") -> list:
+        """A block's seeds under one protocol (or on one dataset, kind="dataset"): one list, or a
+        mapping protocol (dataset) -> list: a cheap protocol or dataset can run more seeds."""
         seeds = self.block_values(name, "seeds")
         if not isinstance(seeds, dict):
             return seeds
-        if protocol not in seeds:
-            raise key_error(f"study.blocks.{name}.seeds", f"maps protocols to seeds but has no entry for "
-                            f"'{protocol}', which the block runs", f"add `{protocol}: [...]`")
-        return seeds[protocol]
+        if key not in seeds:
+            raise key_error(f"study.blocks.{name}.seeds", f"maps {kind}s to seeds but has no entry for "
+                            f"'{key}', which the block runs", f"add `{key}: [...]`")
+        return seeds[key]
 
     @functools.cached_property
     def ladder_rungs(self) -> tuple:
@@ -216,20 +216,10 @@ class Study:
                                  block["variants"])
         runs = []
         for dataset, backbone, variant in grid:
-            seeds = self.dataset_seeds(name, dataset)
+            seeds = self.block_seeds(name, dataset, "dataset")
             seeds = seeds[:1] if backbone in UNTRAINED_BACKBONES else seeds   # pop: every seed ranks alike
             runs += [Run(dataset, backbone, variant, ladder.FAITHFUL, seed) for seed in seeds]
         return runs
-
-    def dataset_seeds(self, name: str, dataset: str) -> list:
-        """A block's seeds on `dataset`: one list, or a mapping dataset -> list."""
-        seeds = self.block_values(name, "seeds")
-        if not isinstance(seeds, dict):
-            return seeds
-        if dataset not in seeds:
-            raise key_error(f"study.blocks.{name}.seeds", f"maps datasets to seeds but has no entry for "
-                            f"'{dataset}', which the block runs", f"add `{dataset}: [...]`")
-        return seeds[dataset]
 
     @functools.cached_property
     def runs(self) -> tuple:
