@@ -42,10 +42,10 @@ import pandas as pd
 from scipy import stats
 
 from mltfr.analysis.blocks import BASE, FULL, POSITIVE_CONTROLS
-from mltfr.spec.variants import CHOOSING_FILTERS, SELECTION_CONTROL
 from mltfr.analysis.collect import load_user_ndcg, protocol_runs
 from mltfr.analysis.demonstration import MIN_SEEDS  # fewer common seeds: no t-test and no significance mark
 from mltfr.analysis.tables import CELL, Table, empty_table, with_run_settings
+from mltfr.spec.variants import CHOOSING_FILTERS, SELECTION_CONTROL
 from mltfr.study.tuning import TUNABLE
 
 FAMILY = ("dataset", "backbone", "protocol")
