@@ -14,14 +14,14 @@ from __future__ import annotations
 import pandas as pd
 
 from mltfr.analysis.blocks import BASE, FULL
-from mltfr.analysis.verdicts import diff_text, oriented, with_verdicts
+from mltfr.analysis.tables import CELL
+from mltfr.analysis.verdicts import diff_text, verdict_rows
 from mltfr.spec.variants import CHOOSING_FILTERS, SELECTION_CONTROL
 
 MIN_AGREEMENT = 0.5    # share of training picks equal to the noiseless top-K
 MAX_SHARE = 0.10       # effective tokens / |V|
 REFERENCES = {SELECTION_CONTROL: "tokens drawn uniformly per user", FULL: "the authors' filter", BASE: "base"}
 TITLE = "## Does user-guided selection help once the filter chooses?"
-CELL = ["dataset", "backbone", "protocol"]
 
 
 def spread(values: pd.Series, fmt: str) -> str:
@@ -44,10 +44,7 @@ def choice_words(diag: pd.DataFrame) -> tuple[str, bool]:
 
 def comparison_rows(comparisons: pd.DataFrame, variant: str) -> pd.DataFrame:
     """The filter against each reference of REFERENCES, oriented (> 0: the filter scores higher)."""
-    ref, var = comparisons["reference"], comparisons["variant"]
-    parts = [oriented(comparisons[(var == variant) & (ref == r)], r, 1) for r in REFERENCES]
-    rows = pd.concat(parts, ignore_index=True)
-    return with_verdicts(rows) if len(rows) else rows
+    return verdict_rows(comparisons, [(variant, r, r) for r in REFERENCES])
 
 
 def answer(row, chose: bool) -> str:
@@ -81,7 +78,7 @@ def choosing_filters(comparisons: pd.DataFrame, diag: pd.DataFrame) -> str:
             "(docs/method.md, \"The sharp filter\"): does it beat tokens drawn uniformly per user?\n\n")
     paragraphs = []
     for variant in CHOOSING_FILTERS:
-        rows = comparison_rows(comparisons, variant) if len(comparisons) else pd.DataFrame()
+        rows = comparison_rows(comparisons, variant)
         for cell, part in (rows.groupby(CELL, sort=True) if len(rows) else []):
             own = diag[(diag[CELL] == list(cell)).all(axis=1) & (diag["variant"] == variant)] if len(diag) else diag
             paragraphs.append(f"- {'/'.join(cell[:2])}, {cell[2]}: {cell_paragraph(variant, own, part)}")

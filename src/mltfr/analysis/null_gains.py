@@ -31,7 +31,7 @@ import pandas as pd
 
 from mltfr.analysis.blocks import BASE, FULL
 from mltfr.analysis.collect import protocol_runs
-from mltfr.analysis.stats import settings_by_seed
+from mltfr.analysis.stats import same_settings, settings_by_seed
 from mltfr.analysis.tables import Table, empty_table, with_run_settings
 from mltfr.spec.rungs import FAITHFUL
 
@@ -56,8 +56,7 @@ def seed_pairs(method_seeds, baseline_seeds, same: bool) -> list[tuple[int, int]
 def alike(settings: dict, method: str, baseline: str, pair: tuple[int, int]) -> bool:
     """Whether the two runs of a pair trained the backbone alike (BACKBONE_SETTINGS as recorded;
     both missing counts as the same): a retrained seed is never paired with one that predates it."""
-    a, b = settings[method].loc[pair[0]], settings[baseline].loc[pair[1]]
-    return bool(((a == b) | (a.isna() & b.isna())).all())
+    return bool(same_settings(settings[method].loc[pair[0]], settings[baseline].loc[pair[1]]).all())
 
 
 def cell_pairs(cell: pd.DataFrame, method: str, baseline: str) -> list[dict]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pandas as pd
 
 from mltfr.analysis.blocks import BASE
-from mltfr.analysis.verdicts import diff_text, oriented, with_verdicts
+from mltfr.analysis.verdicts import diff_text, verdict_rows
 
 LOOKUP, AUTHORS, SHARP = "mltfr-planted-lookup", "mltfr-planted", "mltfr-planted-sharp"
 ROUTES = {LOOKUP: "handed to the branch by user id (no filter)", AUTHORS: "through the authors' filter",
@@ -23,12 +23,7 @@ TITLE = "## Can the study see a gain? The positive control"
 
 def positive_rows(comparisons: pd.DataFrame) -> pd.DataFrame:
     """Each planted route vs base, oriented (> 0: the route scores higher), with its verdict."""
-    if comparisons.empty:
-        return pd.DataFrame()
-    ref, variant = comparisons["reference"], comparisons["variant"]
-    parts = [oriented(comparisons[(variant == v) & (ref == BASE)], v, 1) for v in ROUTES]
-    rows = pd.concat(parts, ignore_index=True)
-    return with_verdicts(rows) if len(rows) else rows
+    return verdict_rows(comparisons, [(v, BASE, v) for v in ROUTES])
 
 
 def lookup_sentence(row) -> str:

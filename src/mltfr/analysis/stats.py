@@ -239,11 +239,16 @@ def settings_by_seed(runs: pd.DataFrame, variant: str) -> pd.DataFrame:
     return runs.loc[runs["variant"] == variant].set_index("seed")[columns]
 
 
+def same_settings(a, b):
+    """Elementwise: the recorded settings agree (both missing counts as the same)."""
+    return (a == b) | (a.isna() & b.isna())
+
+
 def alike_seeds(runs: pd.DataFrame, variant: str, reference: str, seeds: list[int]) -> tuple[list[int], str]:
     """The seeds of `seeds` at which `variant` and `reference` recorded the same backbone settings
     (both missing counts as the same), and a note naming the others and the settings that differ."""
     a, b = settings_by_seed(runs, variant).loc[seeds], settings_by_seed(runs, reference).loc[seeds]
-    differ = (a != b) & ~(a.isna() & b.isna())                          # (seeds, settings)
+    differ = ~same_settings(a, b)                                       # (seeds, settings)
     unlike = [s for s in seeds if differ.loc[s].any()]
     if not unlike:
         return seeds, ""

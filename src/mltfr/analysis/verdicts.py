@@ -44,6 +44,17 @@ def oriented(rows: pd.DataFrame, label: str, sign: int) -> pd.DataFrame:
     return out
 
 
+def verdict_rows(comparisons: pd.DataFrame, pairs) -> pd.DataFrame:
+    """The comparisons of `pairs` ((variant, reference, label) each), oriented so that > 0 favours
+    the variant, with their verdicts; an empty frame when none of them ran."""
+    if comparisons.empty:
+        return pd.DataFrame()
+    variant, ref = comparisons["variant"], comparisons["reference"]
+    rows = pd.concat([oriented(comparisons[(variant == v) & (ref == r)], label, 1) for v, r, label in pairs],
+                     ignore_index=True)
+    return with_verdicts(rows) if len(rows) else rows
+
+
 def with_verdicts(rows: pd.DataFrame) -> pd.DataFrame:
     """Oriented comparison rows with a `verdict` column (the verdict rule above)."""
     rows["verdict"] = [verdict(*v) for v in rows[["p_ttest_users_holm", "p_tost_holm", "mean_diff",

@@ -48,6 +48,12 @@ def uses_consensus(variant: str) -> bool:
     return needs_round2(variant)
 
 
+def backbone_seeds(backbone: str, seeds: list) -> list:
+    """The seeds a backbone runs: a counted one (pop) gives the same ranks under every seed, so it
+    runs the first one only."""
+    return seeds[:1] if backbone in UNTRAINED_BACKBONES else seeds
+
+
 def alternatives(names) -> str:
     """A regex matching exactly one of the names (never matching when there are none)."""
     return "|".join(re.escape(str(name)) for name in names) or "(?!)"
@@ -141,9 +147,7 @@ class Study:
                                  self.block_values(name, "protocols"))
         runs = []
         for dataset, backbone, variant, protocol in grid:
-            seeds = self.block_seeds(name, protocol)
-            # a counted backbone (pop) gives the same ranks under every seed: run the first one only
-            seeds = seeds[:1] if backbone in UNTRAINED_BACKBONES else seeds
+            seeds = backbone_seeds(backbone, self.block_seeds(name, protocol))
             runs += [Run(dataset, backbone, variant, protocol, seed) for seed in seeds]
         return runs
 
@@ -216,8 +220,7 @@ class Study:
                                  block["variants"])
         runs = []
         for dataset, backbone, variant in grid:
-            seeds = self.block_seeds(name, dataset, "dataset")
-            seeds = seeds[:1] if backbone in UNTRAINED_BACKBONES else seeds   # pop: every seed ranks alike
+            seeds = backbone_seeds(backbone, self.block_seeds(name, dataset, "dataset"))
             runs += [Run(dataset, backbone, variant, ladder.FAITHFUL, seed) for seed in seeds]
         return runs
 
