@@ -455,16 +455,27 @@ def comparison_row(variant: str, mean_diff: float, p: float, reference: str = "b
 def test_the_positive_control_says_which_route_carries_the_planted_table():
     from mltfr.analysis.positive import positive_control
 
-    rows = pd.DataFrame([comparison_row("mltfr-planted-lookup", 0.004, 0.001),
+    rows = pd.DataFrame([comparison_row("mltfr-planted-lookup", 0.008, 0.001),
                          comparison_row("mltfr-planted", 0.0001, 0.6),
                          comparison_row("mltfr-planted-sharp", 0.002, 0.01),
                          comparison_row("mltfr", 0.0, 0.9)])
     text = positive_control(rows)
     assert "- d/sasrec, corrected: The branch can carry a table's content and the tests see it" in text
-    assert "(**better**; Δ NDCG@10 +0.0040 [+0.0030, +0.0050]" in text
+    assert "(**better**; Δ NDCG@10 +0.0080 [+0.0070, +0.0090]" in text
     assert ("Through the authors' filter it shows no gain (**inconclusive**; Δ NDCG@10 +0.0001"
             in text and "the authors' filter cannot transmit a table's content, whatever the table holds" in text)
+    assert "its interval's upper end, +0.0011, is 14% of the +0.0080 the lookup carries" in text
     assert "Through the sharp filter the planted table beats base too (**better**" in text
+    assert "not steady across seeds" not in text                  # the lookup's CI is above 0
+    rows.loc[1, "ci_high"] = 0.0025                               # could hold 31% of the lookup's gain
+    rows.loc[0, "ci_low"] = -0.0004                               # a seed that did not carry it
+    text = positive_control(rows)
+    assert "is 31% of the +0.0080 the lookup carries; this filter passes on at most 31% of" in text
+    assert "cannot transmit" not in text
+    rows.loc[1, "ci_high"] = 0.0081                               # as much as the lookup: no answer
+    assert "the lookup carries; whether this filter transmits what the table holds, the data do not say" \
+        in positive_control(rows)
+    assert "The gain is not steady across seeds, though: its 95% interval, which resamples seeds" in text
     rows.loc[0, "p_ttest_users_holm"] = 0.3                       # the lookup shows nothing either
     text = positive_control(rows)
     assert "Even the planted rows handed to the branch by user id (no filter) show no gain" in text

@@ -19,6 +19,9 @@ LOOKUP, AUTHORS, SHARP = "mltfr-planted-lookup", "mltfr-planted", "mltfr-planted
 ROUTES = {LOOKUP: "handed to the branch by user id (no filter)", AUTHORS: "through the authors' filter",
           SHARP: "through the sharp filter"}
 TITLE = "## Can the study see a gain? The positive control"
+# a filter route "cannot transmit" the planted table only when its CI's upper end stays below this
+# share of what the lookup carries; up to all of it, the route passes on "at most" that share
+TRANSMITS_NOTHING = 0.25
 
 
 def positive_rows(comparisons: pd.DataFrame) -> pd.DataFrame:
@@ -32,32 +35,51 @@ def lookup_sentence(row) -> str:
         return f"The lookup route ({LOOKUP}) did not run here, so whether the branch can carry a table is untested."
     if row.verdict == "better":
         return (f"The branch can carry a table's content and the tests see it: the planted rows {ROUTES[LOOKUP]} "
-                f"beat base (**better**; {diff_text(row)}).")
+                f"beat base (**better**; {diff_text(row)}).{unsteady_words(row)}")
     return (f"Even the planted rows {ROUTES[LOOKUP]} show no gain over base (**{row.verdict}**; {diff_text(row)}): "
             "here the study cannot see a gain, so an equivalent or inconclusive MLTFR verdict says nothing "
             "about the LLM tables.")
 
 
-def route_sentence(variant: str, row, carries: bool) -> str:
-    """Whether one filter transmits the planted table (`carries`: the lookup route showed a gain)."""
+def unsteady_words(row) -> str:
+    """A warning when a gain the t-test over users finds does not hold across seeds: the 95% interval,
+    which resamples seeds as well as users, reaches 0 (e.g. a seed whose run stopped early)."""
+    if row.ci_low > 0:
+        return ""
+    return (f" The gain is not steady across seeds, though: its 95% interval, which resamples seeds as well "
+            f"as users, reaches {row.ci_low:+.4f}.")
+
+
+def route_sentence(variant: str, row, lookup) -> str:
+    """Whether one filter transmits the planted table, measured against what the lookup route
+    carries (`lookup`: its row when it showed a gain, else None)."""
     route = ROUTES[variant]
     if row.verdict == "better":
         return (f"{route[0].upper()}{route[1:]} the planted table beats base too (**better**; {diff_text(row)}): "
                 "that filter transmits a table's content.")
-    if not carries:
+    if lookup is None:
         return f"{route[0].upper()}{route[1:]}: **{row.verdict}** ({diff_text(row)})."
-    ending = (": the authors' filter cannot transmit a table's content, whatever the table holds"
-              if variant == AUTHORS else ": this filter does not transmit what the table holds either")
-    return f"{route[0].upper()}{route[1:]} it shows no gain (**{row.verdict}**; {diff_text(row)}){ending}."
+    share = max(row.ci_high, 0.0) / lookup.mean_diff
+    bound = (f": its interval's upper end, {row.ci_high:+.4f}, is {share:.0%} of the {lookup.mean_diff:+.4f} "
+             "the lookup carries")
+    if share >= 1:
+        ending = "; whether this filter transmits what the table holds, the data do not say"
+    elif share >= TRANSMITS_NOTHING:
+        ending = f"; this filter passes on at most {share:.0%} of what the lookup carries"
+    elif variant == AUTHORS:
+        ending = "; the authors' filter cannot transmit a table's content, whatever the table holds"
+    else:
+        ending = "; this filter does not transmit what the table holds either"
+    return f"{route[0].upper()}{route[1:]} it shows no gain (**{row.verdict}**; {diff_text(row)}){bound}{ending}."
 
 
 def cell_paragraph(cell: pd.DataFrame) -> str:
     """The sentences of one dataset/backbone/protocol: the lookup first, then each filter route."""
     by_route = {r.comparison: r for r in cell.itertuples()}
     lookup = by_route.get(LOOKUP)
-    carries = lookup is not None and lookup.verdict == "better"
+    carried = lookup if lookup is not None and lookup.verdict == "better" else None
     sentences = [lookup_sentence(lookup)]
-    sentences += [route_sentence(v, by_route[v], carries) for v in (AUTHORS, SHARP) if v in by_route]
+    sentences += [route_sentence(v, by_route[v], carried) for v in (AUTHORS, SHARP) if v in by_route]
     return " ".join(sentences)
 
 
