@@ -223,6 +223,43 @@ def test_seeds_per_protocol_are_checked(seeds, message):
     assert message in str(info.value)
 
 
+def expensive_dataset(cfg, seeds=None, variants=None):
+    """Two datasets; the ablations block gives the second fewer corrected seeds and fewer variants."""
+    cfg["study"].update(datasets=["pantry-u10", "ml-1m"], seeds=[1, 2, 3, 4, 5])
+    only("ablations")(cfg)
+    block = cfg["study"]["blocks"]["ablations"]
+    block.update(datasets=None, protocols=["corrected"],
+                 seeds=seeds or {"corrected": {"pantry-u10": [1, 2, 3, 4, 5], "ml-1m": [1, 2, 3]}},
+                 variants=variants or {"pantry-u10": ["mltfr-random", "mltfr-learnfilter"], "ml-1m": ["mltfr-random"]})
+
+
+def test_an_expensive_dataset_can_run_fewer_seeds_and_leave_a_variant_out():
+    grid = study(expensive_dataset)
+    cells = {}
+    for run in grid.runs:
+        cells.setdefault((run.dataset, run.variant), []).append(run.seed)
+    assert cells == {("pantry-u10", "mltfr-random"): [1, 2, 3, 4, 5],
+                     ("pantry-u10", "mltfr-learnfilter"): [1, 2, 3, 4, 5], ("ml-1m", "mltfr-random"): [1, 2, 3]}
+
+
+@pytest.mark.parametrize("seeds, variants, message", [
+    ({"corrected": {"pantry-u10": [1]}}, None,
+     "config key `study.blocks.ablations.seeds.corrected`: maps datasets to seeds but has no entry for 'ml-1m'"),
+    ({"corrected": {"pantry-u10": [1], "ml-1m": [1], "ml-10m": [1]}}, None,
+     "config key `study.blocks.ablations.seeds.corrected`: has an entry 'ml-10m', which is not in `study.datasets`"),
+    ({"corrected": {"pantry-u10": [1], "ml-1m": [6]}}, None,
+     "config key `study.blocks.ablations.seeds`: [6] not in `study.seeds`"),
+    (None, {"pantry-u10": ["mltfr-random"]},
+     "config key `study.blocks.ablations.variants`: maps datasets to variants but has no entry for 'ml-1m'"),
+    (None, {"pantry-u10": ["mltfr-random"], "ml-1m": ["mltfr-nothing"]},
+     "config key `study.blocks.ablations.variants`: names 'mltfr-nothing'"),
+])
+def test_seeds_and_variants_per_dataset_are_checked(seeds, variants, message):
+    with pytest.raises(ConfigError) as info:
+        study(lambda cfg: expensive_dataset(cfg, seeds, variants))
+    assert message in str(info.value)
+
+
 def null_gains(cfg, **block):
     cfg["study"]["seeds"] = list(range(1, 11))
     cfg["study"]["blocks"]["null_gains"] = {"enabled": True, **block}

@@ -71,23 +71,42 @@ def check_like_entries(study: Study) -> None:
 def check_block_subsets(study: dict) -> None:
     for name, block in study["blocks"].items():
         for key in ("datasets", "backbones", "protocols", "seeds"):
-            values = block.get(key) or []
-            if isinstance(values, dict):  # seeds per protocol (or per dataset: null_gains)
-                values = [seed for seeds in values.values() for seed in seeds]
-            extra = [v for v in values if v not in study[key]]
+            extra = [v for v in leaves(block.get(key)) if v not in study[key]]
             if extra:
                 raise key_error(f"study.blocks.{name}.{key}", f"{extra} not in `study.{key}`",
                                 f"add them to `study.{key}` or remove them from the block")
 
 
+def leaves(value) -> list:
+    """The items of a list, or of every list of a (nested) mapping: seeds per protocol/dataset."""
+    if isinstance(value, dict):
+        return [item for inner in value.values() for item in leaves(inner)]
+    return list(value or [])
+
+
+def dataset_mappings(study: dict):
+    """(config key, mapping) of every block value keyed by dataset: the null-gain block's seeds,
+    a protocol's seeds per dataset, and the ablations' variants per dataset."""
+    blocks = study["blocks"]
+    if isinstance(blocks["null_gains"]["seeds"], dict):
+        yield "study.blocks.null_gains.seeds", blocks["null_gains"]["seeds"]
+    if isinstance(blocks["ablations"]["variants"], dict):
+        yield "study.blocks.ablations.variants", blocks["ablations"]["variants"]
+    for name, block in blocks.items():
+        seeds = block.get("seeds") if name != "null_gains" else None
+        for protocol, inner in (seeds.items() if isinstance(seeds, dict) else []):
+            if isinstance(inner, dict):
+                yield f"study.blocks.{name}.seeds.{protocol}", inner
+
+
 def check_dataset_seeds(study: dict) -> None:
-    """The null-gain block's seeds per dataset are keyed by the study's datasets (a misspelt one
-    would otherwise look like a dataset without seeds)."""
-    seeds = study["blocks"]["null_gains"]["seeds"]
-    for name in seeds if isinstance(seeds, dict) else []:
-        if name not in study["datasets"]:
-            raise key_error("study.blocks.null_gains.seeds", f"has an entry '{name}', which is not in "
-                            f"`study.datasets`", f"key the seeds by {', '.join(study['datasets'])}")
+    """Every mapping by dataset is keyed by the study's datasets (a misspelt one would otherwise
+    look like a dataset without seeds or variants)."""
+    for key, mapping in dataset_mappings(study):
+        for name in mapping:
+            if name not in study["datasets"]:
+                raise key_error(key, f"has an entry '{name}', which is not in `study.datasets`",
+                                f"key it by {', '.join(study['datasets'])}")
 
 
 def check_untrained_backbones(study: Study) -> None:
@@ -137,7 +156,7 @@ def check_variant_names(study: Study) -> None:
     """Ablation names and the variants of the ladder and the protocol-factor block are names of
     mltfr.spec.variants."""
     known = registry.ABLATIONS + registry.CONTROLS + registry.POSITIVE_CONTROLS
-    for name in study.block("ablations")["variants"] or []:
+    for name in leaves(study.block("ablations")["variants"]):
         if name not in known:
             raise key_error("study.blocks.ablations.variants",
                             f"names '{name}', which is not an ablation, control or positive-control variant",

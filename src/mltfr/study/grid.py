@@ -121,8 +121,8 @@ class Study:
         return {x: registry.RANDOM_PREFIX + x for names in lists for x in names}
 
     # ------------------------------------------------------------ the grid
-    def block_variants(self, name: str) -> list:
-        """Variant names of one study block, in a stable order."""
+    def block_variants(self, name: str, dataset: str) -> list:
+        """Variant names of one study block on `dataset`, in a stable order."""
         block = self.block(name)
         if name == "baselines":
             return ["base"]
@@ -132,6 +132,8 @@ class Study:
             return ["mltfr"]
         if name == "ablations":
             chosen = block["variants"]
+            if isinstance(chosen, dict):       # one list per dataset
+                chosen = self.by_key(chosen, "study.blocks.ablations.variants", dataset, "dataset", "variants")
             return list(registry.ABLATIONS + registry.CONTROLS if chosen is None else chosen)
         variants = [f"mltfr@{key}={value}" for key, values in block["grid"].items() for value in values]
         return variants + [f"mltfr@n_llms={n}" for n in block["n_llms"]]
@@ -143,24 +145,31 @@ class Study:
         backbones = self.block_values(name, "backbones")
         if name == "baselines":
             backbones = list(dict.fromkeys(backbones + block["extra_backbones"]))
-        grid = itertools.product(self.block_values(name, "datasets"), backbones, self.block_variants(name),
-                                 self.block_values(name, "protocols"))
         runs = []
-        for dataset, backbone, variant, protocol in grid:
-            seeds = backbone_seeds(backbone, self.block_seeds(name, protocol))
-            runs += [Run(dataset, backbone, variant, protocol, seed) for seed in seeds]
+        for dataset, backbone in itertools.product(self.block_values(name, "datasets"), backbones):
+            for variant, protocol in itertools.product(self.block_variants(name, dataset),
+                                                       self.block_values(name, "protocols")):
+                seeds = self.block_seeds(name, (protocol, "protocol"), (dataset, "dataset"))
+                runs += [Run(dataset, backbone, variant, protocol, seed) for seed in backbone_seeds(backbone, seeds)]
         return runs
 
-    def block_seeds(self, name: str, key: str, kind: str = "protocol") -> list:
-        """A block's seeds under one protocol (or on one dataset, kind="dataset"): one list, or a
-        mapping protocol (dataset) -> list: a cheap protocol or dataset can run more seeds."""
-        seeds = self.block_values(name, "seeds")
-        if not isinstance(seeds, dict):
-            return seeds
-        if key not in seeds:
-            raise key_error(f"study.blocks.{name}.seeds", f"maps {kind}s to seeds but has no entry for "
-                            f"'{key}', which the block runs", f"add `{key}: [...]`")
-        return seeds[key]
+    def block_seeds(self, name: str, *keys: tuple) -> list:
+        """A block's seeds for one cell: one list, or a mapping looked up by each (key, kind) in
+        turn (protocol, then dataset; null_gains maps datasets only): a cheap protocol or dataset
+        can run more seeds than an expensive one."""
+        seeds, path = self.block_values(name, "seeds"), f"study.blocks.{name}.seeds"
+        for key, kind in keys:
+            if isinstance(seeds, dict):
+                seeds, path = self.by_key(seeds, path, key, kind, "seeds"), f"{path}.{key}"
+        return seeds
+
+    @staticmethod
+    def by_key(mapping: dict, path: str, key: str, kind: str, what: str):
+        """`mapping[key]`, or a clear error naming the config key that lacks an entry for it."""
+        if key not in mapping:
+            raise key_error(path, f"maps {kind}s to {what} but has no entry for '{key}', which the block runs",
+                            f"add `{key}: [...]`")
+        return mapping[key]
 
     @functools.cached_property
     def ladder_rungs(self) -> tuple:
@@ -220,7 +229,7 @@ class Study:
                                  block["variants"])
         runs = []
         for dataset, backbone, variant in grid:
-            seeds = backbone_seeds(backbone, self.block_seeds(name, dataset, "dataset"))
+            seeds = backbone_seeds(backbone, self.block_seeds(name, (dataset, "dataset")))
             runs += [Run(dataset, backbone, variant, ladder.FAITHFUL, seed) for seed in seeds]
         return runs
 
