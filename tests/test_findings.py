@@ -476,6 +476,11 @@ def test_the_positive_control_says_which_route_carries_the_planted_table():
     assert "the lookup carries; whether this filter transmits what the table holds, the data do not say" \
         in positive_control(rows)
     assert "The gain is not steady across seeds, though: its 95% interval, which resamples seeds" in text
+    rows.loc[[0, 1], ["ci_low", "ci_high"]] = float("nan")        # no interval: no warning, no bound
+    text = positive_control(rows)
+    assert "not steady" not in text and "cannot transmit" not in text
+    assert "3 seed(s)): without an interval; whether this filter transmits what the table holds, the data do not say" \
+        in text
     rows.loc[0, "p_ttest_users_holm"] = 0.3                       # the lookup shows nothing either
     text = positive_control(rows)
     assert "Even the planted rows handed to the branch by user id (no filter) show no gain" in text

@@ -10,6 +10,7 @@ table holds.
 """
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from mltfr.analysis.blocks import BASE
@@ -44,7 +45,7 @@ def lookup_sentence(row) -> str:
 def unsteady_words(row) -> str:
     """A warning when a gain the t-test over users finds does not hold across seeds: the 95% interval,
     which resamples seeds as well as users, reaches 0 (e.g. a seed whose run stopped early)."""
-    if row.ci_low > 0:
+    if not row.ci_low <= 0:                # above 0, or no interval
         return ""
     return (f" The gain is not steady across seeds, though: its 95% interval, which resamples seeds as well "
             f"as users, reaches {row.ci_low:+.4f}.")
@@ -61,8 +62,8 @@ def route_sentence(variant: str, row, lookup) -> str:
         return f"{route[0].upper()}{route[1:]}: **{row.verdict}** ({diff_text(row)})."
     share = max(row.ci_high, 0.0) / lookup.mean_diff
     bound = (f": its interval's upper end, {row.ci_high:+.4f}, is {share:.0%} of the {lookup.mean_diff:+.4f} "
-             "the lookup carries")
-    if share >= 1:
+             "the lookup carries" if np.isfinite(share) else ": without an interval")
+    if not share < 1:                      # as much as the lookup, or no interval
         ending = "; whether this filter transmits what the table holds, the data do not say"
     elif share >= TRANSMITS_NOTHING:
         ending = f"; this filter passes on at most {share:.0%} of what the lookup carries"
