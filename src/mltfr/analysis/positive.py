@@ -45,7 +45,7 @@ def lookup_sentence(row) -> str:
 def unsteady_words(row) -> str:
     """A warning when a gain the t-test over users finds does not hold across seeds: the 95% interval,
     which resamples seeds as well as users, reaches 0 (e.g. a seed whose run stopped early)."""
-    if not row.ci_low <= 0:                # above 0, or no interval
+    if not np.isfinite(row.ci_low) or row.ci_low > 0:
         return ""
     return (f" The gain is not steady across seeds, though: its 95% interval, which resamples seeds as well "
             f"as users, reaches {row.ci_low:+.4f}.")
@@ -54,24 +54,27 @@ def unsteady_words(row) -> str:
 def route_sentence(variant: str, row, lookup) -> str:
     """Whether one filter transmits the planted table, measured against what the lookup route
     carries (`lookup`: its row when it showed a gain, else None)."""
-    route = ROUTES[variant]
+    route = ROUTES[variant][0].upper() + ROUTES[variant][1:]
     if row.verdict == "better":
-        return (f"{route[0].upper()}{route[1:]} the planted table beats base too (**better**; {diff_text(row)}): "
+        return (f"{route} the planted table beats base too (**better**; {diff_text(row)}): "
                 "that filter transmits a table's content.")
     if lookup is None:
-        return f"{route[0].upper()}{route[1:]}: **{row.verdict}** ({diff_text(row)})."
-    share = max(row.ci_high, 0.0) / lookup.mean_diff
+        return f"{route}: **{row.verdict}** ({diff_text(row)})."
+    share = np.clip(row.ci_high, 0.0, None) / lookup.mean_diff    # NaN without an interval
     bound = (f": its interval's upper end, {row.ci_high:+.4f}, is {share:.0%} of the {lookup.mean_diff:+.4f} "
              "the lookup carries" if np.isfinite(share) else ": without an interval")
-    if not share < 1:                      # as much as the lookup, or no interval
-        ending = "; whether this filter transmits what the table holds, the data do not say"
-    elif share >= TRANSMITS_NOTHING:
-        ending = f"; this filter passes on at most {share:.0%} of what the lookup carries"
-    elif variant == AUTHORS:
-        ending = "; the authors' filter cannot transmit a table's content, whatever the table holds"
-    else:
-        ending = "; this filter does not transmit what the table holds either"
-    return f"{route[0].upper()}{route[1:]} it shows no gain (**{row.verdict}**; {diff_text(row)}){bound}{ending}."
+    return f"{route} it shows no gain (**{row.verdict}**; {diff_text(row)}){bound}{transmit_words(variant, share)}."
+
+
+def transmit_words(variant: str, share: float) -> str:
+    """What a filter route passes on, from its CI's upper end as a share of the lookup's gain."""
+    if not share < 1:                      # as much as the lookup, or no interval (NaN)
+        return "; whether this filter transmits what the table holds, the data do not say"
+    if share >= TRANSMITS_NOTHING:
+        return f"; this filter passes on at most {share:.0%} of what the lookup carries"
+    if variant == AUTHORS:
+        return "; the authors' filter cannot transmit a table's content, whatever the table holds"
+    return "; this filter does not transmit what the table holds either"
 
 
 def cell_paragraph(cell: pd.DataFrame) -> str:
