@@ -298,3 +298,21 @@ def test_a_ladder_of_base_alone_says_its_gain_panel_is_empty(tidy):
     gain_panel = ladder_figure(base_only).axes[1]
     assert [t.get_text() for t in gain_panel.texts] == ["no MLTFR rung:\ngain not measured"]
     assert not [t.get_text() for t in ladder_figure(tidy).axes[1].texts]
+
+
+def test_a_rung_trained_with_another_backbone_gets_no_step_test(tmp_path):
+    """A rung retrained with the authors' backbone (model.impl) is not paired with the next rung's
+    older runs: the step keeps its NDCG@10 but has no test, and the note says which seeds left and why."""
+    root = build_tree(tmp_path / "runs", (1, 2, 3))
+    for seed in (1, 2, 3):
+        path = root / "alpha" / "sasrec" / "base" / "faithful" / f"seed{seed}" / "result.json"
+        result = json.loads(path.read_text())
+        result["model"]["impl"] = "authors"
+        path.write_text(json.dumps(result))
+    ladder = ladder_table(collect_runs(root), CFG)
+    step = ladder.tidy.set_index(["variant", "rung"]).loc[("base", "rung-pooling")]
+    assert np.isnan(step["p_wilcoxon"]) and np.isnan(step["p_ttest"]) and step["n_users"] == 0
+    assert step["note"] == "seed(s) 1, 2, 3 left out: the backbone settings differ (impl); retrain one side"
+    assert step["ndcg@10"] == pytest.approx(pooled("base", "rung-pooling").mean())
+    kept = ladder.tidy.set_index(["variant", "rung"]).loc[("mltfr", "rung-pooling")]
+    assert kept["p_wilcoxon"] > 0 and kept["n_users"] == N_USERS

@@ -115,6 +115,18 @@ def test_the_factor_table_reads_without_factor_runs(runs):
     assert empty.tidy.empty and "no variant ran under corrected and under a faithful factor" in empty.caption
 
 
+def test_a_gain_pairs_only_runs_that_trained_the_backbone_alike(runs):
+    """Base retrained under faithful with the authors' backbone (model.impl) no longer pairs with
+    the older faithful mltfr runs: the faithful row has no gain, and its note says why."""
+    retrained = runs.copy()
+    retrained.loc[(retrained["variant"] == "base") & (retrained["protocol"] == "faithful"), "impl"] = "authors"
+    tidy = protocol_factors_table(retrained, CFG).tidy.set_index(["variant", "setting"])
+    faithful = tidy.loc[("mltfr", "faithful")]
+    assert faithful["n_seeds"] == 0 and np.isnan(faithful["delta_gain"])
+    assert faithful["note"] == "seed(s) 1, 2 left out: the backbone settings differ (impl); retrain one side"
+    assert tidy.loc[("mltfr", "with-eval_noise"), "n_seeds"] == 3         # the corrected runs stay alike
+
+
 # ------------------------------------------------------------------ null gains
 NDCG = {("base", 1): 0.100, ("base", 2): 0.1015, ("base", 3): 0.103, ("base", 4): 0.110,
         ("mltfr", 1): 0.106, ("mltfr", 2): 0.099, ("mltfr-randomselect", 1): 0.100, ("mltfr-randomselect", 2): 0.102}

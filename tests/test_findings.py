@@ -15,7 +15,7 @@ from mltfr.analysis.demonstration import demonstration_label
 from mltfr.analysis.findings_report import excluded_gain, headline, learning_filter_text, question1_rows, write_findings
 from mltfr.analysis.pipeline import aggregate
 from mltfr.analysis.stats import StatsConfig
-from mltfr.analysis.verdicts import NOT_TESTABLE, verdict
+from mltfr.analysis.verdicts import NOT_TESTABLE, diff_text, verdict, verdict_rows
 from mltfr.cli import main as cli_main
 from mltfr.spec.run_config import CORRECTED_EPOCHS, FAITHFUL_EPOCHS
 
@@ -149,6 +149,21 @@ def test_verdict_rule():
     assert verdict(np.nan, np.nan, 0.02, 3) == "inconclusive"
     assert verdict(0.049, 0.9, 0.0, 3) == "inconclusive"         # no direction to a zero mean
     assert verdict(1e-9, 1e-9, 0.02, 2) == NOT_TESTABLE == "not testable (n<3 seeds)"
+
+
+
+def test_a_comparison_without_an_alike_seed_says_why():
+    """Base retrained with the authors' backbone leaves no seed to pair with older mltfr runs: the
+    verdict is not testable and the text gives the comparisons table's note, not a row of 'none'."""
+    note = "seed(s) 1, 2, 3 left out: the backbone settings differ (impl); retrain one side"
+    row = {"dataset": "a", "backbone": "sasrec", "protocol": "faithful", "variant": "mltfr", "reference": "base",
+           "n_seeds": 0, "note": note, **dict.fromkeys(
+               ["p_ttest_users_holm", "p_tost_holm", "p_wilcoxon_holm", "p_ttest_holm", "margin", "mde",
+                "mde_holm", "seed_mean_reference", "mean_diff", "rank_biserial", "ci_low", "ci_high"], np.nan),
+           "margin_relative": 0.05}
+    rows = verdict_rows(pd.DataFrame([row]), [("mltfr", "base", "mltfr vs base")])
+    assert rows["verdict"].item() == NOT_TESTABLE
+    assert diff_text(next(rows.itertuples())) == f"no seed to compare: {note}"
 
 
 def test_demonstration_label_counts_unconverged_runs_and_thin_cells():
@@ -404,6 +419,39 @@ def test_a_ladder_of_base_alone_says_it_cannot_name_the_gains_factor(tmp_path):
     assert "moves base's test NDCG@10 on alpha/sasrec by +0.0000 from faithful" not in ladder
     assert "moves base's test NDCG@10 on alpha/sasrec by +0.0000 from rung-selection" in ladder
     assert "The ladder shows no single factor" not in text
+
+
+
+def test_a_ladder_step_without_a_paired_seed_says_why():
+    """Faithful base retrained with the authors' backbone while the next rung's runs predate it: the
+    step has no change to state, and the report gives the ladder table's note instead of dropping it."""
+    from mltfr.analysis.findings_report import ladder_without_gain
+
+    note = "seed(s) 1, 2, 3 left out: the backbone settings differ (impl); retrain one side"
+    cell = {"dataset": "alpha", "backbone": "sasrec", "variant": "base", "n_seeds": 3, "gain": np.nan,
+            "p_wilcoxon_holm": np.nan}
+    ladder = pd.DataFrame([{**cell, "rung": "faithful", "previous": None, "ndcg@10": 0.0126, "delta": np.nan,
+                            "note": np.nan},
+                           {**cell, "rung": "rung-holdout_valid", "previous": "faithful", "ndcg@10": 0.0112,
+                            "delta": np.nan, "note": note}])
+    text = ladder_without_gain(ladder, None)
+    assert (f"- holdout_valid (cumulative rung; holdout_valid -> True: kept in training -> held out of training) "
+            f"on alpha/sasrec: not measured from faithful ({note}).") in text
+    assert text.count("not measured") == 1                      # the faithful rung has nothing to say
+
+
+
+def test_a_protocol_gain_without_a_paired_seed_says_why():
+    """MLTFR ran under both protocols but no faithful seed pairs with base (one side retrained with
+    the authors' backbone): the report says the gain is not measured and why, not 'not run'."""
+    from mltfr.analysis.findings_report import protocol_gains
+
+    note = "seed(s) 1, 2, 3 left out: the backbone settings differ (impl); retrain one side"
+    factors = pd.DataFrame([{"dataset": "alpha", "backbone": "sasrec", "variant": "mltfr", "setting": "faithful",
+                             "n_seeds": 0, "delta_gain": np.nan, "note": note}])
+    assert protocol_gains(factors) == (f"- alpha/sasrec: MLTFR's gain under the faithful protocol is not measured "
+                                       f"({note}).\n")
+    assert "not run in this study" in protocol_gains(factors.iloc[:0])
 
 
 def test_faithful_runs_from_before_the_authors_backbones_are_flagged():

@@ -320,6 +320,11 @@ def protocol_gains(factors: pd.DataFrame, margins: dict | None = None) -> str:
                      f"{with_ci(r.gain_corrected, r.gain_corrected_ci_low, r.gain_corrected_ci_high)} under "
                      f"the corrected one; the faithful protocol changes it by "
                      f"{with_ci(r.delta_gain, r.delta_gain_ci_low, r.delta_gain_ci_high)}: {word}.")
+    # ran under both protocols, but no seed pairs (e.g. one side retrained with the authors' backbone)
+    unpaired = rows[rows["delta_gain"].isna() & rows["note"].map(lambda n: isinstance(n, str) and n != "")] \
+        if len(rows) else rows
+    lines += [f"- {r.dataset}/{r.backbone}: MLTFR's gain under the faithful protocol is not measured ({r.note})."
+              for r in unpaired.itertuples()]
     return "\n".join(lines) + "\n" if lines else f"MLTFR vs base under both protocols on matched seeds: {NOT_RUN}.\n"
 
 
@@ -400,19 +405,28 @@ def ladder_without_gain(ladder: pd.DataFrame, demo: str | None) -> str:
     """A ladder of reference runs only (no MLTFR rungs): how each rung moves their test NDCG@10
     (Δ from the previous rung, Holm-adjusted Wilcoxon over users), and that it cannot say which
     factor changes the gain."""
-    steps = ladder[np.isfinite(ladder["delta"].astype(float))].rename(columns={"ndcg@10": "ndcg"})
-    lines = [selection_rung_text(r) if is_selection(r.rung) else
-             f"- {factor_words(r.rung)} moves {r.variant}'s test NDCG@10 on {r.dataset}/{r.backbone} by "
-             f"{r.delta:+.4f} from "
-             f"{r.previous} (to {r.ndcg:.4f}; Wilcoxon over users, Holm: "
-             f"{format_p(r.p_wilcoxon_holm) or 'not computed'}; {r.n_seeds:.0f} seed(s)"
-             f"{'' if r.n_seeds >= MIN_SEEDS else ': ' + NOT_TESTABLE})." for r in steps.itertuples()]
+    lines = [line for r in ladder.rename(columns={"ndcg@10": "ndcg"}).itertuples() if (line := rung_move_text(r))]
     unladdered = factors_off_the_ladder(ladder)
     if unladdered:
         lines.append(f"- Not on this ladder: {', '.join(unladdered)}.")
     return lead(demo, f"the ladder runs {', '.join(sorted(ladder['variant'].unique()))} only, no MLTFR "
                 "rung, so it cannot say which factor changes MLTFR's gain; it shows how each factor "
                 "moves the reference's test NDCG@10 (ladder.csv):\n\n") + "\n".join(lines) + "\n"
+
+
+def rung_move_text(r) -> str:
+    """One rung of a reference ladder: its move from the previous rung; why it has none (e.g. its
+    runs trained the backbone otherwise than the previous rung's); '' for the first rung."""
+    if not np.isfinite(float(r.delta)):
+        if isinstance(r.note, str) and r.note:
+            return f"- {factor_words(r.rung)} on {r.dataset}/{r.backbone}: not measured from {r.previous} ({r.note})."
+        return ""
+    if is_selection(r.rung):
+        return selection_rung_text(r)
+    return (f"- {factor_words(r.rung)} moves {r.variant}'s test NDCG@10 on {r.dataset}/{r.backbone} by "
+            f"{r.delta:+.4f} from {r.previous} (to {r.ndcg:.4f}; Wilcoxon over users, Holm: "
+            f"{format_p(r.p_wilcoxon_holm) or 'not computed'}; {r.n_seeds:.0f} seed(s)"
+            f"{'' if r.n_seeds >= MIN_SEEDS else ': ' + NOT_TESTABLE}).")
 
 
 def is_selection(rung: str) -> bool:

@@ -30,6 +30,7 @@ from mltfr.analysis.ladder import ci_text
 from mltfr.analysis.stats import (
     StatsConfig,
     add_holm,
+    alike_seeds,
     bootstrap_ci,
     format_p,
     pooled_users,
@@ -91,10 +92,15 @@ def setting_row(cell: pd.DataFrame, variant: str, setting: str, load, cfg: Stats
     now_b, ref_setting = reference_runs(cell, setting)
     before_b = cell[(cell["variant"] == BASE) & (cell["setting"] == CORRECTED)]
     seeds = sorted(set.intersection(*(set(r["seed"]) for r in (now_v, before_v, now_b, before_b))))
+    # a gain pairs only runs that trained the backbone alike (a retrained base never meets an older variant)
+    seeds, unlike_now = alike_seeds(pd.concat([now_v, now_b]), variant, BASE, seeds)
+    seeds, unlike_before = alike_seeds(pd.concat([before_v, before_b]), variant, BASE, seeds)
+    unlike = "; ".join(n for n in (unlike_now, unlike_before) if n)
     row = {"variant": variant, "setting": setting, "factors": "+".join(setting_factors(setting)),
            "reference": BASE, "reference_setting": ref_setting, "n_seeds": len(seeds)}
     if not seeds:
-        return {**row, "n_users": 0, "note": "no seed of the variant and base under both this setting and corrected"}
+        return {**row, "n_users": 0,
+                "note": unlike or "no seed of the variant and base under both this setting and corrected"}
     now, before = user_gain(now_v, now_b, seeds, load).align(user_gain(before_v, before_b, seeds, load), join="inner")
     _, p_w, note_w = wilcoxon_test(now.to_numpy(), before.to_numpy())
     _, p_t, note_t = seed_ttest(seed_gain(now_v, now_b, seeds), seed_gain(before_v, before_b, seeds))
@@ -104,7 +110,7 @@ def setting_row(cell: pd.DataFrame, variant: str, setting: str, load, cfg: Stats
             "gain": now.mean(), **dict(zip(("gain_ci_low", "gain_ci_high"), bootstrap_ci(now, zeros, cfg))),
             "delta_gain": (now - before).mean(),
             **dict(zip(("delta_gain_ci_low", "delta_gain_ci_high"), bootstrap_ci(now, before, cfg))),
-            "p_wilcoxon": p_w, "p_ttest": p_t, "note": "; ".join(n for n in (note_w, note_t) if n)}
+            "p_wilcoxon": p_w, "p_ttest": p_t, "note": "; ".join(n for n in (unlike, note_w, note_t) if n)}
 
 
 def cell_settings(cell: pd.DataFrame) -> list[str]:

@@ -30,12 +30,12 @@ VERDICTS = ("better", "worse", "equivalent", "inconclusive", NOT_TESTABLE)
 # comparisons.csv columns an oriented row keeps unchanged (the p-values are symmetric; the margin,
 # MDE and seed_mean_reference stay those of comparisons.csv's reference)
 KEPT = ["dataset", "backbone", "protocol", "n_seeds", "p_ttest_users_holm", "p_tost_holm", "p_wilcoxon_holm",
-        "p_ttest_holm", "margin", "margin_relative", "mde", "mde_holm", "seed_mean_reference"]
+        "p_ttest_holm", "margin", "margin_relative", "mde", "mde_holm", "seed_mean_reference", "note"]
 
 
 def oriented(rows: pd.DataFrame, label: str, sign: int) -> pd.DataFrame:
     """Comparison rows as '<label>' with differences signed so that > 0 favours its left side."""
-    out = rows[KEPT].copy()
+    out = rows.reindex(columns=KEPT)          # a hand-made table may lack the note column
     out["comparison"] = label
     for col in ("mean_diff", "rank_biserial"):
         out[col] = sign * rows[col] + 0.0          # + 0.0: a flipped 0 prints as +0.0000, not -0.0000
@@ -64,7 +64,10 @@ def with_verdicts(rows: pd.DataFrame) -> pd.DataFrame:
 
 def diff_text(row) -> str:
     """'Δ NDCG@10 +0.0123 [+0.0050, +0.0200], t-test Holm p 0.003, margin ±0.0006 (TOST Holm p
-    0.500), MDE 0.0009, 3 seed(s)' of one oriented row."""
+    0.500), MDE 0.0009, 3 seed(s)' of one oriented row; without a common seed, why (its note:
+    e.g. the two sides trained the backbone differently)."""
+    if not row.n_seeds > 0:
+        return f"no seed to compare: {row.note}" if isinstance(row.note, str) and row.note else "no common seed"
     p, p_tost = format_p(row.p_ttest_users_holm) or "none", format_p(row.p_tost_holm) or "none"
     return (f"Δ NDCG@10 {ci_cell(row) or 'none'}, t-test Holm p {p}, margin ±{number(row.margin)} "
             f"(TOST Holm p {p_tost}), MDE {number(row.mde)}, {row.n_seeds:.0f} seed(s)")
