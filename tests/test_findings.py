@@ -151,7 +151,6 @@ def test_verdict_rule():
     assert verdict(1e-9, 1e-9, 0.02, 2) == NOT_TESTABLE == "not testable (n<3 seeds)"
 
 
-
 def test_a_comparison_without_an_alike_seed_says_why():
     """Base retrained with the authors' backbone leaves no seed to pair with older mltfr runs: the
     verdict is not testable and the text gives the comparisons table's note, not a row of 'none'."""
@@ -421,7 +420,6 @@ def test_a_ladder_of_base_alone_says_it_cannot_name_the_gains_factor(tmp_path):
     assert "The ladder shows no single factor" not in text
 
 
-
 def test_a_ladder_step_without_a_paired_seed_says_why():
     """Faithful base retrained with the authors' backbone while the next rung's runs predate it: the
     step has no change to state, and the report gives the ladder table's note instead of dropping it."""
@@ -438,7 +436,6 @@ def test_a_ladder_step_without_a_paired_seed_says_why():
     assert (f"- holdout_valid (cumulative rung; holdout_valid -> True: kept in training -> held out of training) "
             f"on alpha/sasrec: not measured from faithful ({note}).") in text
     assert text.count("not measured") == 1                      # the faithful rung has nothing to say
-
 
 
 def test_a_protocol_gain_without_a_paired_seed_says_why():

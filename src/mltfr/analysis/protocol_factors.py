@@ -7,7 +7,9 @@ Settings (the `setting` column, mltfr.spec.rungs):
 - faithful: every factor faithful at once (the ordinary faithful runs).
 
 Per dataset, backbone, variant (other than base) and setting, over the seeds that the variant and
-base ran both under the setting and under corrected (matched seeds):
+base ran both under the setting and under corrected, with the same backbone settings on each side
+(matched seeds; stats.alike_seeds: a base retrained with the authors' backbone never meets an
+older variant run, and the note says which seeds left):
 - gain = per-user test NDCG@10 of the variant minus base (seeds averaged per user, users paired
   by id: stats.pooled_users), under corrected and under the setting, with bootstrap CIs;
 - Δ gain = gain(setting) - gain(corrected) per user, with a paired bootstrap CI over users, a
