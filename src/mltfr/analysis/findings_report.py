@@ -36,7 +36,17 @@ from mltfr.analysis.positive import positive_control
 from mltfr.analysis.references import reference_check
 from mltfr.analysis.stats import ALPHA, format_p
 from mltfr.analysis.tables import DIAG_GROUP
-from mltfr.analysis.verdicts import NOT_TESTABLE, VERDICTS, ci_cell, diff_text, number, oriented, with_ci, with_verdicts
+from mltfr.analysis.verdicts import (
+    NOT_TESTABLE,
+    VERDICTS,
+    ci_cell,
+    diff_text,
+    has_note,
+    number,
+    oriented,
+    with_ci,
+    with_verdicts,
+)
 from mltfr.errors import DataError
 from mltfr.io import atomic_write_text
 from mltfr.spec.protocol import BY_NAME, DIFFERENCES
@@ -321,7 +331,7 @@ def protocol_gains(factors: pd.DataFrame, margins: dict | None = None) -> str:
                      f"the corrected one; the faithful protocol changes it by "
                      f"{with_ci(r.delta_gain, r.delta_gain_ci_low, r.delta_gain_ci_high)}: {word}.")
     # ran under both protocols, but no seed pairs (e.g. one side retrained with the authors' backbone)
-    unpaired = rows[rows["delta_gain"].isna() & rows["note"].map(lambda n: isinstance(n, str) and n != "")] \
+    unpaired = rows[rows["delta_gain"].isna() & rows["note"].map(has_note)] \
         if len(rows) else rows
     lines += [f"- {r.dataset}/{r.backbone}: MLTFR's gain under the faithful protocol is not measured ({r.note})."
               for r in unpaired.itertuples()]
@@ -418,7 +428,7 @@ def rung_move_text(r) -> str:
     """One rung of a reference ladder: its move from the previous rung; why it has none (e.g. its
     runs trained the backbone otherwise than the previous rung's); '' for the first rung."""
     if not np.isfinite(float(r.delta)):
-        if isinstance(r.note, str) and r.note:
+        if has_note(r.note):
             return f"- {factor_words(r.rung)} on {r.dataset}/{r.backbone}: not measured from {r.previous} ({r.note})."
         return ""
     if is_selection(r.rung):

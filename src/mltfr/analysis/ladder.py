@@ -103,10 +103,9 @@ def variant_rows(variant_runs: pd.DataFrame, order: list[str], load: Loader, cfg
                "previous": previous, "n_seeds": len(seeds), "ndcg@10": values.mean(),
                "ndcg@10_std": values.std(ddof=1), "cell": mean_std(values)}
         if previous in set(frame["rung"]):
-            # no step test when no seed trained the backbone alike at both rungs (its note says why)
             test = compare_pair(frame, rung, previous, load, cfg)
             row.update(delta=test["seed_mean_variant"] - test["seed_mean_reference"], **{
-                k: test.get(k, np.nan) for k in ("n_users", "p_wilcoxon", "p_ttest", "note")})
+                k: test[k] for k in ("n_users", "p_wilcoxon", "p_ttest", "note")})
         elif previous is not None:
             row["note"] = f"previous rung {previous} has no runs common to every rung"
         rows.append(row)

@@ -303,8 +303,8 @@ def compare_pair(cell_runs: pd.DataFrame, variant: str, reference: str,
     seeds, unlike = alike_seeds(cell_runs, variant, reference, sorted(set(a_seed.index) & set(b_seed.index)))
     row = {"n_seeds": len(seeds), "seed_mean_variant": a_seed[seeds].mean(),
            "seed_mean_reference": b_seed[seeds].mean(), "margin_relative": cfg.margin}
-    if not seeds:
-        return {**row, "n_users": 0, "note": unlike or "no common seeds"}
+    if not seeds:   # no test: its p-values are missing, and the note says why
+        return {**row, "n_users": 0, "p_wilcoxon": np.nan, "p_ttest": np.nan, "note": unlike or "no common seeds"}
     row["margin"] = cfg.margin * row["seed_mean_reference"]
     a, b = pooled_users(cell_runs, variant, seeds, load).align(
         pooled_users(cell_runs, reference, seeds, load), join="inner")

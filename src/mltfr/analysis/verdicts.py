@@ -67,10 +67,15 @@ def diff_text(row) -> str:
     0.500), MDE 0.0009, 3 seed(s)' of one oriented row; without a common seed, why (its note:
     e.g. the two sides trained the backbone differently)."""
     if not row.n_seeds > 0:
-        return f"no seed to compare: {row.note}" if isinstance(row.note, str) and row.note else "no common seed"
+        return f"no seed to compare: {row.note}" if has_note(row.note) else "no common seed"
     p, p_tost = format_p(row.p_ttest_users_holm) or "none", format_p(row.p_tost_holm) or "none"
     return (f"Δ NDCG@10 {ci_cell(row) or 'none'}, t-test Holm p {p}, margin ±{number(row.margin)} "
             f"(TOST Holm p {p_tost}), MDE {number(row.mde)}, {row.n_seeds:.0f} seed(s)")
+
+
+def has_note(note) -> bool:
+    """Whether a table's note cell says something (a CSV's empty cell reads as NaN)."""
+    return isinstance(note, str) and note != ""
 
 
 def number(value: float) -> str:
