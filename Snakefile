@@ -44,6 +44,11 @@ rule all:
         get_final_output(),
 
 
+# Snakemake can leave runs out of its plan without an error (common.smk, runs_left_out): refuse.
+onstart:
+    refuse_left_out_runs(workflow.dag)
+
+
 # Every dataset and token table of the study. Build them first to resume a study whose runs are
 # committed without their data (config/cpu.yaml): the committed runs are then not retrained.
 rule inputs:

@@ -6,9 +6,11 @@ are hand-computed from the configs' grids (see each test).
 from __future__ import annotations
 
 import json
+import os
 import re
 import resource
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -156,6 +158,57 @@ def test_adding_an_llm_adds_exactly_its_jobs(env, tmp_path):
     assert after["extract_llm"] == before["extract_llm"] + 1
     assert after["train"] == before["train"] + 2
     assert after["total"] == before["total"] + 3
+
+
+RUN = "results/test/runs/pantry-u10/sasrec/base/corrected/seed1/result.json"
+
+
+def resumed_study(tmp_path, choice_age: str) -> Path:
+    """A working directory as a fresh clone of a study leaves it: its data prepared, the search
+    runs and their choice present (empty: a dry run does not read them), the run still missing;
+    choice.json dated `choice_age` against the search runs' "now" (git's checkout order)."""
+    (tmp_path / "config").mkdir()
+    for name in ("test.yaml", "registry.yaml"):
+        shutil.copy(REPO / "config" / name, tmp_path / "config" / name)
+    (tmp_path / "data").symlink_to(REPO / "data", target_is_directory=True)
+    tuning = tmp_path / "results/test/tuning/pantry-u10/sasrec"
+    marker = tmp_path / "results/test/data/pantry-u10/meta.json"
+    for path in [marker, marker.with_name("prepared.npz")] + [tuning / f"lr={lr}/result.json" for lr in ("0.001", "0.003")]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    (tuning / "choice.json").touch()
+    when = time.time() + {"older": -3600, "newer": 3600}[choice_age]
+    os.utime(tuning / "choice.json", (when, when))
+    return tmp_path
+
+
+def snakemake_in(workdir, env, *args) -> subprocess.CompletedProcess:
+    """snakemake in `workdir` on config/test.yaml (the options last: several take lists)."""
+    return subprocess.run([SNAKEMAKE, *args, "--snakefile", str(REPO / "Snakefile"), "--configfile",
+                           "config/test.yaml"], cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("choice_age", ["older", "newer"])
+def test_a_fresh_clone_plans_its_missing_runs_whatever_the_checkout_order(env, tmp_path, choice_age):
+    """The choice reads its search runs as ancient: re-made because it is older than them, it
+    would drop the missing runs that read it from the plan (Snakemake 9; common.smk)."""
+    work = resumed_study(tmp_path, choice_age)
+    out = snakemake_in(work, env, RUN, "-n", "--quiet", "rules").stdout
+    table = out.split("Job stats:")[1].split("\n\n")[0]
+    assert re.findall(r"^(\w+)\s+(\d+)$", table, re.M) == [("train", "1"), ("total", "1")]
+
+
+def test_a_plan_that_leaves_out_a_missing_run_stops_before_any_job(env, tmp_path):
+    """Forcing the data to be prepared again makes Snakemake drop the run that reads it (an
+    ancient input); the onstart check refuses, names the run and the fix, and runs nothing."""
+    work = resumed_study(tmp_path, "newer")
+    marker = work / "results/test/data/pantry-u10/meta.json"
+    proc = snakemake_in(work, env, RUN, "--cores", "1", "--forcerun", str(marker.relative_to(work)))
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert f"1 training job(s) with missing results are left out of this plan, for example {RUN}" in out
+    assert "`--until prepare_dataset`" in out and "Nothing was run" in out
+    assert marker.read_bytes() == b"" and not (work / "logs/test/data").exists()   # not prepared
 
 
 @pytest.mark.parametrize(

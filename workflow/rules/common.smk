@@ -163,6 +163,43 @@ def get_final_output():
     return [str(path) for path in files] + [LAYOUT.findings]
 
 
+# ---------------------------------------------------------------- before any job runs
+TRAINING_RULES = {"train_round1", "fisher", "train", "train_tuning"}
+
+
+def runs_left_out(dag):
+    """Training jobs the DAG holds but did not plan, although an output of theirs is missing.
+
+    Snakemake 9 (dag.update_needrun) skips its missing-output check for every job below one it
+    re-makes, then follows only the edges that are not ancient. A run that reads the re-made
+    file as ancient (a dataset, a table, the tuning choice) is left out, its result missing,
+    and the run ends as if complete.
+    """
+    return [
+        job
+        for job in dag.jobs
+        if job.rule.name in TRAINING_RULES
+        and not dag.needrun(job)
+        and not all(Path(path).exists() for path in job.output)
+    ]
+
+
+def refuse_left_out_runs(dag):
+    """Stop before any job when Snakemake's plan leaves out runs it should train (onstart)."""
+    left_out = runs_left_out(dag)
+    if not left_out:
+        return
+    upstream = dag.bfs(dag.dependencies, *left_out)
+    remade = sorted({job.rule.name for job in upstream if dag.needrun(job)})
+    raise WorkflowError(
+        f"{len(left_out)} training job(s) with missing results are left out of this plan, for "
+        f"example {left_out[0].output[0]}: Snakemake re-makes an input they read "
+        f"({', '.join(remade)}) and then does not plan them. Nothing was run. Re-make the inputs "
+        f"first (the same command with `--until {' '.join(remade)}`), then run it again without "
+        "forcing them."
+    )
+
+
 # ---------------------------------------------------------------- input functions
 def train_inputs(wildcards):
     """Round 1 and single-round runs: the dataset's and the variant's LLMs' markers.
@@ -204,11 +241,16 @@ def tuning_inputs(wildcards):
 
 def tuning_results(wildcards):
     """The search runs of one (dataset, backbone), in grid order; with rebuild_only, those on
-    disk (no training rule is loaded then)."""
+    disk (no training rule is loaded then).
+
+    Ancient, as the runs' inputs are: the choice and its search runs are committed together, and
+    a fresh clone's checkout order can leave choice.json older than them. Re-made for that, the
+    choice would drop every missing run that reads it from the plan (see runs_left_out).
+    """
     results = STUDY.tuning_results(wildcards.dataset, wildcards.backbone)
     if not REBUILD_ONLY:
-        return results
-    present = [result for result in results if Path(result).is_file()]
+        return [ancient(result) for result in results]
+    present = [ancient(result) for result in results if Path(result).is_file()]
     if not present:
         raise WorkflowError(
             f"rebuild_only: no tuning run of {wildcards.dataset}/{wildcards.backbone} has a "
