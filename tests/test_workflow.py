@@ -188,14 +188,40 @@ def snakemake_in(workdir, env, *args) -> subprocess.CompletedProcess:
                            "config/test.yaml"], cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
 
 
+def planned(workdir, env, target) -> list[tuple[str, str]]:
+    """(rule, count) rows of a dry run's "Job stats" table; [] when nothing is to be done."""
+    out = snakemake_in(workdir, env, target, "-n", "--quiet", "rules").stdout
+    if "Nothing to be done" in out:
+        return []
+    return re.findall(r"^(\w+)\s+(\d+)$", out.split("Job stats:")[1].split("\n\n")[0], re.M)
+
+
 @pytest.mark.parametrize("choice_age", ["older", "newer"])
 def test_a_fresh_clone_plans_its_missing_runs_whatever_the_checkout_order(env, tmp_path, choice_age):
     """The choice reads its search runs as ancient: re-made because it is older than them, it
     would drop the missing runs that read it from the plan (Snakemake 9; common.smk)."""
     work = resumed_study(tmp_path, choice_age)
-    out = snakemake_in(work, env, RUN, "-n", "--quiet", "rules").stdout
-    table = out.split("Job stats:")[1].split("\n\n")[0]
-    assert re.findall(r"^(\w+)\s+(\d+)$", table, re.M) == [("train", "1"), ("total", "1")]
+    assert planned(work, env, RUN) == [("train", "1"), ("total", "1")]
+
+
+def test_a_finished_two_round_run_without_its_merged_expert_is_not_retrained(env, tmp_path):
+    """A committed study keeps each run's results, not round 1's merged expert (.gitignore). On a
+    fresh clone round 1's result.json can be newer than round 2's; asking for the expert then
+    merged it again and retrained round 2 of every committed mltfr run."""
+    work = resumed_study(tmp_path, "newer")
+    for llm in ("minilm", "paraphrase-minilm"):   # config/test.yaml's mltfr tables, prepared
+        (work / f"results/test/llm/{llm}").mkdir(parents=True)
+        (work / f"results/test/llm/{llm}/meta.json").touch()
+    run = work / "results/test/runs/pantry-u10/sasrec/mltfr/corrected/seed1"
+    (run / "round1").mkdir(parents=True)
+    (run / "round1/result.json").touch()
+    (run / "result.json").touch()
+    hour_ago = time.time() - 3600     # git's checkout order: round 2's result before round 1's
+    os.utime(run / "result.json", (hour_ago, hour_ago))
+    target = str((run / "result.json").relative_to(work))
+    assert planned(work, env, target) == []
+    (run / "result.json").unlink()      # not finished: the expert is merged, then round 2 trains
+    assert planned(work, env, target) == [("fisher", "1"), ("train", "1"), ("total", "2")]
 
 
 def test_a_plan_that_leaves_out_a_missing_run_stops_before_any_job(env, tmp_path):

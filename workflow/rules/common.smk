@@ -262,10 +262,19 @@ def tuning_results(wildcards):
 def round2_inputs(wildcards):
     """Final runs. A consensus variant needs only its merged expert: round 1 (which needed the
     dataset and the tables) comes before it, so a newer dataset or table reruns both rounds.
+
+    A finished run whose merged expert is not kept (a committed study keeps results, not the
+    expert: .gitignore) reads its round 1's result instead, as ancient: asking for the expert
+    would make Snakemake merge it again and retrain round 2 of every committed run. Retraining
+    such a run therefore needs its expert first (`snakemake <run>/round1/consensus.safetensors`).
     """
     if not uses_consensus(wildcards.variant):
         return train_inputs(wildcards)
-    return [STUDY.consensus_file(wildcards)]
+    consensus = STUDY.consensus_file(wildcards)
+    run_dir = LAYOUT.run_dir.format(**dict(wildcards))
+    if Path(f"{run_dir}/result.json").is_file() and not Path(consensus).is_file():
+        return [ancient(str(Path(consensus).with_name("result.json")))]
+    return [consensus]
 
 
 def llm_inputs(wildcards):
