@@ -188,9 +188,9 @@ def snakemake_in(workdir, env, *args) -> subprocess.CompletedProcess:
                            "config/test.yaml"], cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
 
 
-def planned(workdir, env, target) -> list[tuple[str, str]]:
+def planned(workdir, env, target, *options) -> list[tuple[str, str]]:
     """(rule, count) rows of a dry run's "Job stats" table; [] when nothing is to be done."""
-    out = snakemake_in(workdir, env, target, "-n", "--quiet", "rules").stdout
+    out = snakemake_in(workdir, env, target, *options, "-n", "--quiet", "rules").stdout
     if "Nothing to be done" in out:
         return []
     return re.findall(r"^(\w+)\s+(\d+)$", out.split("Job stats:")[1].split("\n\n")[0], re.M)
@@ -220,6 +220,8 @@ def test_a_finished_two_round_run_without_its_merged_expert_is_not_retrained(env
     os.utime(run / "result.json", (hour_ago, hour_ago))
     target = str((run / "result.json").relative_to(work))
     assert planned(work, env, target) == []
+    retrain = planned(work, env, target, "--forcerun", "train_round1", "train")   # as for a changed table
+    assert retrain == [("train_round1", "1"), ("fisher", "1"), ("train", "1"), ("total", "3")]
     (run / "result.json").unlink()      # not finished: the expert is merged, then round 2 trains
     assert planned(work, env, target) == [("fisher", "1"), ("train", "1"), ("total", "2")]
 

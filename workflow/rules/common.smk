@@ -265,16 +265,22 @@ def round2_inputs(wildcards):
 
     A finished run whose merged expert is not kept (a committed study keeps results, not the
     expert: .gitignore) reads its round 1's result instead, as ancient: asking for the expert
-    would make Snakemake merge it again and retrain round 2 of every committed run. Retraining
-    such a run therefore needs its expert first (`snakemake <run>/round1/consensus.safetensors`).
+    would make Snakemake merge it again and retrain round 2 of every committed run. Unless the
+    command forces training rules (`--forcerun train_round1 train`): the expert is merged then.
     """
     if not uses_consensus(wildcards.variant):
         return train_inputs(wildcards)
     consensus = STUDY.consensus_file(wildcards)
-    run_dir = LAYOUT.run_dir.format(**dict(wildcards))
-    if Path(f"{run_dir}/result.json").is_file() and not Path(consensus).is_file():
+    finished = Path(LAYOUT.run_dir.format(**dict(wildcards)), "result.json").is_file()
+    if finished and not Path(consensus).is_file() and not forcing_training():
         return [ancient(str(Path(consensus).with_name("result.json")))]
     return [consensus]
+
+
+def forcing_training():
+    """Whether this command forces training jobs to run again (--forceall, -F, --forcerun RULE)."""
+    force = workflow.dag_settings
+    return force.forceall or force.forcetargets or bool(TRAINING_RULES & set(force.forcerun))
 
 
 def llm_inputs(wildcards):
