@@ -280,7 +280,11 @@ def round2_inputs(wildcards):
 def forcing_training():
     """Whether this command forces training jobs to run again (--forceall, -F, --forcerun RULE)."""
     force = workflow.dag_settings
-    return force.forceall or force.forcetargets or bool(TRAINING_RULES & set(force.forcerun))
+    return (
+        force.forceall
+        or force.forcetargets
+        or bool(TRAINING_RULES & set(force.forcerun))
+    )
 
 
 def llm_inputs(wildcards):
