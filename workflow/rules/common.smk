@@ -273,7 +273,7 @@ def round2_inputs(wildcards):
     consensus = STUDY.consensus_file(wildcards)
     finished = Path(LAYOUT.run_dir.format(**dict(wildcards)), "result.json").is_file()
     if finished and not Path(consensus).is_file() and not forcing_training():
-        return [ancient(str(Path(consensus).with_name("result.json")))]
+        return [ancient(f"{LAYOUT.round1_dir.format(**dict(wildcards))}/result.json")]
     return [consensus]
 
 
