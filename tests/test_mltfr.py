@@ -414,6 +414,26 @@ def test_projection_cache_follows_adam_steps(filter_grad, trainable, fused_adam)
     assert filt.cache.full_recomputes == (2 if filter_grad == "learn" else 1)
 
 
+def test_projection_cache_built_by_an_evaluation_is_refreshed_in_training():
+    """A resumed run whose preempted epoch had no diagnostics step left builds the cache first in
+    the evaluation (torch.inference_mode); training then moves the selected rows and refreshes it in
+    place. Measured: ML-1M filter-smollm2 crashed there ("Inplace update to inference tensor")."""
+    cfg = base_cfg(names=["a"], trainable_tables=True)              # the authors' filter at K = 1
+    model = tiny_model(cfg, tables_for(["a"]))
+    filt, table = model.branch.selectors[0], model.branch.table0
+    with torch.inference_mode():
+        model.eval()(random_seqs(4))                                 # the evaluation builds the cache
+    assert filt.cache.full_recomputes == 1
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    model.train()(random_seqs(4, 2)).sum().backward()
+    opt.step()
+    with torch.no_grad():                                            # the next armed diagnostics step
+        refreshed = filt.normalised_projection(table)
+        expected = F.normalize(filt.proj(table), dim=-1)
+    assert filt.cache.rows_recomputed > 0 and filt.cache.full_recomputes == 1
+    torch.testing.assert_close(refreshed, expected)
+
+
 @torch.no_grad()
 def test_interp_stats_count_tokens_and_router_weights():
     cfg = base_cfg(names=["a", "b"], router="mean", K=2)

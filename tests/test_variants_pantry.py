@@ -5,6 +5,8 @@ workflow's commands make (mltfr.train.rounds.train_variant). Small d and L keep 
 offline consensus group, both 30522 x 384) and their random controls.
 """
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -13,6 +15,8 @@ import yaml
 from mltfr.cli import main
 from mltfr.spec.round_plan import CONSENSUS_FILE, ROUND1, needs_round2
 from mltfr.spec.run_config import RunConfig
+from mltfr.train import batching
+from mltfr.train.loop import Preempted, Trainer
 from mltfr.train.rounds import train_variant
 
 LLMS = ("minilm", "paraphrase-minilm")
@@ -100,3 +104,30 @@ def test_fisher_without_round1_is_a_clear_error(tmp_path, capsys):
     assert main(["fisher", "--run", str(tmp_path / "missing"), "--out", str(tmp_path / "c.safetensors")]) == 2
     assert "run `mltfr train` for round 1 first" in capsys.readouterr().err
     assert not (tmp_path / "c.safetensors").exists()
+
+
+def test_filter_run_preempted_after_its_last_diagnostics_step_resumes_to_the_same_result(inputs, tmp_path,
+                                                                                         monkeypatch):
+    """SIGTERM on epoch 1's last step: the resumed process has no diagnostics step left in that
+    epoch, so its evaluation (torch.inference_mode) builds the filter's projection cache first, and
+    epoch 2's later diagnostics steps refresh it in place (measured: this crashed ML-1M filter-smollm2)."""
+    cfg = RunConfig(backbone="sasrec", protocol="corrected", seed=0, variant="filter-minilm", epochs=2,
+                    model={"d": 16, "max_len": 10})
+    tables = llm_tables(inputs, "filter-minilm")
+    full = train_variant(tmp_path / "full", cfg, inputs / "data", tables)
+    step, calls = Trainer.train_step, []
+
+    def step_then_signal(self, seqs, users):
+        calls.append(1)
+        per_epoch = batching.n_steps(len(self.state.order), self.cfg.batch_size)
+        assert per_epoch > 2 * cfg.diagnostics_every      # epoch 2 refreshes the cache after a step
+        if len(calls) == per_epoch:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step(self, seqs, users)
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
+    with pytest.raises(Preempted, match="received SIGTERM: checkpoint saved"):
+        train_variant(tmp_path / "cut", cfg, inputs / "data", tables)
+    monkeypatch.setattr(Trainer, "train_step", step)
+    resumed = train_variant(tmp_path / "cut", cfg, inputs / "data", tables)
+    assert resumed["metrics"] == full["metrics"] and resumed["epochs_run"] == 2

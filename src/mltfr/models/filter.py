@@ -257,11 +257,12 @@ class ProjectionCache:
         """Free the cache (a learning step will change the projection anyway)."""
         self.proj_n = self.table = self.weight = self.bias = None
 
-    @torch.no_grad()
     def get(self, table: Tensor, linear: nn.Linear) -> Tensor:
         """The normalised projection of `table` (|V|, D) by `linear`, up to date; always computed in
-        the table's dtype (autocast off), so evaluation and training share one cache."""
-        with torch.autocast(table.device.type, enabled=False):
+        the table's dtype (autocast off), so evaluation and training share one cache. Never built as
+        inference tensors: a cache an evaluation builds (torch.inference_mode; first after a resumed
+        epoch with no diagnostics step left) is refreshed in place by the training after it."""
+        with torch.inference_mode(False), torch.no_grad(), torch.autocast(table.device.type, enabled=False):
             if self._projection_changed(table, linear):
                 self._rebuild(table, linear)
             else:
